@@ -1,0 +1,270 @@
+//! A deliberately small HTTP/1.1 server loop for one connection: enough to benchmark and
+//! to show how a blocking worker serves keep-alive clients, not a general HTTP library.
+//!
+//! - Requests are read into a fixed 8 KiB buffer; a head that does not fit gets `431`.
+//! - A malformed request line or header, or a bad `Content-Length`, gets `400` and the
+//!   connection is closed; `Transfer-Encoding` bodies get `501`.
+//! - Keep-alive is the HTTP/1.1 default, `Connection: close` (or HTTP/1.0 without
+//!   `keep-alive`) closes after the response; pipelined requests are answered in order.
+//! - Reads wake every [`TICK`] so an idle connection notices a shutdown, and a client
+//!   that sends nothing for [`IDLE_LIMIT`] is dropped: a silent or vanished client costs
+//!   a thread for at most that long.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cluster::Stream;
+
+/// How often a blocked read wakes to look at the stop flag.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a connection may stay silent.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
+
+const BUF: usize = 8192;
+const MAX_HEADERS: usize = 64;
+
+/// What the server answers; the routes live in `main.rs`.
+pub struct Response {
+    pub status: &'static str,
+    pub body: Vec<u8>,
+    /// Exit the process right after sending (for `/crash`).
+    pub then_crash: bool,
+}
+
+/// What the router gets to see of a request.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+struct Head {
+    len: usize,
+    keep_alive: bool,
+    content_length: usize,
+    chunked: bool,
+    method_head: bool,
+}
+
+enum Parse {
+    /// Not a whole head yet.
+    Partial,
+    Done(Head),
+    Bad(&'static str),
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn parse<'a>(buf: &'a [u8], route: &mut dyn FnMut(Request<'_>)) -> Parse {
+    let Some(end) = find_head_end(buf) else {
+        return Parse::Partial;
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Parse::Bad("400 Bad Request");
+    };
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parse::Bad("400 Bad Request");
+    };
+    if !is_token(method) || target.is_empty() || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Parse::Bad("400 Bad Request");
+    }
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Parse::Bad("400 Bad Request"),
+    };
+    let mut keep_alive = http11;
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for (n, h) in lines.enumerate() {
+        if n >= MAX_HEADERS {
+            return Parse::Bad("431 Request Header Fields Too Large");
+        }
+        let Some((name, value)) = h.split_once(':') else {
+            return Parse::Bad("400 Bad Request");
+        };
+        if !is_token(name) {
+            return Parse::Bad("400 Bad Request"); // also refuses obsolete line folding
+        }
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            for opt in value.split(',').map(str::trim) {
+                if opt.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if opt.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let Ok(v) = value.parse::<usize>() else {
+                return Parse::Bad("400 Bad Request");
+            };
+            if value.bytes().any(|b| !b.is_ascii_digit()) || content_length.is_some_and(|c| c != v)
+            {
+                return Parse::Bad("400 Bad Request");
+            }
+            content_length = Some(v);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
+    }
+    route(Request {
+        method,
+        path: target,
+    });
+    Parse::Done(Head {
+        len: end + 4,
+        keep_alive,
+        content_length: content_length.unwrap_or(0),
+        chunked,
+        method_head: method == "HEAD",
+    })
+}
+
+fn write_response(
+    stream: &mut Stream,
+    worker: u32,
+    r: &Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(160 + r.body.len());
+    write!(
+        out,
+        "HTTP/1.1 {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Worker: {}\r\nConnection: {}\r\n\r\n",
+        r.status,
+        r.body.len(),
+        worker,
+        if keep_alive { "keep-alive" } else { "close" }
+    )?;
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
+    stream.write_all(&out)
+}
+
+fn error_response(status: &'static str) -> Response {
+    Response {
+        status,
+        body: format!("{status}\n").into_bytes(),
+        then_crash: false,
+    }
+}
+
+/// Serves one connection until the client closes it, asks to close, misbehaves, stays
+/// silent too long, or `stop` is set (then after the current request). Returns the
+/// number of requests answered.
+pub fn serve(
+    stream: &mut Stream,
+    worker: u32,
+    stop: &AtomicBool,
+    router: &dyn Fn(&Request<'_>) -> Response,
+) -> u64 {
+    let _ = stream.set_nodelay(true);
+    if stream.set_read_timeout(Some(TICK)).is_err()
+        || stream.set_write_timeout(Some(IDLE_LIMIT)).is_err()
+    {
+        return 0;
+    }
+    let mut buf = [0u8; BUF];
+    let mut len = 0;
+    let mut silent = Duration::ZERO;
+    let mut answered = 0;
+    loop {
+        // Answer every complete request in the buffer.
+        loop {
+            let mut response = None;
+            let parsed = parse(&buf[..len], &mut |req| response = Some(router(&req)));
+            let head = match parsed {
+                Parse::Partial => break,
+                Parse::Bad(status) => {
+                    let _ = write_response(stream, worker, &error_response(status), false, false);
+                    return answered;
+                }
+                Parse::Done(head) => head,
+            };
+            if head.chunked {
+                let _ = write_response(
+                    stream,
+                    worker,
+                    &error_response("501 Not Implemented"),
+                    false,
+                    false,
+                );
+                return answered;
+            }
+            // Skip the body: what is buffered, then the rest from the socket.
+            let buffered = len - head.len;
+            let mut body_left = head.content_length.saturating_sub(buffered);
+            let consumed = head.len + head.content_length.min(buffered);
+            buf.copy_within(consumed..len, 0);
+            len -= consumed;
+            while body_left > 0 {
+                let mut sink = [0u8; 4096];
+                let want = body_left.min(sink.len());
+                match stream.read(&mut sink[..want]) {
+                    Ok(0) => return answered,
+                    Ok(n) => body_left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return answered, // timeouts included: a stalled body
+                }
+            }
+            let response = response.unwrap_or_else(|| error_response("500 Internal Server Error"));
+            let keep_alive =
+                head.keep_alive && !stop.load(Ordering::Relaxed) && !response.then_crash;
+            if write_response(stream, worker, &response, keep_alive, head.method_head).is_err() {
+                return answered;
+            }
+            answered += 1;
+            if response.then_crash {
+                std::process::abort(); // the demo's /crash: die abnormally, on purpose
+            }
+            if !keep_alive {
+                return answered;
+            }
+        }
+        if len == buf.len() {
+            let _ = write_response(
+                stream,
+                worker,
+                &error_response("431 Request Header Fields Too Large"),
+                false,
+                false,
+            );
+            return answered;
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => return answered,
+            Ok(n) => {
+                len += n;
+                silent = Duration::ZERO;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                silent += TICK;
+                if stop.load(Ordering::Relaxed) || silent >= IDLE_LIMIT {
+                    return answered;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return answered,
+        }
+    }
+}

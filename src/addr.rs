@@ -1,0 +1,272 @@
+//! Addresses: where a listener listens ([`ListenAddr`]) and who connected ([`PeerAddr`]).
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::sys::socket::UNIX_PATH_MAX;
+
+/// The address a listener binds: the key under which the primary keeps one listening
+/// handle for all workers (Node's `key` in `queryServer`: address, port, family, or path).
+///
+/// Parsed from, and displayed as, `HOST:PORT` (an IPv4 literal, `[IPv6]` or `localhost`),
+/// `unix:PATH`, or `fd:N`:
+///
+/// ```
+/// use cluster::ListenAddr;
+///
+/// let a: ListenAddr = "127.0.0.1:8080".parse()?;
+/// assert_eq!(a.to_string(), "127.0.0.1:8080");
+/// let u: ListenAddr = "unix:/run/app.sock".parse()?;
+/// assert_eq!(u, ListenAddr::Unix("/run/app.sock".into()));
+/// assert!("localhost:http".parse::<ListenAddr>().is_err());
+/// # Ok::<(), cluster::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenAddr {
+    /// A TCP address, IPv4 or IPv6. Port 0 asks the kernel for a free port; in a
+    /// cluster it is bound once, so every worker serves that same port.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this filesystem path. A stale socket file (nobody
+    /// listening) is removed before binding; a path longer than the kernel's limit
+    /// (107 bytes on Linux) is refused.
+    Unix(PathBuf),
+    /// A listening socket this process already holds as descriptor `N`, for instance one
+    /// passed by systemd socket activation (`LISTEN_FDS`, starting at 3). The cluster
+    /// adopts it: it must be a listening stream socket.
+    Fd(i32),
+}
+
+impl ListenAddr {
+    /// The TCP address, if this is one.
+    pub fn as_tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            _ => None,
+        }
+    }
+
+    /// The Unix socket path, if this is one.
+    pub fn as_unix(&self) -> Option<&Path> {
+        match self {
+            ListenAddr::Unix(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Fd(n) => write!(f, "fd:{n}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> ListenAddr {
+        ListenAddr::Tcp(a)
+    }
+}
+
+/// A listen address that could not be parsed; its message names the input and says
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrParseError {
+    input: String,
+    reason: String,
+}
+
+impl AddrParseError {
+    fn new(input: &str, reason: impl Into<String>) -> AddrParseError {
+        AddrParseError {
+            input: input.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for AddrParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid listen address {:?}: {}",
+            self.input, self.reason
+        )
+    }
+}
+
+impl std::error::Error for AddrParseError {}
+
+impl From<AddrParseError> for io::Error {
+    fn from(e: AddrParseError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, e)
+    }
+}
+
+const EXPECTED: &str =
+    "expected HOST:PORT (an IPv4 address, [IPv6 address] or localhost), unix:PATH or fd:N";
+
+impl FromStr for ListenAddr {
+    type Err = AddrParseError;
+
+    fn from_str(s: &str) -> Result<ListenAddr, AddrParseError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(AddrParseError::new(s, "the Unix socket path is empty"));
+            }
+            if path.contains('\0') {
+                return Err(AddrParseError::new(
+                    s,
+                    "the Unix socket path contains a NUL byte",
+                ));
+            }
+            if path.len() > UNIX_PATH_MAX {
+                return Err(AddrParseError::new(
+                    s,
+                    format!(
+                        "the Unix socket path is {} bytes long; the limit is {UNIX_PATH_MAX}",
+                        path.len()
+                    ),
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(n) = s.strip_prefix("fd:") {
+            return match n.parse::<i32>() {
+                Ok(n) if n >= 0 => Ok(ListenAddr::Fd(n)),
+                _ => Err(AddrParseError::new(
+                    s,
+                    "fd:N needs a non-negative descriptor number",
+                )),
+            };
+        }
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(a));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            return match port.parse::<u16>() {
+                Ok(p) => Ok(ListenAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))),
+                Err(_) => Err(AddrParseError::new(
+                    s,
+                    "the port must be a number from 0 to 65535",
+                )),
+            };
+        }
+        // Say what is wrong as precisely as we can.
+        match s.rsplit_once(':') {
+            None => Err(AddrParseError::new(s, format!("no port; {EXPECTED}"))),
+            Some((_, port)) if port.parse::<u16>().is_err() => Err(AddrParseError::new(
+                s,
+                format!("the port {port:?} is not a number from 0 to 65535"),
+            )),
+            Some((host, _)) => Err(AddrParseError::new(
+                s,
+                format!("the host {host:?} is not an IP address or localhost (names are not resolved); {EXPECTED}"),
+            )),
+        }
+    }
+}
+
+/// Things that can name a listen address: [`ListenAddr`], `SocketAddr`, and strings in
+/// [`ListenAddr`]'s syntax (as `std::net::ToSocketAddrs` does for std's listeners).
+pub trait ToListenAddr {
+    /// The address, or `InvalidInput` naming the value when it does not parse.
+    fn to_listen_addr(&self) -> io::Result<ListenAddr>;
+}
+
+impl ToListenAddr for ListenAddr {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(self.clone())
+    }
+}
+
+impl ToListenAddr for SocketAddr {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(*self))
+    }
+}
+
+impl ToListenAddr for str {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(self.parse::<ListenAddr>()?)
+    }
+}
+
+impl ToListenAddr for String {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        self.as_str().to_listen_addr()
+    }
+}
+
+impl<T: ToListenAddr + ?Sized> ToListenAddr for &T {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        (**self).to_listen_addr()
+    }
+}
+
+/// The address of the peer of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer: its path if it bound one (clients usually do not).
+    Unix(Option<PathBuf>),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(None) => f.write_str("unix:(unnamed)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_displays() {
+        for s in [
+            "127.0.0.1:80",
+            "[::1]:0",
+            "unix:/tmp/a.sock",
+            "fd:3",
+            "0.0.0.0:65535",
+        ] {
+            let a: ListenAddr = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        assert_eq!(
+            "localhost:8080".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn rejects_with_clear_messages() {
+        let cases = [
+            ("8080", "no port"),
+            ("127.0.0.1:99999", "not a number from 0 to 65535"),
+            ("example.com:80", "not an IP address"),
+            ("unix:", "empty"),
+            ("fd:-1", "non-negative"),
+            ("[::1:80", "not an IP address"),
+        ];
+        for (input, needle) in cases {
+            let e = input.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{input}: {e}");
+            assert!(e.contains(input), "{input}: {e}");
+        }
+        let long = format!("unix:/{}", "a".repeat(200));
+        let e = long.parse::<ListenAddr>().unwrap_err().to_string();
+        assert!(e.contains("201 bytes long; the limit is 107"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Creating listening sockets (Node's `net._createServerHandle`): the primary does it on
+//! a key's first listen request, a process outside a cluster does it for itself.
+//!
+//! - TCP: `SO_REUSEADDR`, so a restarted server rebinds while old connections sit in
+//!   `TIME_WAIT`; `SO_REUSEPORT` too in reuse-port mode. Port 0 is resolved with
+//!   `getsockname` right after `bind`, and the resolved address is what every worker
+//!   is told.
+//! - Unix: a socket file left behind by a dead server (connecting to it is refused) is
+//!   removed first; a live one, or a file that is not a socket, is `EADDRINUSE` and is
+//!   never deleted. The path length was checked when the address was parsed, and is
+//!   checked again by the kernel-format conversion.
+//! - An adopted descriptor (`fd:N`) is duplicated (the original stays where it was) and
+//!   must already be a listening stream socket.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::addr::ListenAddr;
+use crate::connection::StreamKind;
+use crate::error::ListenError;
+use crate::sys::socket::{self, Domain, SockAddr};
+
+/// A bound socket and what a worker needs to know about it.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    /// The socket (bound; listening only for adopted descriptors).
+    pub(crate) fd: OwnedFd,
+    /// The address it is bound to, port 0 resolved.
+    pub(crate) local: ListenAddr,
+    /// What `accept` on it produces.
+    pub(crate) kind: StreamKind,
+    /// Whether this call created a Unix socket file (to remove when done).
+    pub(crate) created_file: bool,
+}
+
+/// How to create the socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BindOptions {
+    /// Set `SO_REUSEPORT` (TCP only).
+    pub(crate) reuse_port: bool,
+    /// Create the socket non-blocking (the primary's round-robin listener).
+    pub(crate) nonblocking: bool,
+}
+
+/// Creates and binds (does not listen on) a socket for `addr`.
+///
+/// # Errors
+///
+/// An `io::Error` of the OS error's kind whose message names `addr` (a
+/// [`ListenError`] inside).
+pub(crate) fn bind(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))
+}
+
+fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let domain = if sa.is_ipv4() {
+                Domain::Inet4
+            } else {
+                Domain::Inet6
+            };
+            let fd = socket::stream_socket(domain, opts.nonblocking)?;
+            socket::set_reuse_address(fd.as_fd())?;
+            if opts.reuse_port {
+                socket::set_reuse_port(fd.as_fd())?;
+            }
+            socket::bind(fd.as_fd(), &SockAddr::from_inet(sa))?;
+            let local = socket::local_addr(fd.as_fd())?
+                .inet()
+                .ok_or_else(|| io::Error::other("getsockname returned no IP address"))?;
+            Ok(Bound {
+                fd,
+                local: ListenAddr::Tcp(local),
+                kind: StreamKind::Tcp,
+                created_file: false,
+            })
+        }
+        ListenAddr::Unix(path) => {
+            let sockaddr = SockAddr::from_unix_path(path)?;
+            remove_stale_socket(path)?;
+            let fd = socket::stream_socket(Domain::Unix, opts.nonblocking)?;
+            socket::bind(fd.as_fd(), &sockaddr)?;
+            Ok(Bound {
+                fd,
+                local: addr.clone(),
+                kind: StreamKind::Unix,
+                created_file: true,
+            })
+        }
+        ListenAddr::Fd(n) => {
+            let fd = crate::sys::fd::dup_number(*n)?;
+            if !socket::is_listening_stream(fd.as_fd())? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("descriptor {n} is not a listening stream socket"),
+                ));
+            }
+            if opts.nonblocking {
+                crate::sys::fd::set_nonblocking(fd.as_fd(), true)?;
+            }
+            let sockname = socket::local_addr(fd.as_fd())?;
+            let (local, kind) = if let Some(a) = sockname.inet() {
+                (ListenAddr::Tcp(a), StreamKind::Tcp)
+            } else if let Some(p) = sockname.unix_path() {
+                (ListenAddr::Unix(p), StreamKind::Unix)
+            } else if sockname.family() == libc::AF_UNIX {
+                (addr.clone(), StreamKind::Unix) // abstract or unnamed: keep fd:N
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("descriptor {n} is not a TCP or Unix socket"),
+                ));
+            };
+            Ok(Bound {
+                fd,
+                local,
+                kind,
+                created_file: false,
+            })
+        }
+    }
+}
+
+/// Removes a Unix socket file nobody listens on; leaves everything else alone.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        // Never delete a file that is not a socket: someone else's data.
+        return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)), // somebody listens
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The stream kind a bound address produces.
+pub(crate) fn kind_of(addr: &ListenAddr) -> StreamKind {
+    match addr {
+        ListenAddr::Unix(_) => StreamKind::Unix,
+        _ => StreamKind::Tcp,
+    }
+}

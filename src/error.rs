@@ -1,0 +1,125 @@
+//! Errors: `io::Error` at the syscall layer, this small enum above it.
+
+use std::fmt;
+use std::io;
+
+use crate::addr::ListenAddr;
+use crate::ipc::codec::ProtocolError;
+use crate::WorkerId;
+
+/// What can go wrong in the primary.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed; `context` says what the crate was doing.
+    Io {
+        /// What was being done, e.g. "fork worker 3".
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A setting is invalid; the message names the value.
+    Config(String),
+    /// A cluster was started inside a worker process.
+    NotPrimary,
+    /// A message was refused before sending: the payload is larger than
+    /// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN).
+    MessageTooLarge {
+        /// The payload's length.
+        len: usize,
+    },
+    /// There is no live worker with this id.
+    NoSuchWorker(WorkerId),
+    /// A worker broke the channel protocol; it was disconnected and killed.
+    Protocol {
+        /// The worker.
+        worker: WorkerId,
+        /// What it sent.
+        error: ProtocolError,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Config(msg) => f.write_str(msg),
+            Error::NotPrimary => {
+                f.write_str("a cluster cannot be started inside one of its workers")
+            }
+            Error::MessageTooLarge { len } => write!(
+                f,
+                "message of {len} bytes exceeds the limit of {} bytes",
+                crate::MAX_MESSAGE_LEN
+            ),
+            Error::NoSuchWorker(id) => write!(f, "no live worker {id}"),
+            Error::Protocol { worker, error } => {
+                write!(f, "worker {worker} broke the protocol: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Protocol { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A listener could not be created: the address and the OS error.
+///
+/// Listen calls return it inside an `io::Error` of the same kind (`AddrInUse`,
+/// `PermissionDenied`, …); get it back with `err.get_ref()` and `downcast_ref`, or just
+/// print the `io::Error`: "cannot listen on 127.0.0.1:80: Permission denied (os error 13)".
+#[derive(Debug)]
+pub struct ListenError {
+    addr: ListenAddr,
+    source: io::Error,
+}
+
+impl ListenError {
+    pub(crate) fn new(addr: ListenAddr, source: io::Error) -> ListenError {
+        ListenError { addr, source }
+    }
+
+    /// Wraps `source` as an `io::Error` of the same kind that names `addr`.
+    pub(crate) fn io(addr: &ListenAddr, source: io::Error) -> io::Error {
+        let kind = source.kind();
+        io::Error::new(kind, ListenError::new(addr.clone(), source))
+    }
+
+    /// The address that could not be listened on.
+    pub fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+
+    /// The `errno`, when the failure came from the OS.
+    pub fn os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.source)
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}

@@ -1,0 +1,109 @@
+//! What the primary reports: [`Event`]s about workers (Node's `cluster.on('fork' | 'online'
+//! | 'listening' | 'message' | 'disconnect' | 'exit')`).
+
+use std::fmt;
+use std::io;
+
+use crate::addr::ListenAddr;
+use crate::error::Error;
+
+/// A worker's id: 1, 2, 3, … in fork order, never reused within a cluster (Node's
+/// `worker.id`). A respawned worker gets a new id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code (0 after its worker function returned `Ok`, 1 after
+    /// `Err`, 101 after a panic).
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Something that happened in the cluster, from [`Cluster::next_event`](crate::Cluster::next_event).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker process was forked (Node's `fork`).
+    Fork {
+        /// The new worker.
+        worker: WorkerId,
+        /// Its process id.
+        pid: u32,
+    },
+    /// The worker is running its worker function (Node's `online`).
+    Online {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// The worker listens on `addr` (Node's `listening`); port 0 is resolved.
+    Listening {
+        /// The worker.
+        worker: WorkerId,
+        /// The bound address.
+        addr: ListenAddr,
+    },
+    /// The primary could not create the listener a worker asked for; the worker's
+    /// listen call got the same error.
+    ListenFailed {
+        /// The worker that asked.
+        worker: WorkerId,
+        /// The address.
+        addr: ListenAddr,
+        /// The error, naming the address.
+        error: io::Error,
+    },
+    /// The worker sent a message ([`Worker::send`](crate::Worker::send)).
+    Message {
+        /// The sender.
+        worker: WorkerId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// The worker's control channel closed (Node's `disconnect`): it exited, or is
+    /// about to.
+    Disconnect {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// The worker process ended (Node's `exit`).
+    Exit {
+        /// The worker.
+        worker: WorkerId,
+        /// Its process id (already reaped: do not signal it).
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+        /// Whether the primary had asked it to go (disconnect, shutdown, kill): Node's
+        /// `worker.exitedAfterDisconnect`. `false` means it crashed or was killed from
+        /// outside.
+        requested: bool,
+    },
+    /// Something failed and the primary recovered (a worker broke the protocol and was
+    /// killed, a send failed, …); the cluster keeps running.
+    Error(Error),
+}

@@ -1,0 +1,233 @@
+//! A channel: one end of a `SOCK_SEQPACKET` socketpair that speaks the record format of
+//! [`codec`](super::codec), with at most one descriptor per record.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use super::codec::{Message, ProtocolError, MAX_RECORD_LEN};
+use crate::sys::{scm, socket};
+
+/// One end of a primary ⇄ worker channel.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    fd: OwnedFd,
+}
+
+/// Why a receive failed.
+#[derive(Debug)]
+pub(crate) enum RecvError {
+    /// The system call failed (`EAGAIN` when non-blocking and empty, `EINTR`, …).
+    Io(io::Error),
+    /// The peer sent something that is not a valid record; any descriptors that came
+    /// with it are already closed.
+    Protocol(ProtocolError),
+}
+
+impl From<io::Error> for RecvError {
+    fn from(e: io::Error) -> RecvError {
+        RecvError::Io(e)
+    }
+}
+
+/// What a receive produced.
+#[derive(Debug)]
+pub(crate) enum Incoming<'b> {
+    /// The peer closed its end (or shut it down).
+    Eof,
+    /// A record, and the descriptor that came with it when its kind carries one.
+    Message(Message<'b>, Option<OwnedFd>),
+}
+
+/// Records of up to this many bytes are encoded on the stack.
+const SMALL_RECORD: usize = 128;
+
+impl Channel {
+    /// A connected pair (`socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`).
+    pub(crate) fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socket::seqpacket_pair()?;
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Wraps a descriptor received from the peer process.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
+    /// Sends one record, blocking while the peer's queue is full.
+    ///
+    /// `fd` must be given exactly when the message's kind carries one (checked in debug
+    /// builds; the receiver refuses a mismatch in any case).
+    pub(crate) fn send(&self, msg: &Message<'_>, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        self.send_with(msg, fd, false)
+    }
+
+    /// Sends one record without blocking: `WouldBlock` when the peer's queue is full.
+    pub(crate) fn try_send(&self, msg: &Message<'_>, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        self.send_with(msg, fd, true)
+    }
+
+    fn send_with(
+        &self,
+        msg: &Message<'_>,
+        fd: Option<BorrowedFd<'_>>,
+        nonblocking: bool,
+    ) -> io::Result<()> {
+        debug_assert_eq!(
+            fd.is_some(),
+            msg.fd_rule() == super::codec::FdRule::One,
+            "{} sent with the wrong number of descriptors",
+            msg.name()
+        );
+        let mut record = Vec::with_capacity(SMALL_RECORD);
+        msg.encode(&mut record);
+        scm::send(self.fd.as_fd(), &record, fd, nonblocking).map(drop)
+    }
+
+    /// Sends an already encoded record (for queued, retried sends).
+    pub(crate) fn send_encoded(
+        &self,
+        record: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+        nonblocking: bool,
+    ) -> io::Result<()> {
+        scm::send(self.fd.as_fd(), record, fd, nonblocking).map(drop)
+    }
+
+    /// Receives one record into `buf`, which should hold [`MAX_RECORD_LEN`] + 1 bytes
+    /// (a smaller buffer refuses larger records as oversized, which the hand-off path
+    /// uses on purpose).
+    ///
+    /// `EINTR` comes back as `RecvError::Io` (see [`crate::sys`]'s EINTR policy).
+    pub(crate) fn recv<'b>(
+        &self,
+        buf: &'b mut [u8],
+        nonblocking: bool,
+    ) -> Result<Incoming<'b>, RecvError> {
+        let got = scm::recv(self.fd.as_fd(), buf, nonblocking)?;
+        if got.control_truncated {
+            return Err(RecvError::Protocol(ProtocolError::ControlTruncated));
+        }
+        if got.data_truncated || got.len > MAX_RECORD_LEN {
+            return Err(RecvError::Protocol(ProtocolError::Oversized {
+                len: got.len,
+            }));
+        }
+        if got.len == 0 && got.fds.len() == 0 {
+            return Ok(Incoming::Eof);
+        }
+        let count = got.fds.len();
+        let msg = Message::decode(&buf[..got.len], count).map_err(RecvError::Protocol)?;
+        match got.fds.into_single() {
+            Ok(fd) => Ok(Incoming::Message(msg, fd)),
+            // decode already checked the count; this arm only keeps the code total.
+            Err(_) => Err(RecvError::Protocol(ProtocolError::UnexpectedFd {
+                kind: msg.name(),
+                count,
+            })),
+        }
+    }
+
+    /// Shuts both directions down: wakes every thread blocked in `recv` on this end
+    /// (they get the records still queued, then EOF) and shows the peer a hang-up.
+    pub(crate) fn shutdown(&self) -> io::Result<()> {
+        socket::shutdown(self.fd.as_fd(), socket::Shutdown::Both)
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PeerAddr;
+    use crate::sys::fd;
+
+    fn buf() -> Vec<u8> {
+        vec![0u8; MAX_RECORD_LEN + 1]
+    }
+
+    #[test]
+    fn message_with_fd_round_trip() {
+        let (a, b) = Channel::pair().unwrap();
+        let (r, _w) = fd::pipe_nonblocking().unwrap();
+        let msg = Message::NewConn {
+            peer: PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()),
+        };
+        a.send(&msg, Some(r.as_fd())).unwrap();
+        let mut buf = buf();
+        match b.recv(&mut buf, true).unwrap() {
+            Incoming::Message(m, Some(fd)) => {
+                assert_eq!(m, msg);
+                assert!(fd::is_cloexec(fd.as_fd()).unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fd_on_a_kind_without_one_is_refused_and_closed() {
+        let (a, b) = Channel::pair().unwrap();
+        let (r, w) = fd::pipe_nonblocking().unwrap();
+        let mut rec = Vec::new();
+        Message::Online.encode(&mut rec);
+        a.send_encoded(&rec, Some(w.as_fd()), false).unwrap();
+        drop(w);
+        let mut buf = buf();
+        match b.recv(&mut buf, true) {
+            Err(RecvError::Protocol(ProtocolError::UnexpectedFd { count: 1, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // The received copy of the write end was closed: the pipe now reads EOF.
+        let mut one = [0u8; 1];
+        assert_eq!(fd::read(r.as_fd(), &mut one).unwrap(), 0);
+    }
+
+    #[test]
+    fn oversized_and_garbage_records_are_errors() {
+        let (a, b) = Channel::pair().unwrap();
+        let mut buf = buf();
+        let big = vec![1u8; MAX_RECORD_LEN + 100];
+        a.send_encoded(&big, None, false).unwrap();
+        assert!(matches!(
+            b.recv(&mut buf, true),
+            Err(RecvError::Protocol(ProtocolError::Oversized { .. }))
+        ));
+        a.send_encoded(b"garbage!!", None, false).unwrap();
+        assert!(matches!(
+            b.recv(&mut buf, true),
+            Err(RecvError::Protocol(_))
+        ));
+        // The channel still works after refusing a record.
+        a.send(&Message::Online, None).unwrap();
+        assert!(matches!(
+            b.recv(&mut buf, true),
+            Ok(Incoming::Message(Message::Online, None))
+        ));
+        drop(a);
+        assert!(matches!(b.recv(&mut buf, true), Ok(Incoming::Eof)));
+    }
+
+    #[test]
+    fn shutdown_keeps_queued_records_readable() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send(&Message::Ready { count: 1 }, None).unwrap();
+        b.shutdown().unwrap();
+        let mut buf = buf();
+        assert!(matches!(
+            b.recv(&mut buf, true),
+            Ok(Incoming::Message(Message::Ready { count: 1 }, None))
+        ));
+        assert!(matches!(b.recv(&mut buf, true), Ok(Incoming::Eof)));
+        assert!(matches!(a.recv(&mut buf, true), Ok(Incoming::Eof)));
+    }
+}

@@ -1,0 +1,522 @@
+//! The worker's listener: what `server.listen()` gives Node code, in blocking form.
+//!
+//! [`Listener::bind`] works everywhere. In a cluster worker it asks the primary for the
+//! address (Node's `cluster._getServer` → `queryServer`) and gets back, depending on the
+//! cluster's [`Mode`](crate::Mode), one of two sources of connections:
+//!
+//! - **a socket** (shared and reuse-port modes): the worker calls `listen(2)` on it and
+//!   its threads block in `accept(2)`. Linux wakes one blocked accepter per connection,
+//!   first come first served, across every process that blocks on the socket.
+//! - **a hand-off channel** (round-robin mode): the primary accepts, and sends each
+//!   connection's descriptor over a `SOCK_SEQPACKET` channel. A thread that wants a
+//!   connection first sends the primary one credit (`Ready`), then blocks in `recvmsg`,
+//!   so the primary only ever hands a connection to a thread that is waiting for one.
+//!
+//! Outside a cluster it binds and listens by itself, so the same server code runs, and
+//! can be tested, without forking.
+//!
+//! # Closing, and waking blocked threads
+//!
+//! [`Listener::close`] (called by the worker's runtime when the primary asks the worker
+//! to disconnect) makes every `accept` return `Ok(None)`, including calls blocked right
+//! now:
+//!
+//! - a hand-off channel is `shutdown(2)`: blocked `recvmsg` calls return the
+//!   connections already queued, then EOF; the primary sees the hang-up and takes back
+//!   whatever it had sent and nobody received;
+//! - a socket cannot be shut down (in shared mode every worker's copy is the same
+//!   socket), and closing a descriptor does not wake a thread blocked on it. So each
+//!   accepting thread registers its thread id while it is inside `accept(2)`, and
+//!   `close` sends each registered thread [`INTERRUPT_SIGNAL`](crate::sys::signal),
+//!   whose handler is installed without `SA_RESTART`, until none is left inside. A
+//!   thread that registered but had not yet entered the system call when the signal
+//!   came is caught by the next round; a thread that was signalled lets the pending
+//!   signal be delivered before it returns to application code, so the signal can never
+//!   interrupt the application's own next blocking call.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::addr::{ListenAddr, PeerAddr, ToListenAddr};
+use crate::bind::{self, BindOptions};
+use crate::connection::{Connection, Stream, StreamKind};
+use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
+use crate::ipc::codec::Message;
+use crate::sys::process::{self, Tid};
+use crate::sys::{poll, signal, socket};
+use crate::worker;
+
+/// The listen backlog used when none is given (Node's default, 511).
+pub const DEFAULT_BACKLOG: i32 = 511;
+
+/// A listening endpoint that yields [`Connection`]s; safe to share between threads,
+/// which may all block in [`accept`](Listener::accept) at once.
+///
+/// Clones share the same endpoint; it closes when [`close`](Listener::close) is called
+/// or the last clone is dropped.
+///
+/// ```no_run
+/// use std::io::Write;
+///
+/// let listener = cluster::Listener::bind("127.0.0.1:8080")?;
+/// while let Some(mut conn) = listener.accept()? {
+///     conn.write_all(b"hello\n")?;
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Listener {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a listener shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    local: ListenAddr,
+    kind: StreamKind,
+    source: Source,
+    gate: Gate,
+    origin: Origin,
+    accepted: AtomicU64,
+}
+
+/// Where connections come from.
+#[derive(Debug)]
+enum Source {
+    /// A listening socket: `accept(2)`.
+    Socket(OwnedFd),
+    /// A round-robin hand-off channel: credit, then `recvmsg`.
+    Handoff(Channel),
+}
+
+/// Who made the listener, and so who must hear when it closes.
+#[derive(Debug)]
+enum Origin {
+    /// Bound by this process; `unlink` is the Unix socket file it created.
+    Standalone { unlink: Option<PathBuf> },
+    /// Granted by the primary as handle `handle`.
+    Worker { handle: u32 },
+}
+
+impl Listener {
+    /// Listens on `addr` with the default backlog ([`DEFAULT_BACKLOG`]).
+    ///
+    /// In a cluster worker the primary provides the listener (see the module docs);
+    /// elsewhere this binds and listens like `std::net::TcpListener::bind`, with
+    /// `SO_REUSEADDR`, and for Unix paths removes a stale socket file first (and the
+    /// file it created when the listener closes).
+    ///
+    /// # Errors
+    ///
+    /// An `io::Error` of the OS error's kind whose message names the address, e.g.
+    /// "cannot listen on 127.0.0.1:8080: Address already in use (os error 98)"; the
+    /// [`ListenError`](crate::ListenError) inside has the address and errno.
+    pub fn bind<A: ToListenAddr>(addr: A) -> io::Result<Listener> {
+        Listener::bind_with_backlog(addr, DEFAULT_BACKLOG)
+    }
+
+    /// Like [`bind`](Listener::bind), with an explicit `listen(2)` backlog.
+    pub fn bind_with_backlog<A: ToListenAddr>(addr: A, backlog: i32) -> io::Result<Listener> {
+        let addr = addr.to_listen_addr()?;
+        signal::install_interrupt_handler()?;
+        match worker::runtime() {
+            Some(rt) => rt.listen(&addr, backlog),
+            None => Listener::bind_standalone(&addr, backlog),
+        }
+    }
+
+    fn bind_standalone(addr: &ListenAddr, backlog: i32) -> io::Result<Listener> {
+        let bound = bind::bind(addr, BindOptions::default())?;
+        let unlink = match (&bound.local, bound.created_file) {
+            (ListenAddr::Unix(p), true) => Some(p.clone()),
+            _ => None,
+        };
+        let listener = Listener::new(
+            bound.local.clone(),
+            bound.kind,
+            Source::Socket(bound.fd),
+            Origin::Standalone { unlink },
+        );
+        if let Source::Socket(fd) = &listener.shared.source {
+            socket::listen(fd.as_fd(), backlog).map_err(|e| crate::ListenError::io(addr, e))?;
+        }
+        Ok(listener)
+    }
+
+    /// A listener on a socket granted by the primary: listens on it (a no-op when
+    /// another worker already did, as the socket is shared).
+    pub(crate) fn from_granted_socket(
+        local: ListenAddr,
+        fd: OwnedFd,
+        backlog: i32,
+        handle: u32,
+    ) -> io::Result<Listener> {
+        socket::listen(fd.as_fd(), backlog).map_err(|e| crate::ListenError::io(&local, e))?;
+        let kind = bind::kind_of(&local);
+        Ok(Listener::new(
+            local,
+            kind,
+            Source::Socket(fd),
+            Origin::Worker { handle },
+        ))
+    }
+
+    /// A listener on a hand-off channel granted by the primary.
+    pub(crate) fn from_granted_handoff(local: ListenAddr, fd: OwnedFd, handle: u32) -> Listener {
+        let kind = bind::kind_of(&local);
+        Listener::new(
+            local,
+            kind,
+            Source::Handoff(Channel::from_fd(fd)),
+            Origin::Worker { handle },
+        )
+    }
+
+    fn new(local: ListenAddr, kind: StreamKind, source: Source, origin: Origin) -> Listener {
+        Listener {
+            shared: Arc::new(Shared {
+                local,
+                kind,
+                source,
+                gate: Gate::default(),
+                origin,
+                accepted: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The address this listener is bound to, with port 0 resolved.
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.shared.local
+    }
+
+    /// Waits for the next connection. `Ok(None)` once the listener is closed (by
+    /// [`close`](Listener::close), or by the primary's disconnect), so a worker's accept
+    /// loop ends by itself:
+    ///
+    /// ```no_run
+    /// # let listener = cluster::Listener::bind("127.0.0.1:0")?;
+    /// while let Some(conn) = listener.accept()? {
+    ///     // serve conn
+    /// #   drop(conn);
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// Transient failures are handled here rather than returned: connections aborted
+    /// before they were accepted are skipped, and when the process is out of
+    /// descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) the thread backs
+    /// off (10 ms doubling to 500 ms) instead of spinning, and retries.
+    ///
+    /// # Errors
+    ///
+    /// Errors that retrying cannot fix (`EBADF`, `EINVAL`, a broken hand-off channel).
+    pub fn accept(&self) -> io::Result<Option<Connection>> {
+        let s = &*self.shared;
+        let conn = match &s.source {
+            Source::Socket(fd) => s.accept_socket(fd.as_fd())?,
+            Source::Handoff(ch) => s.accept_handoff(ch)?,
+        };
+        if conn.is_some() {
+            s.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(conn)
+    }
+
+    /// An iterator over [`accept`](Listener::accept)'s connections, ending when the
+    /// listener closes.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// Stops accepting: every current and future [`accept`](Listener::accept) returns
+    /// `Ok(None)` (after the connections already handed to this worker). In a worker,
+    /// the primary is told, and stops routing connections here.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether [`close`](Listener::close) was called (or the worker is disconnecting).
+    pub fn is_closed(&self) -> bool {
+        self.shared.gate.is_closed()
+    }
+
+    /// Connections this listener has returned so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// The shared state, for the worker runtime's list of listeners to close.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Iterator returned by [`Listener::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a Listener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<Connection>;
+
+    fn next(&mut self) -> Option<io::Result<Connection>> {
+        self.listener.accept().transpose()
+    }
+}
+
+impl AsFd for Listener {
+    /// The listening socket, or in round-robin mode the hand-off channel.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.shared.source {
+            Source::Socket(fd) => fd.as_fd(),
+            Source::Handoff(ch) => ch.as_fd(),
+        }
+    }
+}
+
+/// What to do after a failed `accept(2)`.
+enum AcceptFailure {
+    /// Interrupted: closed, or try again.
+    Interrupted,
+    /// The connection died before we took it: try again at once.
+    Skip,
+    /// Out of descriptors or memory: back off, then try again.
+    Resources,
+    /// Give up.
+    Fatal,
+}
+
+fn classify(e: &io::Error) -> AcceptFailure {
+    match e.raw_os_error() {
+        Some(libc::EINTR) => AcceptFailure::Interrupted,
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENONET) => {
+            AcceptFailure::Skip
+        }
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::EOPNOTSUPP) => {
+            AcceptFailure::Skip
+        }
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AcceptFailure::Resources
+        }
+        _ => AcceptFailure::Fatal,
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+impl Shared {
+    fn accept_socket(&self, fd: BorrowedFd<'_>) -> io::Result<Option<Connection>> {
+        let Some(ticket) = self.gate.enter() else {
+            return Ok(None);
+        };
+        let mut backoff = BACKOFF_START;
+        loop {
+            match socket::accept(fd) {
+                Ok((conn, peer)) => {
+                    drop(ticket);
+                    let peer = match self.kind {
+                        StreamKind::Tcp => peer.inet().map(PeerAddr::Tcp),
+                        StreamKind::Unix => Some(PeerAddr::Unix(peer.unix_path())),
+                    };
+                    let peer = peer.unwrap_or(PeerAddr::Unix(None));
+                    return Ok(Some(Connection::new(
+                        Stream::from_fd(self.kind, conn),
+                        peer,
+                    )));
+                }
+                Err(e) => match classify(&e) {
+                    AcceptFailure::Interrupted | AcceptFailure::Skip => {}
+                    AcceptFailure::Resources => {
+                        if backoff == BACKOFF_START {
+                            eprintln!("cluster: accept on {} failed: {e}; backing off", self.local);
+                        }
+                        poll::interruptible_sleep(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    AcceptFailure::Fatal => return Err(e),
+                },
+            }
+            if self.gate.is_closed() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
+        if self.gate.is_closed() {
+            return Ok(None);
+        }
+        // One credit for this call: the primary sends one connection against it.
+        match ch.send(&Message::Ready { count: 1 }, None) {
+            Ok(()) => {}
+            // Shut down (closed here, or the primary went away): nothing more will come.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut buf = [0u8; 256];
+        loop {
+            match ch.recv(&mut buf, false) {
+                Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
+                    return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
+                }
+                Ok(Received::Eof) => return Ok(None),
+                Ok(Received::Message(other, _fd)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "unexpected {} message on the hand-off channel",
+                            other.name()
+                        ),
+                    ));
+                }
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(RecvError::Io(e)) => return Err(e),
+                Err(RecvError::Protocol(e)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                }
+            }
+        }
+    }
+
+    /// Closes the listener (idempotent); see [`Listener::close`].
+    pub(crate) fn close(&self) {
+        if !self.gate.close() {
+            return;
+        }
+        match &self.source {
+            Source::Handoff(ch) => {
+                let _ = ch.shutdown();
+            }
+            Source::Socket(_) => self.gate.interrupt_all(&self.local),
+        }
+        if let Origin::Worker { handle } = self.origin {
+            if let Some(rt) = worker::runtime() {
+                rt.listener_closed(handle);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.close();
+        if let Origin::Standalone { unlink: Some(path) } = &self.origin {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The set of threads inside `accept(2)` on one listener, and its closed flag.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: AtomicBool,
+    inside: Mutex<Vec<Inside>>,
+}
+
+#[derive(Debug)]
+struct Inside {
+    tid: Tid,
+    signalled: bool,
+}
+
+/// A thread's registration inside a [`Gate`]; dropping it leaves.
+struct Ticket<'a> {
+    gate: &'a Gate,
+    tid: Tid,
+}
+
+thread_local! {
+    static TID: Cell<Tid> = const { Cell::new(0) };
+}
+
+fn current_tid() -> Tid {
+    TID.with(|t| {
+        if t.get() == 0 {
+            t.set(process::gettid());
+        }
+        t.get()
+    })
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, Vec<Inside>> {
+        self.inside.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Registers the calling thread; `None` when the gate is closed.
+    fn enter(&self) -> Option<Ticket<'_>> {
+        let tid = current_tid();
+        let mut inside = self.lock();
+        if self.is_closed() {
+            return None;
+        }
+        inside.push(Inside {
+            tid,
+            signalled: false,
+        });
+        Some(Ticket { gate: self, tid })
+    }
+
+    /// Closes the gate; `false` when it was already closed.
+    fn close(&self) -> bool {
+        let _inside = self.lock();
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Signals every registered thread until none is left inside (bounded: after 5 s
+    /// of trying, gives up and says so; threads that block the signal cannot be woken).
+    fn interrupt_all(&self, local: &ListenAddr) {
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        loop {
+            {
+                let mut inside = self.lock();
+                if inside.is_empty() {
+                    return;
+                }
+                for t in inside.iter_mut() {
+                    t.signalled = true;
+                    let _ = process::signal_thread(t.tid, signal::INTERRUPT_SIGNAL);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "cluster: threads still blocked in accept on {local} after 5 s of signals \
+                     (is SIGURG blocked?); giving up"
+                );
+                return;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let signalled = {
+            let mut inside = self.gate.lock();
+            match inside.iter().position(|t| t.tid == self.tid) {
+                Some(i) => inside.swap_remove(i).signalled,
+                None => false,
+            }
+        };
+        if signalled {
+            // The signal was sent while we were registered; have it delivered now, so
+            // it cannot interrupt the application's next call instead.
+            signal::deliver_pending();
+        }
+    }
+}

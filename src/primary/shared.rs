@@ -1,0 +1,50 @@
+//! The shared handle: the primary binds, every worker listens and accepts on the same
+//! socket (Node's `lib/internal/cluster/shared_handle.js`, `SCHED_NONE`).
+//!
+//! The primary creates and binds the socket but does not call `listen(2)`; each worker
+//! receives it in its listen reply, calls `listen(2)` (the first call makes the socket
+//! listen, later ones only adjust the backlog) and blocks in `accept(2)`. The kernel
+//! queues blocked accepters as exclusive waiters and wakes one per connection, oldest
+//! first, which balances better than Node's workers, whose epoll loops wake LIFO.
+//!
+//! The primary keeps its copy for the cluster's whole life, so the socket keeps
+//! listening (clients wait in the backlog) while no worker is alive, and a restarted
+//! worker gets the same socket back.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::addr::ListenAddr;
+use crate::bind::Bound;
+
+/// A shared handle: one bound socket that every worker listens and accepts on.
+#[derive(Debug)]
+pub(crate) struct SharedHandle {
+    local: ListenAddr,
+    fd: Option<OwnedFd>,
+}
+
+impl SharedHandle {
+    /// Wraps a freshly bound (not yet listening) socket.
+    pub(crate) fn new(bound: Bound) -> SharedHandle {
+        SharedHandle {
+            local: bound.local,
+            fd: Some(bound.fd),
+        }
+    }
+
+    /// The bound address.
+    pub(crate) fn local(&self) -> &ListenAddr {
+        &self.local
+    }
+
+    /// The socket to send a worker, while the handle is open.
+    pub(crate) fn socket(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Drops the primary's copy (shutdown): the socket closes when the last worker
+    /// closes its copy, and new clients are refused from then on.
+    pub(crate) fn close(&mut self) {
+        self.fd = None;
+    }
+}

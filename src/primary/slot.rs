@@ -1,0 +1,121 @@
+//! The primary's record of one worker process: pid, control channel, what is waiting to
+//! be sent to it, and where it is in its life.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use crate::ipc::channel::Channel;
+use crate::ipc::codec::Message;
+use crate::sys::fd;
+use crate::sys::process::Pid;
+use crate::WorkerId;
+
+/// How many user messages may wait for a worker that does not read its channel, before
+/// [`Cluster::send`](crate::Cluster::send) refuses more.
+pub(crate) const OUTBOX_LIMIT: usize = 1024;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Forked; has not said `Online` yet.
+    Starting,
+    /// Running.
+    Online,
+    /// Asked to disconnect; killed at `deadline` if still alive.
+    Disconnecting {
+        /// When it gets `SIGKILL`.
+        deadline: Instant,
+    },
+}
+
+/// One worker, as the primary sees it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: WorkerId,
+    pub(crate) pid: Pid,
+    pub(crate) control: Channel,
+    /// Records the worker's queue had no room for, sent when `poll` says it has.
+    outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
+    pub(crate) phase: Phase,
+    /// The primary asked it to go (Node's `exitedAfterDisconnect`).
+    pub(crate) requested: bool,
+    /// Its control channel reported EOF (it is exiting).
+    pub(crate) eof: bool,
+    /// `SIGKILL` was sent.
+    pub(crate) killed: bool,
+    /// Connections handed to it (round-robin).
+    pub(crate) dispatched: u64,
+}
+
+impl Slot {
+    pub(crate) fn new(id: WorkerId, pid: Pid, control: Channel) -> Slot {
+        Slot {
+            id,
+            pid,
+            control,
+            outbox: VecDeque::new(),
+            phase: Phase::Starting,
+            requested: false,
+            eof: false,
+            killed: false,
+            dispatched: 0,
+        }
+    }
+
+    /// Sends without ever blocking the primary: what the worker's queue cannot take now
+    /// waits in the outbox (with its own copy of `fd`) until `poll` reports room.
+    ///
+    /// # Errors
+    ///
+    /// The OS error when the channel is broken (the worker is gone: reaping follows).
+    pub(crate) fn send(
+        &mut self,
+        msg: &Message<'_>,
+        pass: Option<BorrowedFd<'_>>,
+    ) -> io::Result<()> {
+        if self.outbox.is_empty() {
+            match self.control.try_send(msg, pass) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut record = Vec::new();
+        msg.encode(&mut record);
+        let copy = match pass {
+            Some(fd) => Some(fd::dup_cloexec(fd)?),
+            None => None,
+        };
+        self.outbox.push_back((record, copy));
+        Ok(())
+    }
+
+    /// Whether user messages are piling up for a worker that does not read them.
+    pub(crate) fn outbox_full(&self) -> bool {
+        self.outbox.len() >= OUTBOX_LIMIT
+    }
+
+    /// Whether anything waits to be sent (poll for `POLLOUT` then).
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Sends what waits, in order, until the queue is full again.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        while let Some((record, fd)) = self.outbox.front() {
+            match self
+                .control
+                .send_encoded(record, fd.as_ref().map(|f| f.as_fd()), true)
+            {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

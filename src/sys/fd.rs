@@ -1,0 +1,78 @@
+//! Plain file-descriptor calls: `pipe2`, `fcntl`, `read`, `write`, `dup`, `open`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::{cvt, cvt_r};
+
+/// Corresponds to `pipe2(2)` with `O_CLOEXEC | O_NONBLOCK`; returns `(read end, write end)`.
+///
+/// The primary's signal handler writes into such a pipe: non-blocking so the handler
+/// never stalls, close-on-exec so no exec'd program inherits it.
+pub(crate) fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((read, write))
+}
+
+/// Sets or clears `O_NONBLOCK` with `fcntl(2)` (`F_GETFL`, then `F_SETFL`).
+///
+/// Careful: the flag belongs to the open file description, which every process holding
+/// a copy of the descriptor shares.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL on a borrowed (open) fd reads its status flags.
+    let flags = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let wanted = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if wanted != flags {
+        // SAFETY: F_SETFL with an int argument on an open fd.
+        cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, wanted) })?;
+    }
+    Ok(())
+}
+
+/// Whether `FD_CLOEXEC` is set on the descriptor (`fcntl(F_GETFD)`).
+#[cfg(test)]
+pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: F_GETFD on a borrowed (open) fd reads its descriptor flags.
+    let flags = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    Ok(flags & libc::FD_CLOEXEC != 0)
+}
+
+/// Corresponds to `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor for the same open file.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd or -1.
+    let new = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Corresponds to `read(2)`, retried on `EINTR`.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = cvt_r(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// Duplicates descriptor number `n` (one this process holds but no `OwnedFd` claims,
+/// such as a socket passed by systemd) with `fcntl(F_DUPFD_CLOEXEC)`.
+///
+/// # Errors
+///
+/// `EBADF` when `n` is not open.
+pub(crate) fn dup_number(n: i32) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on an arbitrary number is harmless: EBADF when it is not open; the
+    // original descriptor is neither closed nor claimed.
+    let new = cvt_r(|| unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

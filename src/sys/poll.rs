@@ -1,0 +1,93 @@
+//! `poll(2)`: the primary's one wait for everything.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+/// One entry of a `poll` set: a borrowed descriptor and the events of interest.
+///
+/// `#[repr(transparent)]` over `libc::pollfd`, so a slice of these is the array the
+/// kernel expects; the lifetime keeps the descriptor open while it is polled.
+#[repr(transparent)]
+pub(crate) struct PollFd<'fd> {
+    raw: libc::pollfd,
+    _fd: PhantomData<BorrowedFd<'fd>>,
+}
+
+impl std::fmt::Debug for PollFd<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PollFd({}, {:#x}/{:#x})",
+            self.raw.fd, self.raw.events, self.raw.revents
+        )
+    }
+}
+
+impl<'fd> PollFd<'fd> {
+    /// Watches `fd` for input, and for output too when `write` is set.
+    pub(crate) fn new(fd: BorrowedFd<'fd>, write: bool) -> PollFd<'fd> {
+        let mut events = libc::POLLIN;
+        if write {
+            events |= libc::POLLOUT;
+        }
+        PollFd {
+            raw: libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events,
+                revents: 0,
+            },
+            _fd: PhantomData,
+        }
+    }
+
+    /// Input is ready, or the peer hung up, or an error is pending: a read will not block.
+    pub(crate) fn readable(&self) -> bool {
+        self.raw.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
+    /// Output space is available.
+    pub(crate) fn writable(&self) -> bool {
+        self.raw.revents & (libc::POLLOUT | libc::POLLERR) != 0
+    }
+
+    /// Anything at all was reported.
+    pub(crate) fn any(&self) -> bool {
+        self.raw.revents != 0
+    }
+}
+
+/// Corresponds to `poll(2)`; `None` waits forever.
+///
+/// `EINTR` is returned to the caller (see the EINTR policy in [`crate::sys`]); the
+/// primary's loop treats it as "look again".
+pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = match timeout {
+        None => -1,
+        // Round up, so a 0.4 ms deadline does not become a busy 0 ms poll.
+        Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+    };
+    // SAFETY: PollFd is repr(transparent) over pollfd, so the slice is a valid array of
+    // `fds.len()` pollfds, each holding a descriptor kept open by its borrow.
+    let n = unsafe {
+        libc::poll(
+            fds.as_mut_ptr().cast::<libc::pollfd>(),
+            fds.len() as libc::nfds_t,
+            ms,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Sleeps for `d` unless a signal arrives first (`poll` with no descriptors).
+///
+/// Unlike `std::thread::sleep`, which resumes after a signal, this returns early, so a
+/// thread backing off can still be interrupted by its listener's close.
+pub(crate) fn interruptible_sleep(d: Duration) {
+    let _ = poll(&mut [], Some(d));
+}

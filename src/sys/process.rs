@@ -1,0 +1,165 @@
+//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, ids.
+#![allow(unsafe_code)]
+
+use std::io;
+
+use super::{cvt, cvt_r};
+
+/// A process id (`pid_t`).
+pub(crate) type Pid = libc::pid_t;
+
+/// Which side of a [`fork`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fork {
+    /// In the parent; the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// How many threads this process has (`Threads:` in `/proc/self/status`).
+pub(crate) fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no Threads: line in /proc/self/status",
+            )
+        })
+}
+
+/// Corresponds to `fork(2)`, refused unless this process has exactly one thread.
+///
+/// `fork` copies only the calling thread. If another thread held a lock at that moment
+/// (the allocator's, stdout's, any `Mutex`), the child inherits it locked forever, so in
+/// a multi-threaded process the child may only make async-signal-safe calls until it
+/// execs. A cluster's worker runs ordinary Rust code after `fork`, so this wrapper makes
+/// the single-threaded condition a checked precondition: with exactly one thread there
+/// is no other thread to hold a lock, the child is a complete copy, and `fork` is safe.
+///
+/// # Errors
+///
+/// `Other` naming the thread count when the process has more than one thread; the OS
+/// error (`EAGAIN`, `ENOMEM`) when `fork` fails.
+pub(crate) fn fork() -> io::Result<Fork> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork: the primary has {threads} threads (fork copies only one; \
+             create the cluster before starting threads)"
+        )));
+    }
+    // SAFETY: the process has exactly one thread (checked just above, and only this
+    // thread could have started another since), so the child is a consistent copy and
+    // may run arbitrary code; see the function's docs.
+    let pid = cvt(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+/// How a child ended, from `waitpid`'s status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// Corresponds to `waitpid(pid, WNOHANG)`: `None` while the child is still running.
+///
+/// Only the given pid is reaped, never `-1`: the application's own children (a
+/// `std::process::Child`) keep their statuses for their own `wait`.
+pub(crate) fn try_wait(pid: Pid) -> io::Result<Option<WaitStatus>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid int for the kernel to fill.
+    let r = cvt_r(|| unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    if r == 0 {
+        return Ok(None);
+    }
+    Ok(Some(decode_status(status)))
+}
+
+/// Corresponds to a blocking `waitpid(pid, 0)`, retried on `EINTR`.
+pub(crate) fn wait(pid: Pid) -> io::Result<WaitStatus> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid int for the kernel to fill.
+    cvt_r(|| unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    Ok(decode_status(status))
+}
+
+fn decode_status(status: i32) -> WaitStatus {
+    if libc::WIFSIGNALED(status) {
+        WaitStatus::Signaled(libc::WTERMSIG(status))
+    } else {
+        WaitStatus::Exited(libc::WEXITSTATUS(status))
+    }
+}
+
+/// Corresponds to `kill(2)`.
+///
+/// The caller must only name a child it has not reaped yet: once reaped, the pid may
+/// belong to an unrelated process.
+pub(crate) fn kill(pid: Pid, signal: i32) -> io::Result<()> {
+    // SAFETY: kill() takes plain integers.
+    cvt(unsafe { libc::kill(pid, signal) })?;
+    Ok(())
+}
+
+/// A thread id (`gettid`).
+pub(crate) type Tid = libc::pid_t;
+
+/// Corresponds to `gettid(2)`.
+pub(crate) fn gettid() -> Tid {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Corresponds to `getpid(2)`.
+pub(crate) fn getpid() -> Pid {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// Corresponds to `getppid(2)`.
+pub(crate) fn getppid() -> Pid {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// Corresponds to `tgkill(2)` on a thread of this process (Linux).
+pub(crate) fn signal_thread(tid: Tid, signal: i32) -> io::Result<()> {
+    // SAFETY: tgkill takes plain integers; targeting our own thread group means a
+    // recycled tid can only be another thread of this process.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            getpid() as libc::c_long,
+            tid as libc::c_long,
+            signal as libc::c_long,
+        )
+    })?;
+    Ok(())
+}
+
+/// Corresponds to `_exit(2)`: leaves at once, without running atexit handlers or
+/// destructors and without flushing stdio buffers that belong to the parent's copy.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Corresponds to `prctl(PR_SET_PDEATHSIG, signal)` (Linux): the kernel sends `signal`
+/// to this process when the thread that forked it exits.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes an integer signal number.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}

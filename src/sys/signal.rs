@@ -1,0 +1,206 @@
+//! Signal handling: the primary's self-pipe, and the worker's accept-interrupt signal.
+//!
+//! **The primary** never acts inside a signal handler. Its handler does one thing: write
+//! the signal's number, as one byte, into a non-blocking pipe (keeping `errno`). The
+//! primary's `poll` loop watches the pipe's read end, drains it first, then acts on each
+//! signal in ordinary code. (signal-hook's `low_level/pipe.rs` pattern.)
+//!
+//! **A worker** must be able to stop threads that are blocked in `accept(2)` on a
+//! listening socket it shares with other processes (competing-accept mode). Closing the
+//! descriptor does not wake them on Linux, and `shutdown(2)` would stop the socket for
+//! every worker. So a worker installs a no-op handler for [`INTERRUPT_SIGNAL`] *without*
+//! `SA_RESTART` and sends that signal to each blocked thread (`tgkill`): `accept4` fails
+//! with `EINTR` and the thread sees that its listener was closed. `SIGURG` is used, as
+//! Go's runtime does for preemption: its default action is to ignore it and the kernel
+//! only sends it for TCP urgent data to a socket owner set with `F_SETOWN`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Once;
+
+use super::cvt;
+
+/// The signal a worker sends its own threads to interrupt a blocking `accept`.
+pub(crate) const INTERRUPT_SIGNAL: i32 = libc::SIGURG;
+
+/// The write end of the active self-pipe, or -1. Read by the signal handler.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Whether a [`SignalPipe`] is installed in this process (only one may be).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Async-signal-safe only: errno access, an atomic load and write(2).
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    let saved = unsafe { *libc::__errno_location() };
+    let fd = WAKE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking, so a full
+        // pipe drops the byte instead of stalling (the loop wakes anyway).
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Nothing: delivering the signal is the point (the blocked call returns EINTR).
+}
+
+fn sigaction_with(handler: libc::sighandler_t, flags: i32) -> libc::sigaction {
+    // SAFETY: sigaction is plain old data; all-zero is a valid starting value.
+    let mut sa: libc::sigaction = unsafe { mem::zeroed() };
+    sa.sa_sigaction = handler;
+    sa.sa_flags = flags;
+    // SAFETY: sa_mask is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa
+}
+
+fn set_action(signal: i32, action: &libc::sigaction) -> io::Result<libc::sigaction> {
+    // SAFETY: sigaction is plain old data; all-zero is a valid value to overwrite.
+    let mut old: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: both pointers refer to valid sigaction structs for the call.
+    cvt(unsafe { libc::sigaction(signal, action, &mut old) })?;
+    Ok(old)
+}
+
+/// The primary's signal handlers and the self-pipe they write into.
+///
+/// Dropping it restores the handlers that were installed before, then closes the pipe.
+#[derive(Debug)]
+pub(crate) struct SignalPipe {
+    read: OwnedFd,
+    /// Kept open for the handler, which writes to it by number.
+    _write: OwnedFd,
+    previous: Vec<(i32, SavedAction)>,
+}
+
+/// A saved `sigaction`, restored on drop of [`SignalPipe`].
+struct SavedAction(libc::sigaction);
+
+impl std::fmt::Debug for SavedAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SavedAction")
+    }
+}
+
+impl SignalPipe {
+    /// Creates the pipe and installs the byte-writing handler for each of `signals`
+    /// (`SA_RESTART`, so the application's own blocking calls in the primary are not
+    /// disturbed; the loop's `poll` sees the pipe become readable instead).
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when another `SignalPipe` is installed in this process; the OS
+    /// error of `pipe2` or `sigaction` otherwise (handlers installed so far are restored).
+    pub(crate) fn install(signals: &[i32]) -> io::Result<SignalPipe> {
+        if INSTALLED.swap(true, Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "signal handlers are already installed by another cluster in this process",
+            ));
+        }
+        let (read, write) = match super::fd::pipe_nonblocking() {
+            Ok(p) => p,
+            Err(e) => {
+                INSTALLED.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut pipe = SignalPipe {
+            read,
+            _write: write,
+            previous: Vec::new(),
+        };
+        let action = sigaction_with(
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            libc::SA_RESTART | libc::SA_NOCLDSTOP,
+        );
+        for &signal in signals {
+            // On error, dropping `pipe` restores what was installed so far.
+            let old = set_action(signal, &action)?;
+            pipe.previous.push((signal, SavedAction(old)));
+        }
+        Ok(pipe)
+    }
+
+    /// The read end, for `poll`.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.read.as_fd()
+    }
+
+    /// Reads every pending byte and returns the signal numbers, in arrival order.
+    pub(crate) fn drain(&self, out: &mut Vec<i32>) {
+        use std::os::fd::AsFd;
+        let mut buf = [0u8; 64];
+        loop {
+            match super::fd::read(self.read.as_fd(), &mut buf) {
+                Ok(0) => return,
+                Ok(n) => out.extend(buf[..n].iter().map(|&b| i32::from(b))),
+                Err(_) => return, // EAGAIN: drained
+            }
+        }
+    }
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        for (signal, old) in self.previous.drain(..).rev() {
+            let _ = set_action(signal, &old.0);
+        }
+        WAKE_FD.store(-1, Ordering::SeqCst);
+        INSTALLED.store(false, Ordering::SeqCst);
+        // `read` and `write` close when the fields drop, after the handlers are gone.
+    }
+}
+
+/// In a freshly forked worker: every signal in `signals` back to `SIG_DFL`, and the
+/// signal mask emptied, so worker code starts as a new process would.
+pub(crate) fn reset_in_child(signals: &[i32]) -> io::Result<()> {
+    let dfl = sigaction_with(libc::SIG_DFL, 0);
+    for &signal in signals {
+        set_action(signal, &dfl)?;
+    }
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    let mut empty: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `empty` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: `empty` is initialised; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Installs the no-op [`INTERRUPT_SIGNAL`] handler without `SA_RESTART`, once per
+/// process. Blocking calls of the receiving thread then fail with `EINTR`.
+pub(crate) fn install_interrupt_handler() -> io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        let action = sigaction_with(
+            on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            0,
+        );
+        result = set_action(INTERRUPT_SIGNAL, &action).map(drop);
+    });
+    result
+}
+
+/// Makes the kernel deliver any signal already pending for this thread, now.
+///
+/// Pending signals are delivered on the way back from a system call, so one cheap
+/// system call is enough. A thread that was sent [`INTERRUPT_SIGNAL`] calls this before
+/// it returns to application code, so the signal cannot interrupt the application's
+/// next blocking call instead.
+pub(crate) fn deliver_pending() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}

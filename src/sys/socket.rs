@@ -1,0 +1,405 @@
+//! Socket calls: `socket`, `socketpair`, `bind`, `listen`, `accept4`, `connect`,
+//! `setsockopt`, `getsockname`, `shutdown`, and the `sockaddr` conversions they need.
+#![allow(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::{cvt, cvt_r};
+
+/// The longest Unix socket path, in bytes, without its terminating NUL
+/// (`sizeof(sun_path) - 1`, 107 on Linux).
+pub(crate) const UNIX_PATH_MAX: usize = empty_sockaddr_un().sun_path.len() - 1;
+
+const fn empty_sockaddr_un() -> libc::sockaddr_un {
+    libc::sockaddr_un {
+        sun_family: 0,
+        sun_path: [0; 108],
+    }
+}
+
+/// A socket address in the kernel's format (`sockaddr_storage` plus its length).
+#[derive(Clone, Copy)]
+pub(crate) struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(a) = self.inet() {
+            write!(f, "SockAddr({a})")
+        } else if let Some(p) = self.unix_path() {
+            write!(f, "SockAddr(unix:{})", p.display())
+        } else {
+            write!(f, "SockAddr(family {})", self.family())
+        }
+    }
+}
+
+/// Address families this crate listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Domain {
+    /// `AF_INET`.
+    Inet4,
+    /// `AF_INET6`.
+    Inet6,
+    /// `AF_UNIX`.
+    Unix,
+}
+
+impl Domain {
+    fn raw(self) -> libc::c_int {
+        match self {
+            Domain::Inet4 => libc::AF_INET,
+            Domain::Inet6 => libc::AF_INET6,
+            Domain::Unix => libc::AF_UNIX,
+        }
+    }
+}
+
+impl SockAddr {
+    fn zeroed() -> SockAddr {
+        SockAddr {
+            // SAFETY: sockaddr_storage is plain old data; all-zero bytes are a valid value.
+            storage: unsafe { mem::zeroed() },
+            len: mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    /// The `sockaddr_in` / `sockaddr_in6` for an IP socket address.
+    pub(crate) fn from_inet(addr: &SocketAddr) -> SockAddr {
+        let mut out = SockAddr::zeroed();
+        match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+                unsafe {
+                    std::ptr::write(
+                        (&mut out.storage as *mut libc::sockaddr_storage).cast(),
+                        sin,
+                    )
+                };
+                out.len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: as above.
+                unsafe {
+                    std::ptr::write(
+                        (&mut out.storage as *mut libc::sockaddr_storage).cast(),
+                        sin6,
+                    )
+                };
+                out.len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        out
+    }
+
+    /// The `sockaddr_un` for a filesystem path.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an empty path or one containing a NUL byte; the raw OS error
+    /// `ENAMETOOLONG` when the path is longer than [`UNIX_PATH_MAX`] bytes.
+    pub(crate) fn from_unix_path(path: &Path) -> io::Result<SockAddr> {
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.is_empty() || bytes.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a Unix socket path must be non-empty and contain no NUL byte",
+            ));
+        }
+        if bytes.len() > UNIX_PATH_MAX {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        let mut out = SockAddr::zeroed();
+        let mut un = empty_sockaddr_un();
+        un.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in un.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_un.
+        unsafe { std::ptr::write((&mut out.storage as *mut libc::sockaddr_storage).cast(), un) };
+        // Family + path + terminating NUL, as the kernel reports pathname addresses.
+        out.len = (mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        Ok(out)
+    }
+
+    /// The address family (`AF_INET`, `AF_INET6`, `AF_UNIX`, …).
+    pub(crate) fn family(&self) -> libc::c_int {
+        self.storage.ss_family as libc::c_int
+    }
+
+    /// The IP socket address, if this is an `AF_INET` or `AF_INET6` address.
+    pub(crate) fn inet(&self) -> Option<SocketAddr> {
+        match self.family() {
+            libc::AF_INET if self.len as usize >= mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in, and the length
+                // covers it; sockaddr_storage is aligned for it.
+                let sin: libc::sockaddr_in = unsafe {
+                    std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast())
+                };
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 if self.len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6: libc::sockaddr_in6 = unsafe {
+                    std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast())
+                };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// The filesystem path of an `AF_UNIX` address; `None` for unnamed and abstract
+    /// addresses and for other families.
+    pub(crate) fn unix_path(&self) -> Option<PathBuf> {
+        if self.family() != libc::AF_UNIX {
+            return None;
+        }
+        // SAFETY: the family says the storage holds a sockaddr_un; sockaddr_storage is
+        // large and aligned enough for it.
+        let un: libc::sockaddr_un =
+            unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast()) };
+        let offset = mem::size_of::<libc::sa_family_t>();
+        let path_len = (self.len as usize)
+            .saturating_sub(offset)
+            .min(un.sun_path.len());
+        let raw: Vec<u8> = un.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+        if raw.first().map_or(true, |&b| b == 0) {
+            return None; // unnamed, or abstract (leading NUL)
+        }
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Some(PathBuf::from(OsStr::from_bytes(&raw[..end])))
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+}
+
+/// Corresponds to `socket(2)` with `SOCK_STREAM | SOCK_CLOEXEC`, plus `SOCK_NONBLOCK`
+/// when asked.
+pub(crate) fn stream_socket(domain: Domain, nonblocking: bool) -> io::Result<OwnedFd> {
+    let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    if nonblocking {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: socket() takes plain integers and returns a new fd or -1.
+    let fd = cvt(unsafe { libc::socket(domain.raw(), ty, 0) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Corresponds to `socketpair(2)` with `AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC`.
+///
+/// `SOCK_SEQPACKET` keeps message boundaries (one `sendmsg` is one `recvmsg`, and the
+/// descriptors passed with a message arrive with it) and is connection-oriented (EOF when
+/// the peer is gone). Linux-specific for `AF_UNIX`.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded; both fds are new and owned by nobody else.
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((a, b))
+}
+
+/// Corresponds to `bind(2)`.
+pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SockAddr) -> io::Result<()> {
+    // SAFETY: `addr` points to `addr.len` valid bytes of a sockaddr.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr(), addr.len) })?;
+    Ok(())
+}
+
+/// Corresponds to `listen(2)`.
+pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen() takes an fd and an int.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(())
+}
+
+/// Corresponds to `accept4(2)` with `SOCK_CLOEXEC` (Linux): the new connection and the
+/// peer's address.
+///
+/// Blocks when the listener is blocking. `EINTR` is returned to the caller (see the
+/// module's EINTR policy): a worker interrupts its accepting threads with a signal when
+/// the listener closes.
+pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
+    let mut peer = SockAddr::zeroed();
+    // SAFETY: `peer.storage` is writable for `peer.len` bytes, and the kernel updates
+    // `peer.len` to the address's real length.
+    let new = cvt(unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            (&mut peer.storage as *mut libc::sockaddr_storage).cast(),
+            &mut peer.len,
+            libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: accept4 succeeded; the fd is new and owned by nobody else.
+    let conn = unsafe { OwnedFd::from_raw_fd(new) };
+    Ok((conn, peer))
+}
+
+/// Corresponds to `setsockopt(2)` with an `int` value.
+pub(crate) fn set_int_option(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: i32,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid int for the duration of the call.
+    cvt_r(|| unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Corresponds to `getsockopt(2)` for an `int` option.
+pub(crate) fn int_option(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes; the kernel updates `len`.
+    cvt_r(|| unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// `SO_REUSEADDR` on.
+pub(crate) fn set_reuse_address(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+}
+
+/// `SO_REUSEPORT` on.
+pub(crate) fn set_reuse_port(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+}
+
+/// Corresponds to `getsockname(2)`.
+pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+    let mut addr = SockAddr::zeroed();
+    // SAFETY: `addr.storage` is writable for `addr.len` bytes; the kernel updates len.
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
+            &mut addr.len,
+        )
+    })?;
+    Ok(addr)
+}
+
+/// The socket's type and whether it listens (`SO_TYPE`, `SO_ACCEPTCONN`): used to check
+/// a descriptor before adopting it as a listener.
+pub(crate) fn is_listening_stream(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let ty = int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let listening = int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)?;
+    Ok(ty == libc::SOCK_STREAM && listening != 0)
+}
+
+/// Which directions [`shutdown`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// `SHUT_RDWR`.
+    Both,
+}
+
+/// Corresponds to `shutdown(2)`.
+///
+/// On a `SOCK_SEQPACKET` hand-off channel, `SHUT_RDWR` wakes every thread blocked in
+/// `recvmsg` on it (they read the messages still queued, then EOF) and shows the peer a
+/// hang-up, while the queued messages stay readable: the primary relies on both.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
+    let how = match how {
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown() takes an fd and an int.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inet_round_trip() {
+        for s in ["127.0.0.1:8080", "[::1]:443", "0.0.0.0:0", "[fe80::1%2]:9"] {
+            let a: SocketAddr = match s.parse() {
+                Ok(a) => a,
+                Err(_) => SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 9, 0, 2)),
+            };
+            assert_eq!(SockAddr::from_inet(&a).inet(), Some(a));
+        }
+    }
+
+    #[test]
+    fn unix_path_round_trip_and_limits() {
+        let p = Path::new("/tmp/some.sock");
+        let a = SockAddr::from_unix_path(p).unwrap();
+        assert_eq!(a.family(), libc::AF_UNIX);
+        assert_eq!(a.unix_path().as_deref(), Some(p));
+        let long = "x".repeat(UNIX_PATH_MAX + 1);
+        let e = SockAddr::from_unix_path(Path::new(&long)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+        let max = "y".repeat(UNIX_PATH_MAX);
+        assert!(SockAddr::from_unix_path(Path::new(&max)).is_ok());
+        assert!(SockAddr::from_unix_path(Path::new("")).is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! The worker side: what runs in a forked child (Node's `lib/internal/cluster/child.js`).
+//!
+//! Order of operations in the child, right after `fork` returns 0 (the primary has
+//! already dropped its own structures in this copy of the process, which closed every
+//! descriptor the crate owned except this worker's end of its control channel):
+//!
+//! 1. signal handlers the primary installed go back to `SIG_DFL`, the mask is emptied;
+//! 2. `PR_SET_PDEATHSIG(SIGTERM)`, then a check that the primary is still the parent
+//!    (it may have died between `fork` and `prctl`, and then nobody would send it);
+//! 3. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
+//!    and one small thread that reads the control channel (listen replies, messages,
+//!    disconnect, EOF when the primary is gone);
+//! 4. `Online` goes to the primary, and the worker function runs;
+//! 5. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
+//!    flushed, and the process leaves with `_exit`: it never returns into the primary's
+//!    code path, whose copy of the stack it still carries.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use crate::addr::ListenAddr;
+use crate::error::{Error, ListenError};
+use crate::ipc::channel::{Channel, Incoming, RecvError};
+use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_MESSAGE_LEN, MAX_RECORD_LEN};
+use crate::listener::{self, Listener};
+use crate::sys::process::{self, Pid};
+use crate::sys::signal;
+use crate::WorkerId;
+
+/// The worker function's type, after [`Builder::start`](crate::Builder::start) erased
+/// its error type.
+pub(crate) type WorkerFn = dyn Fn(&Worker) -> Result<(), String>;
+
+/// This process's runtime, when it is a cluster worker.
+static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+
+/// The runtime, if this process is a worker.
+pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
+    RUNTIME.get()
+}
+
+/// How long a worker lingers after its primary vanished without the death signal
+/// arriving (the control channel's EOF is the backstop), before it exits.
+const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+
+/// A worker's view of the cluster: its id, messages to and from the primary, and
+/// whether it was asked to disconnect. Worker functions receive one; [`Worker::current`]
+/// finds it from anywhere in the worker process.
+#[derive(Clone)]
+pub struct Worker {
+    rt: Arc<Runtime>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").field("id", &self.rt.id).finish()
+    }
+}
+
+impl Worker {
+    /// The worker of this process, or `None` in the primary or outside a cluster
+    /// (Node's `cluster.isWorker` / `cluster.worker`).
+    pub fn current() -> Option<Worker> {
+        runtime().map(|rt| Worker { rt: rt.clone() })
+    }
+
+    /// This worker's id: 1, 2, … in fork order, never reused (Node's `worker.id`).
+    pub fn id(&self) -> WorkerId {
+        self.rt.id
+    }
+
+    /// Sends `data` to the primary, which sees it as [`Event::Message`](crate::Event).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] above [`MAX_MESSAGE_LEN`] bytes
+    /// (nothing is sent, the channel stays usable); [`Error::Io`] when the primary is
+    /// gone.
+    pub fn send(&self, data: &[u8]) -> Result<(), Error> {
+        if data.len() > MAX_MESSAGE_LEN {
+            return Err(Error::MessageTooLarge { len: data.len() });
+        }
+        self.rt
+            .control
+            .send(&Message::User(data), None)
+            .map_err(|e| Error::io("send a message to the primary", e))
+    }
+
+    /// Waits for the next message from the primary; `None` once the worker is
+    /// disconnecting (or the primary is gone) and every message that arrived before has
+    /// been returned, so a thread looping on `recv` ends with the worker.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut st = self.rt.lock();
+        loop {
+            if let Some(m) = st.inbox.pop_front() {
+                return Some(m);
+            }
+            if st.primary_gone || st.disconnecting {
+                return None;
+            }
+            st = self
+                .rt
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The next message from the primary if one is waiting.
+    pub fn try_recv(&self) -> Option<Vec<u8>> {
+        self.rt.lock().inbox.pop_front()
+    }
+
+    /// Like [`recv`](Worker::recv), giving up after `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = self.rt.lock();
+        loop {
+            if let Some(m) = st.inbox.pop_front() {
+                return Some(m);
+            }
+            let now = std::time::Instant::now();
+            if st.primary_gone || st.disconnecting || now >= deadline {
+                return None;
+            }
+            st = self
+                .rt
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether the primary asked this worker to disconnect (or is gone): listeners are
+    /// closed, and the worker should finish its connections and return.
+    pub fn is_disconnecting(&self) -> bool {
+        let st = self.rt.lock();
+        st.disconnecting || st.primary_gone
+    }
+}
+
+/// The worker process's shared state.
+pub(crate) struct Runtime {
+    id: WorkerId,
+    control: Channel,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    next_seq: u32,
+    replies: Vec<(u32, Result<ListenGrant, i32>, Option<OwnedFd>)>,
+    inbox: VecDeque<Vec<u8>>,
+    listeners: Vec<Weak<listener::Shared>>,
+    disconnecting: bool,
+    primary_gone: bool,
+}
+
+impl Runtime {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the primary for a listener on `addr` and waits for the reply (Node's
+    /// `queryServer` round trip).
+    pub(crate) fn listen(&self, addr: &ListenAddr, backlog: i32) -> io::Result<Listener> {
+        let seq = {
+            let mut st = self.lock();
+            st.next_seq = st.next_seq.wrapping_add(1);
+            st.next_seq
+        };
+        let request = Message::ListenRequest {
+            seq,
+            backlog,
+            addr: addr.clone(),
+        };
+        self.control
+            .send(&request, None)
+            .map_err(|e| ListenError::io(addr, e))?;
+        let (result, fd) = {
+            let mut st = self.lock();
+            loop {
+                if let Some(i) = st.replies.iter().position(|r| r.0 == seq) {
+                    let (_, result, fd) = st.replies.swap_remove(i);
+                    break (result, fd);
+                }
+                if st.primary_gone {
+                    return Err(ListenError::io(
+                        addr,
+                        io::Error::new(io::ErrorKind::BrokenPipe, "the primary is gone"),
+                    ));
+                }
+                st = self
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let grant =
+            result.map_err(|errno| ListenError::io(addr, io::Error::from_raw_os_error(errno)))?;
+        let Some(fd) = fd else {
+            // The codec refuses a successful reply without a descriptor; stay total.
+            return Err(ListenError::io(
+                addr,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "listen reply without a descriptor",
+                ),
+            ));
+        };
+        let listener = match grant.transport {
+            Transport::Socket => {
+                match Listener::from_granted_socket(grant.local, fd, backlog, grant.handle) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.listener_closed(grant.handle);
+                        return Err(e);
+                    }
+                }
+            }
+            Transport::Handoff => Listener::from_granted_handoff(grant.local, fd, grant.handle),
+        };
+        let disconnecting = {
+            let mut st = self.lock();
+            st.listeners.retain(|w| w.strong_count() > 0);
+            st.listeners.push(Arc::downgrade(listener.shared()));
+            st.disconnecting || st.primary_gone
+        };
+        let _ = self.control.send(
+            &Message::Listening {
+                handle: grant.handle,
+            },
+            None,
+        );
+        if disconnecting {
+            listener.close();
+        }
+        Ok(listener)
+    }
+
+    /// Tells the primary that the listener for `handle` closed (best effort: when the
+    /// primary is gone there is nobody to tell).
+    pub(crate) fn listener_closed(&self, handle: u32) {
+        let _ = self.control.send(&Message::ListenerClosed { handle }, None);
+    }
+
+    /// Closes every listener of this worker (disconnect, or the primary is gone).
+    fn close_listeners(&self) {
+        let listeners: Vec<_> = {
+            let st = self.lock();
+            st.listeners.iter().filter_map(Weak::upgrade).collect()
+        };
+        for l in listeners {
+            l.close();
+        }
+    }
+
+    /// The control thread: reads the control channel until the primary is gone.
+    fn control_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
+        loop {
+            match self.control.recv(&mut buf, false) {
+                Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
+                    self.lock().replies.push((seq, result, fd));
+                    self.changed.notify_all();
+                }
+                Ok(Incoming::Message(Message::User(data), None)) => {
+                    self.lock().inbox.push_back(data.to_vec());
+                    self.changed.notify_all();
+                }
+                Ok(Incoming::Message(Message::Disconnect, None)) => {
+                    self.lock().disconnecting = true;
+                    self.changed.notify_all();
+                    self.close_listeners();
+                }
+                Ok(Incoming::Message(other, _fd)) => {
+                    eprintln!(
+                        "cluster: worker {}: unexpected {} message from the primary; exiting",
+                        self.id,
+                        other.name()
+                    );
+                    process::exit_now(70);
+                }
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(RecvError::Protocol(e)) => {
+                    eprintln!(
+                        "cluster: worker {}: bad record from the primary: {e}; exiting",
+                        self.id
+                    );
+                    process::exit_now(70);
+                }
+                Ok(Incoming::Eof) | Err(RecvError::Io(_)) => {
+                    // The primary is gone: stop accepting, let the worker function
+                    // return, and leave after a grace period regardless.
+                    self.lock().primary_gone = true;
+                    self.changed.notify_all();
+                    self.close_listeners();
+                    std::thread::sleep(ORPHAN_GRACE);
+                    let _ = io::stdout().flush();
+                    process::exit_now(1);
+                }
+            }
+        }
+    }
+}
+
+/// Everything the child needs from the primary, by value.
+pub(crate) struct ChildStart {
+    pub(crate) id: WorkerId,
+    pub(crate) control: Channel,
+    pub(crate) primary: Pid,
+    pub(crate) reset_signals: &'static [i32],
+}
+
+/// Runs the worker: the order of operations is in the module docs. Returns the exit
+/// code; the caller `_exit`s with it.
+pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
+    let id = start.id;
+    if let Err(e) = signal::reset_in_child(start.reset_signals) {
+        eprintln!("cluster: worker {id}: cannot reset signal handlers: {e}");
+        return 70;
+    }
+    if let Err(e) = process::set_parent_death_signal(libc::SIGTERM) {
+        eprintln!("cluster: worker {id}: PR_SET_PDEATHSIG: {e}");
+        return 70;
+    }
+    if process::getppid() != start.primary {
+        return 70; // the primary died before prctl: nobody will signal us
+    }
+    if let Err(e) = signal::install_interrupt_handler() {
+        eprintln!("cluster: worker {id}: cannot install the accept-interrupt handler: {e}");
+        return 70;
+    }
+    let rt = Arc::new(Runtime {
+        id,
+        control: start.control,
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+    });
+    if RUNTIME.set(rt.clone()).is_err() {
+        eprintln!("cluster: worker {id}: a worker runtime already exists in this process");
+        return 70;
+    }
+    let reader = rt.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("cluster-control-{id}"))
+        .stack_size(64 * 1024)
+        .spawn(move || reader.control_loop());
+    if let Err(e) = spawned {
+        eprintln!("cluster: worker {id}: cannot start the control thread: {e}");
+        return 70;
+    }
+    if rt.control.send(&Message::Online, None).is_err() {
+        return 70; // the primary is already gone
+    }
+    let worker = Worker { rt };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&worker)));
+    let code = match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(msg)) => {
+            eprintln!("worker {id}: {msg}");
+            1
+        }
+        Err(_) => 101, // the panic hook has printed the message
+    };
+    let _ = io::stdout().flush();
+    code
+}
