@@ -123,3 +123,12 @@ impl std::error::Error for ListenError {
         Some(&self.source)
     }
 }
+
+/// The `errno` behind an error: its own, or that of a [`ListenError`] inside it.
+pub(crate) fn errno_of(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ListenError>())
+            .and_then(ListenError::os_error)
+    })
+}

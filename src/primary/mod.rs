@@ -758,7 +758,7 @@ impl Cluster {
         let idx = match self.handle_for(&addr, backlog) {
             Ok(i) => i,
             Err(error) => {
-                let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
+                let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
                 self.reply(
                     id,
                     &Message::ListenReply {

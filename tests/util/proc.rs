@@ -1,0 +1,312 @@
+//! Processes: start a server under test, read its output lines with deadlines, signal it
+//! by pid, and check that nothing it started is left behind.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A running server process whose stdout is read line by line.
+pub struct Server {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+    /// Worker pid → start time (from `/proc/PID/stat`), as announced on stdout.
+    pub workers: BTreeMap<u32, u64>,
+}
+
+/// The command that runs this test binary again, as a cluster primary.
+pub fn self_command(scenario_env: &[(&str, String)]) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.env("CLUSTER_SCENARIO_SERVER", "1");
+    for (k, v) in scenario_env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The path of a built example. `cargo test` builds the examples next to the test
+/// binaries; when only this test was built (`cargo test --test scenarios`), it is built
+/// here with the cargo that runs the tests.
+pub fn example(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or("no target dir")?;
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .status()
+            .map_err(|e| format!("cargo build --example {name}: {e}"))?;
+        if !st.success() {
+            return Err(format!("cargo build --example {name} failed"));
+        }
+    }
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} is not built", path.display()))
+    }
+}
+
+impl Server {
+    pub fn spawn(mut cmd: Command) -> Result<Server, String> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Ok(Server {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            workers: BTreeMap::new(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn note(&mut self, line: &str) {
+        // "fork ID PID" lines announce workers: remember their start times.
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some("fork") {
+            if let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) {
+                if let Some(start) = start_time(pid) {
+                    self.workers.insert(pid, start);
+                }
+            }
+        }
+    }
+
+    /// The next stdout line, or an error after `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Result<String, String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.note(&l);
+                self.seen.push(l.clone());
+                Ok(l)
+            }
+            Err(RecvTimeoutError::Timeout) => Err(format!(
+                "no output line within {timeout:?}; seen: {:?}",
+                self.seen
+            )),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(format!("stdout closed; seen: {:?}", self.seen))
+            }
+        }
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no line starting with {prefix:?} within {timeout:?}; seen: {:?}",
+                    self.seen
+                ));
+            }
+            let l = self.line(left)?;
+            if l.starts_with(prefix) {
+                return Ok(l);
+            }
+        }
+    }
+
+    /// Every remaining stdout line until EOF (bounded).
+    pub fn rest(&mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.note(&l);
+                    self.seen.push(l.clone());
+                    out.push(l);
+                }
+                Err(_) => return out,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) -> Result<(), String> {
+        signal(self.pid(), sig)
+    }
+
+    /// Waits for the process to exit (bounded); kills it by pid when the deadline passes.
+    pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Ok(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(format!(
+                        "server pid {} did not exit within {timeout:?}; killed",
+                        self.pid()
+                    ));
+                }
+                Err(e) => return Err(format!("wait: {e}")),
+            }
+        }
+    }
+
+    /// The whole stderr (after the process exited).
+    pub fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Every worker announced on stdout is gone (same pid and start time no longer
+    /// exists), checked for up to `timeout`.
+    pub fn check_workers_gone(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let alive: Vec<u32> = self
+                .workers
+                .iter()
+                .filter(|(pid, start)| start_time(**pid) == Some(**start) && !is_zombie(**pid))
+                .map(|(pid, _)| *pid)
+                .collect();
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("worker processes left behind: {alive:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed scenario must not leave its server running: kill by pid, then the
+        // workers it announced (they die with it anyway via PR_SET_PDEATHSIG).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for (pid, start) in &self.workers {
+            if start_time(*pid) == Some(*start) {
+                let _ = signal(*pid, "KILL");
+            }
+        }
+    }
+}
+
+/// Sends a signal by pid with kill(1) (test code stays free of `unsafe`).
+pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("kill: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{sig} {pid} failed"))
+    }
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+/// The process's start time in clock ticks (field 22 of /proc/PID/stat).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether the process is a zombie.
+pub fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
+}
+
+/// The pids whose parent is `parent`, with their state letter.
+pub fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(f) = stat_fields(pid) {
+            if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+                out.push((pid, f[0].clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The descriptors open in this process.
+pub fn open_fds() -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The directory handle itself was listed and is closed now.
+    out.retain(|n| std::fs::symlink_metadata(format!("/proc/self/fd/{n}")).is_ok());
+    out.sort_unstable();
+    out
+}
+
+/// Whether descriptor `fd` of this process has FD_CLOEXEC (from /proc/self/fdinfo).
+pub fn is_cloexec(fd: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .is_some_and(|flags| flags & 0o2000000 != 0)
+}
