@@ -21,6 +21,7 @@ use std::path::Path;
 use crate::addr::ListenAddr;
 use crate::connection::StreamKind;
 use crate::error::ListenError;
+use crate::options::ListenOptions;
 use crate::sys::socket::{self, Domain, SockAddr};
 
 /// A bound socket and what a worker needs to know about it.
@@ -45,14 +46,36 @@ pub(crate) struct BindOptions {
     pub(crate) nonblocking: bool,
 }
 
-/// Creates and binds (does not listen on) a socket for `addr`.
+/// Creates and binds (does not listen on) a socket for `addr`, and sets `options` on
+/// it ([`configure`]). On failure, a socket file it created is removed again.
 ///
 /// # Errors
 ///
 /// An `io::Error` of the OS error's kind whose message names `addr` (a
 /// [`ListenError`] inside).
-pub(crate) fn bind(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
-    bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))
+pub(crate) fn bind(
+    addr: &ListenAddr,
+    opts: BindOptions,
+    options: &ListenOptions,
+) -> io::Result<Bound> {
+    let bound = bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))?;
+    if let Err(e) = configure(bound.fd.as_fd(), bound.kind, options) {
+        if let Some(f) = bound.socket_file() {
+            let _ = std::fs::remove_file(f);
+        }
+        return Err(ListenError::io(addr, e));
+    }
+    Ok(bound)
+}
+
+impl Bound {
+    /// The Unix socket file this bind created, if any.
+    pub(crate) fn socket_file(&self) -> Option<std::path::PathBuf> {
+        match (&self.local, self.created_file) {
+            (ListenAddr::Unix(p), true) => Some(p.clone()),
+            _ => None,
+        }
+    }
 }
 
 fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
@@ -123,6 +146,34 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
             })
         }
     }
+}
+
+/// Sets `options` on a bound socket before it listens: `TCP_NODELAY`, the timeouts and
+/// `TCP_DEFER_ACCEPT` on TCP sockets (accepted connections inherit the first three);
+/// nothing on Unix sockets, whose connections inherit nothing (the listener sets their
+/// timeouts one by one).
+fn configure(
+    fd: std::os::fd::BorrowedFd<'_>,
+    kind: StreamKind,
+    options: &ListenOptions,
+) -> io::Result<()> {
+    if kind != StreamKind::Tcp {
+        return Ok(());
+    }
+    if options.nodelay {
+        socket::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
+    if options.read_timeout.is_some() {
+        socket::set_timeout(fd, socket::Timeout::Receive, options.read_timeout)?;
+    }
+    if options.write_timeout.is_some() {
+        socket::set_timeout(fd, socket::Timeout::Send, options.write_timeout)?;
+    }
+    if let Some(d) = options.defer_accept {
+        let secs = d.as_secs().clamp(1, i32::MAX as u64) as i32;
+        socket::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)?;
+    }
+    Ok(())
 }
 
 /// Removes a Unix socket file nobody listens on; leaves everything else alone.

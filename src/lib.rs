@@ -70,6 +70,7 @@ mod event;
 mod ipc;
 mod listener;
 mod mode;
+mod options;
 mod primary;
 pub(crate) mod sys;
 mod worker;
@@ -81,5 +82,11 @@ pub use event::{Event, ExitStatus, WorkerId};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
 pub use mode::{Mode, ModeParseError};
-pub use primary::{Builder, Cluster, WorkerInfo, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use options::ListenOptions;
+pub use primary::{Builder, Cluster, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use worker::Worker;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -47,6 +47,7 @@ use crate::bind::{self, BindOptions};
 use crate::connection::{Connection, Stream, StreamKind};
 use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
 use crate::ipc::codec::Message;
+use crate::options::ListenOptions;
 use crate::sys::process::{self, Tid};
 use crate::sys::{poll, signal, socket};
 use crate::worker;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     gate: Gate,
     origin: Origin,
     accepted: AtomicU64,
+    /// Timeouts to set on each accepted Unix connection (TCP ones inherit them).
+    unix_timeouts: Option<(Option<Duration>, Option<Duration>)>,
 }
 
 /// Where connections come from.
@@ -104,7 +107,7 @@ enum Origin {
 }
 
 impl Listener {
-    /// Listens on `addr` with the default backlog ([`DEFAULT_BACKLOG`]).
+    /// Listens on `addr` with the default [`ListenOptions`] (backlog 511).
     ///
     /// In a cluster worker the primary provides the listener (see the module docs);
     /// elsewhere this binds and listens like `std::net::TcpListener::bind`, with
@@ -117,67 +120,79 @@ impl Listener {
     /// "cannot listen on 127.0.0.1:8080: Address already in use (os error 98)"; the
     /// [`ListenError`](crate::ListenError) inside has the address and errno.
     pub fn bind<A: ToListenAddr>(addr: A) -> io::Result<Listener> {
-        Listener::bind_with_backlog(addr, DEFAULT_BACKLOG)
+        Listener::bind_with(addr, &ListenOptions::new())
     }
 
-    /// Like [`bind`](Listener::bind), with an explicit `listen(2)` backlog.
-    pub fn bind_with_backlog<A: ToListenAddr>(addr: A, backlog: i32) -> io::Result<Listener> {
+    /// Like [`bind`](Listener::bind), with [`ListenOptions`]: the backlog, and options
+    /// for the accepted connections, set once on the listening socket. In a cluster,
+    /// the options of the first worker that asks for an address set up its listener.
+    ///
+    /// # Errors
+    ///
+    /// As for [`bind`](Listener::bind).
+    pub fn bind_with<A: ToListenAddr>(addr: A, options: &ListenOptions) -> io::Result<Listener> {
         let addr = addr.to_listen_addr()?;
         signal::install_interrupt_handler()?;
         match worker::runtime() {
-            Some(rt) => rt.listen(&addr, backlog),
-            None => Listener::bind_standalone(&addr, backlog),
+            Some(rt) => rt.listen(&addr, options),
+            None => Listener::bind_standalone(&addr, options),
         }
     }
 
-    fn bind_standalone(addr: &ListenAddr, backlog: i32) -> io::Result<Listener> {
-        let bound = bind::bind(addr, BindOptions::default())?;
-        let unlink = match (&bound.local, bound.created_file) {
-            (ListenAddr::Unix(p), true) => Some(p.clone()),
-            _ => None,
-        };
+    fn bind_standalone(addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener> {
+        let bound = bind::bind(addr, BindOptions::default(), options)?;
+        let unlink = bound.socket_file();
         let listener = Listener::new(
             bound.local.clone(),
-            bound.kind,
             Source::Socket(bound.fd),
             Origin::Standalone { unlink },
+            options,
         );
         if let Source::Socket(fd) = &listener.shared.source {
-            socket::listen(fd.as_fd(), backlog).map_err(|e| crate::ListenError::io(addr, e))?;
+            socket::listen(fd.as_fd(), options.backlog)
+                .map_err(|e| crate::ListenError::io(addr, e))?;
         }
         Ok(listener)
     }
 
-    /// A listener on a socket granted by the primary: listens on it (a no-op when
-    /// another worker already did, as the socket is shared).
+    /// A listener on a socket granted (and configured) by the primary: listens on it
+    /// (a no-op when another worker already did, as the socket is shared).
     pub(crate) fn from_granted_socket(
         local: ListenAddr,
         fd: OwnedFd,
-        backlog: i32,
+        options: &ListenOptions,
         handle: u32,
     ) -> io::Result<Listener> {
-        socket::listen(fd.as_fd(), backlog).map_err(|e| crate::ListenError::io(&local, e))?;
-        let kind = bind::kind_of(&local);
+        socket::listen(fd.as_fd(), options.backlog)
+            .map_err(|e| crate::ListenError::io(&local, e))?;
         Ok(Listener::new(
             local,
-            kind,
             Source::Socket(fd),
             Origin::Worker { handle },
+            options,
         ))
     }
 
     /// A listener on a hand-off channel granted by the primary.
-    pub(crate) fn from_granted_handoff(local: ListenAddr, fd: OwnedFd, handle: u32) -> Listener {
-        let kind = bind::kind_of(&local);
+    pub(crate) fn from_granted_handoff(
+        local: ListenAddr,
+        fd: OwnedFd,
+        options: &ListenOptions,
+        handle: u32,
+    ) -> Listener {
         Listener::new(
             local,
-            kind,
             Source::Handoff(Channel::from_fd(fd)),
             Origin::Worker { handle },
+            options,
         )
     }
 
-    fn new(local: ListenAddr, kind: StreamKind, source: Source, origin: Origin) -> Listener {
+    fn new(local: ListenAddr, source: Source, origin: Origin, options: &ListenOptions) -> Listener {
+        let kind = bind::kind_of(&local);
+        let timeouts = (options.read_timeout, options.write_timeout);
+        let unix_timeouts =
+            (kind == StreamKind::Unix && timeouts != (None, None)).then_some(timeouts);
         Listener {
             shared: Arc::new(Shared {
                 local,
@@ -186,6 +201,7 @@ impl Listener {
                 gate: Gate::default(),
                 origin,
                 accepted: AtomicU64::new(0),
+                unix_timeouts,
             }),
         }
     }
@@ -222,8 +238,12 @@ impl Listener {
             Source::Socket(fd) => s.accept_socket(fd.as_fd())?,
             Source::Handoff(ch) => s.accept_handoff(ch)?,
         };
-        if conn.is_some() {
+        if let Some(c) = &conn {
             s.accepted.fetch_add(1, Ordering::Relaxed);
+            if let Some((read, write)) = s.unix_timeouts {
+                c.stream().set_read_timeout(read)?;
+                c.stream().set_write_timeout(write)?;
+            }
         }
         Ok(conn)
     }
@@ -295,7 +315,9 @@ enum AcceptFailure {
 
 fn classify(e: &io::Error) -> AcceptFailure {
     match e.raw_os_error() {
-        Some(libc::EINTR) => AcceptFailure::Interrupted,
+        // EAGAIN: the listening socket's receive timeout (a ListenOptions read timeout)
+        // ended the wait; just wait again.
+        Some(libc::EINTR | libc::EAGAIN) => AcceptFailure::Interrupted,
         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENONET) => {
             AcceptFailure::Skip
         }

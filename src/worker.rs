@@ -27,6 +27,7 @@ use crate::error::{Error, ListenError};
 use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_MESSAGE_LEN, MAX_RECORD_LEN};
 use crate::listener::{self, Listener};
+use crate::options::ListenOptions;
 use crate::sys::process::{self, Pid};
 use crate::sys::signal;
 use crate::WorkerId;
@@ -169,7 +170,11 @@ impl Runtime {
 
     /// Asks the primary for a listener on `addr` and waits for the reply (Node's
     /// `queryServer` round trip).
-    pub(crate) fn listen(&self, addr: &ListenAddr, backlog: i32) -> io::Result<Listener> {
+    pub(crate) fn listen(
+        &self,
+        addr: &ListenAddr,
+        options: &ListenOptions,
+    ) -> io::Result<Listener> {
         let seq = {
             let mut st = self.lock();
             st.next_seq = st.next_seq.wrapping_add(1);
@@ -177,7 +182,7 @@ impl Runtime {
         };
         let request = Message::ListenRequest {
             seq,
-            backlog,
+            options: options.clone(),
             addr: addr.clone(),
         };
         self.control
@@ -216,7 +221,7 @@ impl Runtime {
         };
         let listener = match grant.transport {
             Transport::Socket => {
-                match Listener::from_granted_socket(grant.local, fd, backlog, grant.handle) {
+                match Listener::from_granted_socket(grant.local, fd, options, grant.handle) {
                     Ok(l) => l,
                     Err(e) => {
                         self.listener_closed(grant.handle);
@@ -224,7 +229,9 @@ impl Runtime {
                     }
                 }
             }
-            Transport::Handoff => Listener::from_granted_handoff(grant.local, fd, grant.handle),
+            Transport::Handoff => {
+                Listener::from_granted_handoff(grant.local, fd, options, grant.handle)
+            }
         };
         let disconnecting = {
             let mut st = self.lock();

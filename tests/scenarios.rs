@@ -235,6 +235,7 @@ fn rr_worker_killed() -> Outcome {
         .ok_or("no pid for worker 1")?;
     let served_before = warm.by_worker.get(&1).copied().unwrap_or(0);
     proc::signal(victim_pid, "STOP")?;
+    proc::wait_stopped(victim_pid, Duration::from_secs(5))?;
     let clients = 16;
     let result = std::thread::scope(|s| -> Outcome {
         let handles: Vec<_> = (0..clients)

@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cluster::Stream;
+use cluster::{ListenOptions, Stream};
 
 /// How often a blocked read wakes to look at the stop flag.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -22,6 +22,17 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 
 const BUF: usize = 8192;
+
+/// How the listener must be set up for [`serve`]: `TCP_NODELAY` (responses go out at
+/// once), reads that wake every [`TICK`], writes that give up after [`IDLE_LIMIT`].
+/// They are set once on the listening socket and inherited by every TCP connection, so
+/// a connection costs no `setsockopt`.
+pub fn listen_options() -> ListenOptions {
+    ListenOptions::new()
+        .nodelay(true)
+        .read_timeout(Some(TICK))
+        .write_timeout(Some(IDLE_LIMIT))
+}
 const MAX_HEADERS: usize = 64;
 
 /// What the server answers; the routes live in `main.rs`.
@@ -167,18 +178,15 @@ fn error_response(status: &'static str) -> Response {
 /// Serves one connection until the client closes it, asks to close, misbehaves, stays
 /// silent too long, or `stop` is set (then after the current request). Returns the
 /// number of requests answered.
+///
+/// The stream must come from a listener set up with [`listen_options`]: reads time out
+/// after [`TICK`], so an idle connection keeps looking at `stop`.
 pub fn serve(
     stream: &mut Stream,
     worker: u32,
     stop: &AtomicBool,
     router: &dyn Fn(&Request<'_>) -> Response,
 ) -> u64 {
-    let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(TICK)).is_err()
-        || stream.set_write_timeout(Some(IDLE_LIMIT)).is_err()
-    {
-        return 0;
-    }
     let mut buf = [0u8; BUF];
     let mut len = 0;
     let mut silent = Duration::ZERO;

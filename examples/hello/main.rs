@@ -100,7 +100,7 @@ fn route(req: &http::Request<'_>) -> http::Response {
 /// connection at a time. When the primary asks the worker to disconnect, accept returns
 /// `None`, the flag tells busy threads to finish, and the worker returns.
 fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Result<()> {
-    let listener = Listener::bind(addr)?;
+    let listener = Listener::bind_with(addr, &http::listen_options())?;
     let id = worker.id().0;
     let served = AtomicU64::new(0);
     let stop = AtomicBool::new(false);

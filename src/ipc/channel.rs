@@ -5,7 +5,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::codec::{Message, ProtocolError, MAX_RECORD_LEN};
-use crate::sys::{scm, socket};
+use crate::sys::scm::{self, BATCH, BATCH_RECORD};
+use crate::sys::socket;
 
 /// One end of a primary ⇄ worker channel.
 #[derive(Debug)]
@@ -125,6 +126,44 @@ impl Channel {
                 count,
             })),
         }
+    }
+
+    /// Receives up to [`BATCH`] queued records in one system call (`recvmmsg`),
+    /// without blocking, and hands each to `each`: a decoded record, EOF, or the
+    /// protocol error of a bad one (its descriptors already closed). Records longer than
+    /// [`BATCH_RECORD`] bytes are refused as oversized: only small records travel this way.
+    ///
+    /// Returns how many records were read; `WouldBlock` when none was queued.
+    pub(crate) fn recv_many(
+        &self,
+        bufs: &mut [[u8; BATCH_RECORD]; BATCH],
+        each: &mut dyn FnMut(Result<Incoming<'_>, ProtocolError>),
+    ) -> io::Result<usize> {
+        let mut got = Vec::with_capacity(BATCH);
+        scm::recv_many(self.fd.as_fd(), bufs, &mut got)?;
+        let n = got.len();
+        for (r, buf) in got.into_iter().zip(bufs.iter()) {
+            if r.control_truncated {
+                each(Err(ProtocolError::ControlTruncated));
+            } else if r.data_truncated {
+                each(Err(ProtocolError::Oversized { len: r.len }));
+            } else if r.len == 0 && r.fds.len() == 0 {
+                each(Ok(Incoming::Eof));
+            } else {
+                let count = r.fds.len();
+                match Message::decode(&buf[..r.len], count) {
+                    Ok(msg) => match r.fds.into_single() {
+                        Ok(fd) => each(Ok(Incoming::Message(msg, fd))),
+                        Err(_) => each(Err(ProtocolError::UnexpectedFd {
+                            kind: msg.name(),
+                            count,
+                        })),
+                    },
+                    Err(e) => each(Err(e)),
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Shuts both directions down: wakes every thread blocked in `recv` on this end

@@ -21,7 +21,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use crate::addr::{ListenAddr, PeerAddr};
+use crate::options::ListenOptions;
 
 /// Bytes of the record header.
 pub(crate) const HEADER_LEN: usize = 8;
@@ -55,8 +58,8 @@ pub(crate) enum Message<'a> {
     ListenRequest {
         /// Matches the reply to the request.
         seq: u32,
-        /// The listen backlog the worker asks for.
-        backlog: i32,
+        /// How the listener should be set up (used when this request creates it).
+        options: ListenOptions,
         /// The key.
         addr: ListenAddr,
     },
@@ -284,9 +287,9 @@ impl Message<'_> {
         out.extend_from_slice(&[self.kind(), 0, 0, 0, 0, 0, 0, 0]);
         match self {
             Message::Online | Message::Disconnect => {}
-            Message::ListenRequest { seq, backlog, addr } => {
+            Message::ListenRequest { seq, options, addr } => {
                 out.extend_from_slice(&seq.to_le_bytes());
-                out.extend_from_slice(&backlog.to_le_bytes());
+                put_options(out, options);
                 put_listen_addr(out, addr);
             }
             Message::ListenReply { seq, result } => {
@@ -348,9 +351,9 @@ impl Message<'_> {
             kind::LISTEN_REQUEST => {
                 r.kind = "listen-request";
                 let seq = r.u32()?;
-                let backlog = r.i32()?;
+                let options = r.options()?;
                 let addr = r.listen_addr()?;
-                r.done(Message::ListenRequest { seq, backlog, addr })?
+                r.done(Message::ListenRequest { seq, options, addr })?
             }
             kind::LISTEN_REPLY => {
                 r.kind = "listen-reply";
@@ -451,6 +454,21 @@ fn put_path(out: &mut Vec<u8>, p: &Path) {
     out.extend_from_slice(bytes);
 }
 
+/// Durations travel as milliseconds (0 = none), rounded up so a short one stays set.
+fn millis(d: Option<Duration>) -> u32 {
+    d.map_or(0, |d| {
+        d.as_nanos().div_ceil(1_000_000).clamp(1, u32::MAX as u128) as u32
+    })
+}
+
+fn put_options(out: &mut Vec<u8>, o: &ListenOptions) {
+    out.extend_from_slice(&o.backlog.to_le_bytes());
+    out.push(u8::from(o.nodelay));
+    out.extend_from_slice(&millis(o.read_timeout).to_le_bytes());
+    out.extend_from_slice(&millis(o.write_timeout).to_le_bytes());
+    out.extend_from_slice(&millis(o.defer_accept).to_le_bytes());
+}
+
 fn put_listen_addr(out: &mut Vec<u8>, a: &ListenAddr) {
     match a {
         ListenAddr::Tcp(sa) => put_socket_addr(out, sa),
@@ -539,6 +557,26 @@ impl<'a> Reader<'a> {
         Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
     }
 
+    fn duration(&mut self) -> Result<Option<Duration>, ProtocolError> {
+        let ms = self.u32()?;
+        Ok((ms != 0).then(|| Duration::from_millis(u64::from(ms))))
+    }
+
+    fn options(&mut self) -> Result<ListenOptions, ProtocolError> {
+        let backlog = self.i32()?;
+        let nodelay = match self.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(self.malformed("bad nodelay flag")),
+        };
+        Ok(ListenOptions::new()
+            .backlog(backlog)
+            .nodelay(nodelay)
+            .read_timeout(self.duration()?)
+            .write_timeout(self.duration()?)
+            .defer_accept(self.duration()?))
+    }
+
     fn listen_addr(&mut self) -> Result<ListenAddr, ProtocolError> {
         let Some(&tag) = self.buf.first() else {
             return Err(self.malformed("payload too short"));
@@ -584,22 +622,27 @@ mod tests {
             Message::Disconnect,
             Message::ListenRequest {
                 seq: 7,
-                backlog: 511,
+                options: ListenOptions::new(),
                 addr: "127.0.0.1:0".parse().unwrap(),
             },
             Message::ListenRequest {
                 seq: 8,
-                backlog: -1,
+                options: ListenOptions::new()
+                    .backlog(-1)
+                    .nodelay(true)
+                    .read_timeout(Some(Duration::from_millis(250)))
+                    .write_timeout(Some(Duration::from_secs(5)))
+                    .defer_accept(Some(Duration::from_secs(1))),
                 addr: "[::1]:8080".parse().unwrap(),
             },
             Message::ListenRequest {
                 seq: 9,
-                backlog: 16,
+                options: ListenOptions::new().backlog(16),
                 addr: ListenAddr::Unix("/tmp/x.sock".into()),
             },
             Message::ListenRequest {
                 seq: 10,
-                backlog: 16,
+                options: ListenOptions::new().backlog(16),
                 addr: ListenAddr::Fd(3),
             },
             Message::ListenReply {

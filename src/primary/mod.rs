@@ -39,19 +39,20 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::bind::{self, BindOptions};
-use crate::error::Error;
+use crate::error::{Error, ListenError};
 use crate::event::{Event, ExitStatus, WorkerId};
 use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{
     ListenGrant, Message, ProtocolError, Transport, MAX_MESSAGE_LEN, MAX_RECORD_LEN,
 };
 use crate::mode::Mode;
+use crate::options::ListenOptions;
 use crate::sys::poll::{self, PollFd};
 use crate::sys::process::{self, Fork, Pid, WaitStatus};
 use crate::sys::signal::SignalPipe;
 use crate::worker::{self, ChildStart, Worker, WorkerFn};
 
-use round_robin::{MemberStatus, RoundRobinHandle};
+use round_robin::RoundRobinHandle;
 use shared::SharedHandle;
 use slot::{Phase, Slot};
 
@@ -60,6 +61,9 @@ const HANDLED_SIGNALS: &[i32] = &[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD];
 
 /// How long a shutdown or disconnect waits for workers before `SIGKILL`, by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default [`Builder::accept_window`].
+pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(100);
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
 /// (signal handling turned off, or the signal was coalesced).
@@ -94,9 +98,9 @@ const MESSAGES_PER_TURN: usize = 64;
 pub struct Builder {
     workers: Option<usize>,
     mode: Option<Mode>,
-    backlog: i32,
     shutdown_timeout: Duration,
     signals: bool,
+    accept_window: Duration,
 }
 
 impl Default for Builder {
@@ -107,14 +111,14 @@ impl Default for Builder {
 
 impl Builder {
     /// The defaults: one worker per CPU, the mode from `CLUSTER_SCHED_POLICY` or
-    /// round-robin, backlog 511, 5 s shutdown timeout, signals handled.
+    /// round-robin, 5 s shutdown timeout, signals handled.
     pub fn new() -> Builder {
         Builder {
             workers: None,
             mode: None,
-            backlog: crate::listener::DEFAULT_BACKLOG,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             signals: true,
+            accept_window: DEFAULT_ACCEPT_WINDOW,
         }
     }
 
@@ -131,17 +135,21 @@ impl Builder {
         self
     }
 
-    /// The `listen(2)` backlog of round-robin listeners (workers pass their own in
-    /// shared mode).
-    pub fn backlog(mut self, backlog: i32) -> Builder {
-        self.backlog = backlog;
-        self
-    }
-
     /// How long [`Cluster::shutdown`] and [`Cluster::disconnect`] wait for a worker to
     /// exit before killing it.
     pub fn shutdown_timeout(mut self, d: Duration) -> Builder {
         self.shutdown_timeout = d;
+        self
+    }
+
+    /// Round-robin only: after a turn in which the primary accepted connections, it
+    /// leaves the listener alone for this long, so the connections that arrive in the
+    /// meantime are accepted in one batch, with one wake-up (interrupt coalescing, as
+    /// network cards do). A connection arriving within the window after another waits
+    /// at most this long; under light load nothing waits. `Duration::ZERO` turns it off.
+    /// Default: [`DEFAULT_ACCEPT_WINDOW`].
+    pub fn accept_window(mut self, d: Duration) -> Builder {
+        self.accept_window = d;
         self
     }
 
@@ -196,8 +204,8 @@ impl Builder {
         let f: Rc<WorkerFn> = Rc::new(move |w: &Worker| worker(w).map_err(|e| e.to_string()));
         let mut cluster = Cluster {
             mode,
-            backlog: self.backlog,
             shutdown_timeout: self.shutdown_timeout,
+            accept_window: self.accept_window,
             worker_fn: f,
             workers: BTreeMap::new(),
             handles: Vec::new(),
@@ -281,8 +289,8 @@ pub struct WorkerInfo {
 /// that has not stopped kills its workers and waits for them.
 pub struct Cluster {
     mode: Mode,
-    backlog: i32,
     shutdown_timeout: Duration,
+    accept_window: Duration,
     worker_fn: Rc<WorkerFn>,
     workers: BTreeMap<WorkerId, Slot>,
     handles: Vec<HandleEntry>,
@@ -565,7 +573,11 @@ impl Cluster {
                         self.read_control(id);
                     }
                 }
-                Token::Member(h, member) => self.read_member(h, member),
+                Token::Member(h, _member) => {
+                    if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
+                        rr.on_member_readable();
+                    }
+                }
                 Token::Listener(h) => {
                     if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
                         rr.set_readable();
@@ -643,7 +655,7 @@ impl Cluster {
         }
         for h in &self.handles {
             if let Handle::RoundRobin(rr) = &h.handle {
-                if let Some(t) = rr.paused_until() {
+                if let Some(t) = rr.resume_at() {
                     consider(t);
                 }
             }
@@ -713,8 +725,8 @@ impl Cluster {
                 }
                 self.events.push_back(Event::Online { worker: id });
             }
-            Message::ListenRequest { seq, backlog, addr } => {
-                self.on_listen_request(id, seq, backlog, addr)
+            Message::ListenRequest { seq, options, addr } => {
+                self.on_listen_request(id, seq, &options, addr)
             }
             Message::Listening { handle } => {
                 let h = self
@@ -754,8 +766,14 @@ impl Cluster {
     }
 
     /// Node's `queryServer`: find or create the handle for the key, then grant it.
-    fn on_listen_request(&mut self, id: WorkerId, seq: u32, backlog: i32, addr: ListenAddr) {
-        let idx = match self.handle_for(&addr, backlog) {
+    fn on_listen_request(
+        &mut self,
+        id: WorkerId,
+        seq: u32,
+        options: &ListenOptions,
+        addr: ListenAddr,
+    ) {
+        let idx = match self.handle_for(&addr, options) {
             Ok(i) => i,
             Err(error) => {
                 let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
@@ -825,39 +843,31 @@ impl Cluster {
 
     /// The handle for `key`, created on first use (bind once per key, so port 0 means
     /// one port for every worker).
-    fn handle_for(&mut self, key: &ListenAddr, backlog: i32) -> io::Result<usize> {
+    fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
         if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
             return Ok(i);
         }
         if self.state != State::Running {
             return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
         }
-        let (handle, socket_file) = match self.mode {
-            Mode::Shared => {
-                let bound = bind::bind(key, BindOptions::default())?;
-                let file = bound
-                    .created_file
-                    .then(|| bound.local.as_unix().map(PathBuf::from))
-                    .flatten();
-                (Handle::Shared(SharedHandle::new(bound)), file)
-            }
-            Mode::RoundRobin => {
-                let opts = BindOptions {
-                    nonblocking: true,
-                    ..BindOptions::default()
-                };
-                let bound = bind::bind(key, opts)?;
-                let file = bound
-                    .created_file
-                    .then(|| bound.local.as_unix().map(PathBuf::from))
-                    .flatten();
-                let local = bound.local.clone();
-                let backlog = if backlog > 0 { backlog } else { self.backlog };
-                let rr = RoundRobinHandle::new(bound, backlog)
-                    .map_err(|e| crate::ListenError::io(&local, e))?;
-                (Handle::RoundRobin(rr), file)
-            }
+        let bind_options = BindOptions {
+            // The round-robin listener is polled, never blocked on.
+            nonblocking: self.mode == Mode::RoundRobin,
+            ..BindOptions::default()
         };
+        let bound = bind::bind(key, bind_options, options)?;
+        let socket_file = bound.socket_file();
+        let handle = match self.mode {
+            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(bound))),
+            Mode::RoundRobin => RoundRobinHandle::new(bound, options.backlog, self.accept_window)
+                .map(Handle::RoundRobin),
+        };
+        let handle = handle.map_err(|e| {
+            if let Some(f) = &socket_file {
+                let _ = std::fs::remove_file(f);
+            }
+            ListenError::io(key, e)
+        })?;
         self.handles.push(HandleEntry {
             key: key.clone(),
             handle,
@@ -924,17 +934,6 @@ impl Cluster {
 
     // ----------------------------------------------------------------- round-robin
 
-    fn read_member(&mut self, h: usize, member: u32) {
-        let Handle::RoundRobin(rr) = &mut self.handles[h].handle else {
-            return;
-        };
-        let mut buf = [0u8; 64];
-        match rr.on_member_readable(member, &mut buf) {
-            MemberStatus::Ok | MemberStatus::Closed => {}
-            MemberStatus::Protocol(worker, e) => self.on_protocol_error(worker, e),
-        }
-    }
-
     fn pump(&mut self, now: Instant) {
         let workers = &mut self.workers;
         for entry in &mut self.handles {
@@ -947,6 +946,18 @@ impl Cluster {
                     });
                 }
             }
+        }
+        let faults: Vec<_> = self
+            .handles
+            .iter_mut()
+            .filter_map(|h| match &mut h.handle {
+                Handle::RoundRobin(rr) => Some(rr.take_faults()),
+                Handle::Shared(_) => None,
+            })
+            .flatten()
+            .collect();
+        for (worker, e) in faults {
+            self.on_protocol_error(worker, e);
         }
     }
 

@@ -59,23 +59,28 @@ impl<'fd> PollFd<'fd> {
     }
 }
 
-/// Corresponds to `poll(2)`; `None` waits forever.
+/// Corresponds to `ppoll(2)` with no signal mask (that is, `poll(2)` with a timeout in
+/// nanoseconds rather than milliseconds); `None` waits forever.
 ///
 /// `EINTR` is returned to the caller (see the EINTR policy in [`crate::sys`]); the
 /// primary's loop treats it as "look again".
 pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = match timeout {
-        None => -1,
-        // Round up, so a 0.4 ms deadline does not become a busy 0 ms poll.
-        Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
-    };
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: PollFd is repr(transparent) over pollfd, so the slice is a valid array of
-    // `fds.len()` pollfds, each holding a descriptor kept open by its borrow.
+    // `fds.len()` pollfds, each holding a descriptor kept open by its borrow; `ts_ptr`
+    // is null or points to a timespec that outlives the call; no signal mask is passed.
     let n = unsafe {
-        libc::poll(
+        libc::ppoll(
             fds.as_mut_ptr().cast::<libc::pollfd>(),
             fds.len() as libc::nfds_t,
-            ms,
+            ts_ptr,
+            std::ptr::null(),
         )
     };
     if n < 0 {

@@ -133,6 +133,35 @@ pub(crate) fn send(
     Ok(n as usize)
 }
 
+/// Wraps every descriptor of the `SCM_RIGHTS` messages in `msg`'s control data in an
+/// `OwnedFd`, right away, so none can leak.
+///
+/// # Safety
+///
+/// `msg.msg_control` must hold `msg.msg_controllen` bytes of well-formed control
+/// messages as filled in by a successful `recvmsg`/`recvmmsg`, whose descriptors were
+/// installed in this process by that call and belong to nobody else.
+unsafe fn take_fds(msg: &libc::msghdr, fds: &mut ReceivedFds) {
+    // SAFETY: FIRSTHDR/NXTHDR stay within `msg_controllen` (the caller's guarantee);
+    // each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / sizeof(int)` fresh
+    // descriptors, so wrapping each in an OwnedFd is sound and closes it on every path.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let header = libc::CMSG_LEN(0) as usize;
+                let payload = ((*cmsg).cmsg_len as usize).saturating_sub(header);
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..payload / mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+}
+
 /// Corresponds to `recvmsg(2)` with `MSG_CMSG_CLOEXEC` (Linux), plus `MSG_DONTWAIT` when
 /// `nonblocking`.
 ///
@@ -171,31 +200,82 @@ pub(crate) fn recv(
     }
     let mut fds = ReceivedFds::default();
     // SAFETY: the kernel filled `msg.msg_control` with `msg.msg_controllen` bytes of
-    // well-formed cmsghdrs; FIRSTHDR/NXTHDR stay within that length. Each SCM_RIGHTS
-    // payload holds `(cmsg_len - CMSG_LEN(0)) / sizeof(int)` descriptors that were just
-    // installed in this process and belong to nobody else, so wrapping each one in an
-    // OwnedFd right away is sound and guarantees it is closed on every path.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let header = libc::CMSG_LEN(0) as usize;
-                let payload = ((*cmsg).cmsg_len as usize).saturating_sub(header);
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..payload / mem::size_of::<RawFd>() {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
+    // well-formed cmsghdrs for this call.
+    unsafe { take_fds(&msg, &mut fds) };
     Ok(Received {
         len: n as usize,
         fds,
         data_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
+}
+
+/// How many messages [`recv_many`] reads at most per call.
+pub(crate) const BATCH: usize = 16;
+
+/// Bytes of data per message in [`recv_many`]: room for the small records that
+/// travel in batches (credits); longer ones are reported truncated.
+pub(crate) const BATCH_RECORD: usize = 32;
+
+/// Corresponds to `recvmmsg(2)` with `MSG_DONTWAIT | MSG_CMSG_CLOEXEC`: up to [`BATCH`]
+/// queued messages in one system call, each into its own `BATCH_RECORD`-byte buffer.
+///
+/// Used where many small records accumulate between reads (round-robin credits), so
+/// that reading them costs one system call instead of one per record. Descriptors that
+/// arrive are owned in each [`Received`], exactly as in [`recv`].
+///
+/// # Errors
+///
+/// `WouldBlock` when nothing is queued; otherwise the OS error. EOF is one `Received`
+/// with length 0 and no descriptors, as in [`recv`].
+pub(crate) fn recv_many(
+    sock: BorrowedFd<'_>,
+    bufs: &mut [[u8; BATCH_RECORD]; BATCH],
+    out: &mut Vec<Received>,
+) -> io::Result<()> {
+    let mut cbufs: [CmsgBuf; BATCH] = std::array::from_fn(|_| CmsgBuf([0; 64]));
+    let space = cmsg_space(MAX_FDS);
+    let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    });
+    for (iov, buf) in iovs.iter_mut().zip(bufs.iter_mut()) {
+        iov.iov_base = buf.as_mut_ptr().cast();
+        iov.iov_len = buf.len();
+    }
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value, filled in below.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+    for ((m, iov), cbuf) in msgs.iter_mut().zip(iovs.iter_mut()).zip(cbufs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_control = cbuf.0.as_mut_ptr().cast();
+        m.msg_hdr.msg_controllen = space as _;
+    }
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    // SAFETY: every mmsghdr points to a live iovec of BATCH_RECORD writable bytes and
+    // a live, aligned control buffer of `space` bytes; all outlive the call.
+    let n = cvt_r(|| unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            flags as _,
+            std::ptr::null_mut(),
+        )
+    })?;
+    for m in msgs.iter().take(n as usize) {
+        let mut fds = ReceivedFds::default();
+        // SAFETY: as in `recv`: the kernel filled this message's control buffer with
+        // well-formed cmsghdrs, and each SCM_RIGHTS descriptor is new and ours.
+        unsafe { take_fds(&m.msg_hdr, &mut fds) };
+        out.push(Received {
+            len: m.msg_len as usize,
+            fds,
+            data_truncated: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            control_truncated: m.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -229,6 +309,33 @@ mod tests {
         let got = recv(b.as_fd(), &mut buf, true).unwrap();
         assert_eq!(got.len, 0);
         assert_eq!(got.fds.len(), 0);
+    }
+
+    #[test]
+    fn recv_many_reads_a_batch_and_owns_stray_fds() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (r, _w) = fd::pipe_nonblocking().unwrap();
+        for i in 0..20u8 {
+            let pass = (i == 3).then(|| r.as_fd());
+            send(a.as_fd(), &[i; 5], pass, false).unwrap();
+        }
+        let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
+        let mut out = Vec::new();
+        recv_many(b.as_fd(), &mut bufs, &mut out).unwrap();
+        assert_eq!(out.len(), BATCH);
+        assert_eq!(out[3].fds.len(), 1);
+        assert!(out.iter().all(|m| m.len == 5));
+        assert_eq!(bufs[15], {
+            let mut x = [0u8; BATCH_RECORD];
+            x[..5].copy_from_slice(&[15; 5]);
+            x
+        });
+        out.clear();
+        recv_many(b.as_fd(), &mut bufs, &mut out).unwrap();
+        assert_eq!(out.len(), 4);
+        out.clear();
+        let e = recv_many(b.as_fd(), &mut bufs, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

@@ -260,6 +260,31 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// Waits (bounded) until every thread of `pid` is stopped (state `T`): `kill -STOP`
+/// returns before the threads have actually stopped.
+pub fn wait_stopped(pid: u32, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("/proc/{pid}/task: {e}"))?
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .filter_map(|s| {
+                s.rfind(')')
+                    .and_then(|i| s.get(i + 2..i + 3))
+                    .map(str::to_string)
+            })
+            .collect();
+        if !states.is_empty() && states.iter().all(|s| s == "T" || s == "t") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("pid {pid} did not stop: thread states {states:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Whether the process is a zombie.
 pub fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))

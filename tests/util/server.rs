@@ -42,13 +42,13 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
     if let ["sleep", ms] = cmd.as_slice() {
         std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
     }
-    let _ = writeln!(
-        stream,
-        "ok {id} {} {} {}",
+    let reply = format!(
+        "ok {id} {} {} {}\n",
         std::process::id(),
         u8::from(listener_cloexec),
         u8::from(conn_cloexec)
     );
+    let _ = stream.write_all(reply.as_bytes());
 }
 
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {

@@ -1,0 +1,97 @@
+//! [`ListenOptions`]: how a listener and the connections it accepts are set up.
+//!
+//! Options for connections are set **once, on the listening socket**, by whoever creates
+//! it (the primary in a cluster, the process itself outside one). Linux copies a TCP
+//! listener's socket options into every connection it accepts, so `TCP_NODELAY` and the
+//! send/receive timeouts cost no system call per connection. Unix-socket connections do
+//! not inherit them; for those the timeouts are set on each accepted connection.
+//!
+//! A receive timeout on a listening socket also bounds a blocking `accept(2)` on it;
+//! the crate's `accept` absorbs those wake-ups (it just waits again), so application
+//! code does not see them.
+
+use std::time::Duration;
+
+use crate::addr::ToListenAddr;
+use crate::listener::{Listener, DEFAULT_BACKLOG};
+
+/// Settings for [`Listener::bind_with`]; `ListenOptions::new()` is what
+/// [`Listener::bind`] uses.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cluster::{ListenOptions, Listener};
+///
+/// let options = ListenOptions::new()
+///     .nodelay(true)
+///     .read_timeout(Some(Duration::from_millis(250)));
+/// let _listener = Listener::bind_with("127.0.0.1:8080", &options)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenOptions {
+    pub(crate) backlog: i32,
+    pub(crate) nodelay: bool,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) defer_accept: Option<Duration>,
+}
+
+impl Default for ListenOptions {
+    fn default() -> ListenOptions {
+        ListenOptions::new()
+    }
+}
+
+impl ListenOptions {
+    /// Backlog 511 (Node's), nothing else set.
+    pub fn new() -> ListenOptions {
+        ListenOptions {
+            backlog: DEFAULT_BACKLOG,
+            nodelay: false,
+            read_timeout: None,
+            write_timeout: None,
+            defer_accept: None,
+        }
+    }
+
+    /// The `listen(2)` backlog: connections the kernel queues before they are accepted.
+    pub fn backlog(mut self, n: i32) -> ListenOptions {
+        self.backlog = n;
+        self
+    }
+
+    /// `TCP_NODELAY` on every accepted TCP connection (Nagle's algorithm off).
+    pub fn nodelay(mut self, on: bool) -> ListenOptions {
+        self.nodelay = on;
+        self
+    }
+
+    /// `SO_RCVTIMEO` on every accepted connection: a read waits at most this long and
+    /// then fails with `WouldBlock`.
+    pub fn read_timeout(mut self, d: Option<Duration>) -> ListenOptions {
+        self.read_timeout = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// `SO_SNDTIMEO` on every accepted connection.
+    pub fn write_timeout(mut self, d: Option<Duration>) -> ListenOptions {
+        self.write_timeout = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// `TCP_DEFER_ACCEPT` (Linux, TCP only): the kernel hands a connection over only
+    /// once its first data has arrived (or after about this long), so the thread that
+    /// accepts it finds the request already there instead of blocking in its first
+    /// read, and clients that connect and say nothing never reach the application.
+    /// Only for protocols where the client speaks first (HTTP, not SMTP).
+    pub fn defer_accept(mut self, d: Option<Duration>) -> ListenOptions {
+        self.defer_accept = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Shorthand for [`Listener::bind_with`]`(addr, &self)`.
+    pub fn bind<A: ToListenAddr>(&self, addr: A) -> std::io::Result<Listener> {
+        Listener::bind_with(addr, self)
+    }
+}
