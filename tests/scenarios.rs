@@ -281,6 +281,37 @@ fn rr_worker_killed() -> Outcome {
     stop_and_check(&mut srv)
 }
 
+/// A listening socket the primary inherits (as systemd passes one) is adopted with
+/// `fd:N` and served by every worker.
+fn adopted_fd(mode: &str) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let cmd = proc::self_command(&[
+        ("SC_MODE", mode.to_string()),
+        ("SC_WORKERS", "3".into()),
+        ("SC_LISTEN", "fd:0".into()),
+    ]);
+    let stdin = std::process::Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let mut srv = Server::spawn_with_stdin(cmd, stdin)?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    check(ready == format!("ready {addr}"), || {
+        format!("adopted socket reported as {ready}, bound to {addr}")
+    })?;
+    let load = client::load(&Target::Tcp(addr), 300, 4, "hi", Duration::from_secs(10));
+    println!(
+        "    {mode} fd:0 ({addr}): {} ok, shares: {}",
+        load.ok,
+        load.shares()
+    );
+    check(load.errors.is_empty() && load.ok == 300, || {
+        format!("{} ok, errors {:?}", load.ok, load.errors.first())
+    })?;
+    check(load.by_worker.len() == 3, || {
+        format!("not every worker served: {}", load.shares())
+    })?;
+    stop_and_check(&mut srv)
+}
+
 // ------------------------------------------------------------------ the hello example
 
 fn start_hello(args: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
@@ -382,6 +413,55 @@ fn hello_contract(mode: &str) -> Outcome {
     srv.check_workers_gone(Duration::from_secs(2))
 }
 
+/// Clients that send nothing, or half a request, or vanish mid-request cost nothing
+/// lasting: others are served meanwhile, and the silent one is closed by the server
+/// after its idle limit (5 s) instead of holding a thread forever.
+fn hello_slow_clients() -> Outcome {
+    let mut srv = start_hello(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+        ],
+        &[],
+    )?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    let target = Target::parse(&ready["ready ".len()..])?;
+    let t = Duration::from_secs(10);
+    let mut silent = Conn::connect(&target, t).map_err(|e| e.to_string())?;
+    let mut half = Conn::connect(&target, t).map_err(|e| e.to_string())?;
+    half.write_all(b"GET / HTTP/1.1\r\nHost:")
+        .map_err(|e| e.to_string())?;
+    {
+        let mut gone = Conn::connect(&target, t).map_err(|e| e.to_string())?;
+        gone.write_all(b"GET / HT").map_err(|e| e.to_string())?;
+    } // closed mid-request
+      // Both of the worker's threads may be held by the silent and the half client; the
+      // next request waits for one of them to give up (at most 5 s), then is served.
+    let waited = Instant::now();
+    let mut c = Conn::connect(&target, t).map_err(|e| e.to_string())?;
+    http_get(&mut c, "/", true)?;
+    let resp = client::read_response(&mut BufReader::new(&mut c))?;
+    check(resp.status == 200, || format!("status {}", resp.status))?;
+    println!(
+        "    served after {:.1}s next to a silent and a half-sent client",
+        waited.elapsed().as_secs_f64()
+    );
+    // The silent client is closed by the server (EOF), within the read timeout.
+    let mut r = BufReader::new(&mut silent);
+    check(client::closed_by_server(&mut r), || {
+        "the silent connection was not closed by the server".into()
+    })?;
+    drop(half);
+    srv.signal("TERM")?;
+    let status = srv.wait(Duration::from_secs(10))?;
+    check(status.success(), || format!("exit {status}"))?;
+    srv.check_workers_gone(Duration::from_secs(2))
+}
+
 /// hello on a Unix socket and on IPv6.
 fn hello_families() -> Outcome {
     let path = std::env::temp_dir().join(format!("cluster-hello-{}.sock", std::process::id()));
@@ -463,6 +543,11 @@ fn main() {
         ("addr_in_use_shared", Box::new(|| addr_in_use("shared"))),
         ("rr_worker_killed", Box::new(rr_worker_killed)),
         (
+            "adopted_fd_round_robin",
+            Box::new(|| adopted_fd("round-robin")),
+        ),
+        ("adopted_fd_shared", Box::new(|| adopted_fd("shared"))),
+        (
             "hello_contract_round_robin",
             Box::new(|| hello_contract("round-robin")),
         ),
@@ -471,6 +556,7 @@ fn main() {
             Box::new(|| hello_contract("shared")),
         ),
         ("hello_families", Box::new(hello_families)),
+        ("hello_slow_clients", Box::new(hello_slow_clients)),
         ("hello_errors", Box::new(hello_errors)),
     ];
     let filters: Vec<String> = std::env::args()

@@ -62,10 +62,16 @@ pub fn example(name: &str) -> Result<PathBuf, String> {
 }
 
 impl Server {
-    pub fn spawn(mut cmd: Command) -> Result<Server, String> {
+    pub fn spawn(cmd: Command) -> Result<Server, String> {
+        Server::spawn_with_stdin(cmd, Stdio::null())
+    }
+
+    /// Like `spawn`, with `stdin` as the child's descriptor 0 (for instance a listening
+    /// socket to adopt as `fd:0`).
+    pub fn spawn_with_stdin(mut cmd: Command, stdin: Stdio) -> Result<Server, String> {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+            .stdin(stdin);
         let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut stderr = child.stderr.take().ok_or("no stderr")?;
