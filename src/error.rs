@@ -5,6 +5,7 @@ use std::io;
 
 use crate::addr::ListenAddr;
 use crate::ipc::codec::ProtocolError;
+use crate::settings::SetupStage;
 use crate::WorkerId;
 
 /// What can go wrong in the primary.
@@ -30,6 +31,18 @@ pub enum Error {
     },
     /// There is no live worker with this id.
     NoSuchWorker(WorkerId),
+    /// A worker could not be set up (chdir, setuid, …) and exited.
+    WorkerSetup {
+        /// The worker.
+        worker: WorkerId,
+        /// The step that failed.
+        stage: SetupStage,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A reload stopped early; the message says why (the workers not yet replaced keep
+    /// running).
+    Reload(String),
     /// A worker broke the channel protocol; it was disconnected and killed.
     Protocol {
         /// The worker.
@@ -65,6 +78,17 @@ impl fmt::Display for Error {
             Error::Protocol { worker, error } => {
                 write!(f, "worker {worker} broke the protocol: {error}")
             }
+            Error::WorkerSetup {
+                worker,
+                stage,
+                source,
+            } => {
+                write!(
+                    f,
+                    "worker {worker} could not be set up: {stage} failed: {source}"
+                )
+            }
+            Error::Reload(reason) => write!(f, "reload stopped: {reason}"),
         }
     }
 }
@@ -74,6 +98,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::Protocol { error, .. } => Some(error),
+            Error::WorkerSetup { source, .. } => Some(source),
             _ => None,
         }
     }

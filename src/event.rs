@@ -103,6 +103,20 @@ pub enum Event {
         /// outside.
         requested: bool,
     },
+    /// A reload (rolling restart) begins: `SIGHUP`, [`Cluster::reload`](crate::Cluster::reload)
+    /// or [`Cluster::restart`](crate::Cluster::restart). The first replacement is forked
+    /// after this event has been returned, so the primary can prepare what new workers
+    /// should see (re-read a configuration the worker function reads).
+    ReloadStarted,
+    /// The reload ended: `replaced` workers were replaced; `complete` is false when it
+    /// stopped early (a replacement failed to listen, or the cluster shut down), and
+    /// then an [`Event::Error`] says why.
+    ReloadFinished {
+        /// How many workers were replaced.
+        replaced: usize,
+        /// Whether every worker was replaced.
+        complete: bool,
+    },
     /// Something failed and the primary recovered (a worker broke the protocol and was
     /// killed, a send failed, …); the cluster keeps running.
     Error(Error),

@@ -72,6 +72,7 @@ mod listener;
 mod mode;
 mod options;
 mod primary;
+mod settings;
 pub(crate) mod sys;
 mod worker;
 
@@ -83,7 +84,11 @@ pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
 pub use mode::{Mode, ModeParseError};
 pub use options::ListenOptions;
-pub use primary::{Builder, Cluster, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use primary::{
+    Builder, Cluster, ClusterStats, Respawn, WorkerInfo, DEFAULT_ACCEPT_WINDOW,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+};
+pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::Worker;
 
 /// The README's examples, compiled as doctests so they cannot rot.

@@ -240,6 +240,11 @@ impl Listener {
         };
         if let Some(c) = &conn {
             s.accepted.fetch_add(1, Ordering::Relaxed);
+            if let Origin::Worker { .. } = s.origin {
+                if let Some(rt) = worker::runtime() {
+                    rt.count_accept();
+                }
+            }
             if let Some((read, write)) = s.unix_timeouts {
                 c.stream().set_read_timeout(read)?;
                 c.stream().set_write_timeout(write)?;

@@ -5,20 +5,30 @@
 //! descriptor the crate owned except this worker's end of its control channel):
 //!
 //! 1. signal handlers the primary installed go back to `SIG_DFL`, the mask is emptied;
-//! 2. `PR_SET_PDEATHSIG(SIGTERM)`, then a check that the primary is still the parent
-//!    (it may have died between `fork` and `prctl`, and then nobody would send it);
-//! 3. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
+//! 2. the worker settings: working directory, silenced stdio, then `setgroups`,
+//!    `setgid`, `setuid` (see `settings.rs`);
+//! 3. `PR_SET_PDEATHSIG(SIGTERM)` — after step 2, because a change of credentials clears
+//!    it — then a check that the primary is still the parent (it may have died between
+//!    `fork` and `prctl`, and then nobody would send the signal);
+//! 4. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
 //!    and one small thread that reads the control channel (listen replies, messages,
-//!    disconnect, EOF when the primary is gone);
-//! 4. `Online` goes to the primary, and the worker function runs;
-//! 5. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
+//!    disconnect, EOF when the primary is gone) and reports the worker's counters about
+//!    once a second;
+//!
+//! A failure in steps 1–4 is reported to the primary (`SetupFailed`, with the step and
+//! `errno`) and the worker exits with code 78. Then:
+//!
+//! 5. `Online` goes to the primary, and the worker function runs;
+//! 6. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
 //!    flushed, and the process leaves with `_exit`: it never returns into the primary's
 //!    code path, whose copy of the stack it still carries.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -28,8 +38,9 @@ use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_MESSAGE_LEN, MAX_RECORD_LEN};
 use crate::listener::{self, Listener};
 use crate::options::ListenOptions;
+use crate::settings::{SetupStage, WorkerSettings, SETUP_FAILED_EXIT};
 use crate::sys::process::{self, Pid};
-use crate::sys::signal;
+use crate::sys::{signal, socket};
 use crate::WorkerId;
 
 /// The worker function's type, after [`Builder::start`](crate::Builder::start) erased
@@ -43,6 +54,9 @@ static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
 pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
     RUNTIME.get()
 }
+
+/// How often a worker reports its counters to the primary (when they changed).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a worker lingers after its primary vanished without the death signal
 /// arriving (the control channel's EOF is the backstop), before it exits.
@@ -151,6 +165,10 @@ pub(crate) struct Runtime {
     control: Channel,
     state: Mutex<State>,
     changed: Condvar,
+    /// Connections this worker's listeners returned.
+    accepted: AtomicU64,
+    /// The last count sent to the primary.
+    reported: AtomicU64,
 }
 
 #[derive(Default)]
@@ -251,6 +269,19 @@ impl Runtime {
         Ok(listener)
     }
 
+    /// Counts one accepted connection (reported to the primary with `Stats`).
+    pub(crate) fn count_accept(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends the accepted count to the primary if it changed since the last report.
+    fn report_stats(&self) {
+        let now = self.accepted.load(Ordering::Relaxed);
+        if self.reported.swap(now, Ordering::Relaxed) != now {
+            let _ = self.control.send(&Message::Stats { accepted: now }, None);
+        }
+    }
+
     /// Tells the primary that the listener for `handle` closed (best effort: when the
     /// primary is gone there is nobody to tell).
     pub(crate) fn listener_closed(&self, handle: u32) {
@@ -295,6 +326,11 @@ impl Runtime {
                     process::exit_now(70);
                 }
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The receive timeout: time to report the counters.
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.report_stats();
+                    continue;
+                }
                 Err(RecvError::Protocol(e)) => {
                     eprintln!(
                         "cluster: worker {}: bad record from the primary: {e}; exiting",
@@ -323,32 +359,53 @@ pub(crate) struct ChildStart {
     pub(crate) control: Channel,
     pub(crate) primary: Pid,
     pub(crate) reset_signals: &'static [i32],
+    pub(crate) settings: WorkerSettings,
+}
+
+/// A setup step failed: tell the primary which, say it on stderr, and give the exit code.
+fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Error) -> i32 {
+    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+    let _ = control.send(&Message::SetupFailed { stage, errno }, None);
+    eprintln!("cluster: worker {id}: {stage} failed: {e}");
+    SETUP_FAILED_EXIT
 }
 
 /// Runs the worker: the order of operations is in the module docs. Returns the exit
 /// code; the caller `_exit`s with it.
 pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let id = start.id;
+    let control = start.control;
     if let Err(e) = signal::reset_in_child(start.reset_signals) {
-        eprintln!("cluster: worker {id}: cannot reset signal handlers: {e}");
-        return 70;
+        return setup_failed(&control, id, SetupStage::Signals, &e);
     }
+    if let Err((stage, e)) = start.settings.apply() {
+        return setup_failed(&control, id, stage, &e);
+    }
+    // After any setuid: a change of credentials clears the parent-death signal.
     if let Err(e) = process::set_parent_death_signal(libc::SIGTERM) {
-        eprintln!("cluster: worker {id}: PR_SET_PDEATHSIG: {e}");
-        return 70;
+        return setup_failed(&control, id, SetupStage::DeathSignal, &e);
     }
     if process::getppid() != start.primary {
         return 70; // the primary died before prctl: nobody will signal us
     }
     if let Err(e) = signal::install_interrupt_handler() {
-        eprintln!("cluster: worker {id}: cannot install the accept-interrupt handler: {e}");
-        return 70;
+        return setup_failed(&control, id, SetupStage::Runtime, &e);
+    }
+    // The control thread wakes at least this often to report counters.
+    if let Err(e) = socket::set_timeout(
+        control.as_fd(),
+        socket::Timeout::Receive,
+        Some(STATS_INTERVAL),
+    ) {
+        return setup_failed(&control, id, SetupStage::Runtime, &e);
     }
     let rt = Arc::new(Runtime {
         id,
-        control: start.control,
+        control,
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
+        accepted: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
     });
     if RUNTIME.set(rt.clone()).is_err() {
         eprintln!("cluster: worker {id}: a worker runtime already exists in this process");
@@ -360,13 +417,12 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         .stack_size(64 * 1024)
         .spawn(move || reader.control_loop());
     if let Err(e) = spawned {
-        eprintln!("cluster: worker {id}: cannot start the control thread: {e}");
-        return 70;
+        return setup_failed(&rt.control, id, SetupStage::Runtime, &e);
     }
     if rt.control.send(&Message::Online, None).is_err() {
         return 70; // the primary is already gone
     }
-    let worker = Worker { rt };
+    let worker = Worker { rt: rt.clone() };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&worker)));
     let code = match result {
         Ok(Ok(())) => 0,
@@ -376,6 +432,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         }
         Err(_) => 101, // the panic hook has printed the message
     };
+    rt.report_stats();
     let _ = io::stdout().flush();
     code
 }

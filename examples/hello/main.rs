@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example hello -- [--listen ADDR] [--workers N]
-//!                                        [--mode shared|round-robin] [--threads T]
+//!            [--mode shared|round-robin] [--threads T] [--user NAME]
 //! ```
 //!
 //! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …) or `unix:PATH`; default
@@ -12,8 +12,13 @@
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).
 //! - Every response carries `X-Worker: ID`. `GET /pid` answers the worker's pid,
 //!   `GET /crash` makes the worker abort (to watch the primary report it).
+//! - `--user NAME`: the workers drop to that user (`setgroups`, `setgid`, `setuid`);
+//!   the primary keeps its own, so a root primary can serve port 80.
 //! - `SIGTERM` / `SIGINT`: stop accepting, finish what is in progress, print each
 //!   worker's count of served connections on stderr, exit 0.
+//! - `SIGHUP`: rolling restart, one worker at a time, no connection refused.
+//!   `SIGTTIN` / `SIGTTOU`: one worker more / fewer. A crashed worker is replaced
+//!   (with back-off if they keep crashing).
 
 mod http;
 
@@ -21,15 +26,17 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cluster::{Cluster, Event, ListenAddr, Listener, Mode, Worker};
+use cluster::{Cluster, Event, ListenAddr, Listener, Mode, User, Worker};
 
-const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH] [--workers N] [--mode shared|round-robin] [--threads T]";
+const USAGE: &str =
+    "usage: hello [--listen HOST:PORT|unix:PATH] [--workers N] [--mode shared|round-robin] [--threads T] [--user NAME]";
 
 struct Options {
     listen: ListenAddr,
     workers: Option<usize>,
     mode: Option<Mode>,
     threads: usize,
+    user: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -38,6 +45,7 @@ fn parse_args() -> Result<Options, String> {
         workers: None,
         mode: None,
         threads: 8,
+        user: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -69,6 +77,7 @@ fn parse_args() -> Result<Options, String> {
                     _ => return Err(format!("--threads: {v:?} is not a number from 1 to 1024")),
                 }
             }
+            "--user" => opts.user = Some(value("--user")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -153,6 +162,15 @@ fn main() -> ExitCode {
     if let Some(m) = opts.mode {
         builder = builder.mode(m);
     }
+    if let Some(name) = &opts.user {
+        match User::named(name) {
+            Ok(u) => builder = builder.user(u),
+            Err(e) => {
+                eprintln!("hello: --user: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (addr, threads) = (opts.listen.clone(), opts.threads);
     let mut cluster = match builder.start(move |w| serve(w, &addr, threads)) {
         Ok(c) => c,
@@ -161,7 +179,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let expected = cluster.workers().len();
+    let expected = cluster.target_workers();
     let mut listening = std::collections::BTreeSet::new();
     let mut ready = false;
     let mut failed = false;
@@ -189,18 +207,30 @@ fn main() -> ExitCode {
                 failed = true;
                 cluster.shutdown();
             }
+            Event::Fork { worker, pid } if ready => {
+                eprintln!("hello: worker {worker} started (pid {pid})")
+            }
             Event::Exit {
                 worker,
                 status,
-                requested: false,
+                requested,
                 ..
-            } => {
-                eprintln!("hello: worker {worker} died ({status})");
-                if cluster.workers().is_empty() {
-                    eprintln!("hello: no worker left; stopping");
-                    failed = true;
-                    cluster.shutdown();
-                }
+            } if ready || !requested => {
+                let why = if requested {
+                    "asked to"
+                } else {
+                    "crashed, respawning"
+                };
+                eprintln!("hello: worker {worker} exited with {status} ({why})");
+            }
+            Event::ReloadStarted => {
+                eprintln!("hello: reload: replacing every worker, one at a time")
+            }
+            Event::ReloadFinished { replaced, complete } => {
+                eprintln!(
+                    "hello: reload finished: {replaced} replaced{}",
+                    if complete { "" } else { " (stopped early)" }
+                )
             }
             Event::Error(e) => eprintln!("hello: {e}"),
             _ => {}

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
+use crate::settings::SetupStage;
 
 /// Bytes of the record header.
 pub(crate) const HEADER_LEN: usize = 8;
@@ -96,6 +97,19 @@ pub(crate) enum Message<'a> {
     User(&'a [u8]),
     /// Primary → worker: stop accepting, finish, exit (Node's `disconnect`).
     Disconnect,
+    /// Worker → primary: the child could not be set up (chdir, setuid, …); it exits.
+    SetupFailed {
+        /// The step that failed.
+        stage: SetupStage,
+        /// Its `errno`.
+        errno: i32,
+    },
+    /// Worker → primary: connections its listeners returned so far (shared and
+    /// reuse-port modes count here; the primary counts round-robin hand-offs itself).
+    Stats {
+        /// Total connections accepted by this worker.
+        accepted: u64,
+    },
 }
 
 /// What a successful listen reply grants.
@@ -225,6 +239,8 @@ mod kind {
     pub(super) const READY: u8 = 7;
     pub(super) const USER: u8 = 8;
     pub(super) const DISCONNECT: u8 = 9;
+    pub(super) const SETUP_FAILED: u8 = 10;
+    pub(super) const STATS: u8 = 11;
 }
 
 mod tag {
@@ -249,6 +265,8 @@ impl Message<'_> {
             Message::Ready { .. } => "ready",
             Message::User(_) => "user",
             Message::Disconnect => "disconnect",
+            Message::SetupFailed { .. } => "setup-failed",
+            Message::Stats { .. } => "stats",
         }
     }
 
@@ -263,7 +281,9 @@ impl Message<'_> {
             | Message::ListenerClosed { .. }
             | Message::Ready { .. }
             | Message::User(_)
-            | Message::Disconnect => FdRule::None,
+            | Message::Disconnect
+            | Message::SetupFailed { .. }
+            | Message::Stats { .. } => FdRule::None,
         }
     }
 
@@ -278,6 +298,8 @@ impl Message<'_> {
             Message::Ready { .. } => kind::READY,
             Message::User(_) => kind::USER,
             Message::Disconnect => kind::DISCONNECT,
+            Message::SetupFailed { .. } => kind::SETUP_FAILED,
+            Message::Stats { .. } => kind::STATS,
         }
     }
 
@@ -316,6 +338,11 @@ impl Message<'_> {
             },
             Message::Ready { count } => out.extend_from_slice(&count.to_le_bytes()),
             Message::User(bytes) => out.extend_from_slice(bytes),
+            Message::SetupFailed { stage, errno } => {
+                out.push(stage.code());
+                out.extend_from_slice(&errno.to_le_bytes());
+            }
+            Message::Stats { accepted } => out.extend_from_slice(&accepted.to_le_bytes()),
         }
         let payload = (out.len() - start - HEADER_LEN) as u32;
         out[start + 4..start + 8].copy_from_slice(&payload.to_le_bytes());
@@ -414,6 +441,18 @@ impl Message<'_> {
                 r.done(Message::Ready { count })?
             }
             kind::USER => Message::User(payload),
+            kind::SETUP_FAILED => {
+                r.kind = "setup-failed";
+                let stage =
+                    SetupStage::from_code(r.u8()?).ok_or(r.malformed("unknown setup stage"))?;
+                let errno = r.i32()?;
+                r.done(Message::SetupFailed { stage, errno })?
+            }
+            kind::STATS => {
+                r.kind = "stats";
+                let accepted = u64::from_le_bytes(r.array()?);
+                r.done(Message::Stats { accepted })?
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         match (msg.fd_rule(), fds) {
@@ -683,6 +722,13 @@ mod tests {
             Message::Ready { count: 64 },
             Message::User(b""),
             Message::User(b"hello"),
+            Message::SetupFailed {
+                stage: SetupStage::Uid,
+                errno: libc::EPERM,
+            },
+            Message::Stats {
+                accepted: u64::MAX - 1,
+            },
         ]
     }
 
@@ -756,7 +802,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_reserved_bytes() {
-        for k in [0u8, 10, 99, 255] {
+        for k in [0u8, 12, 99, 255] {
             let buf = [k, 0, 0, 0, 0, 0, 0, 0];
             assert_eq!(Message::decode(&buf, 0), Err(ProtocolError::UnknownKind(k)));
         }

@@ -188,12 +188,12 @@ impl RoundRobinHandle {
     /// The members' channels, for `poll`, while the primary is starved (it knows no
     /// credit): then a credit must wake it. Otherwise credits wait unread, and nothing
     /// is returned.
-    pub(crate) fn member_fds(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
+    pub(crate) fn member_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         let starved = self.free.is_empty();
         self.members
             .iter()
             .filter(move |_| starved)
-            .map(|m| (m.id, m.primary_end.as_fd()))
+            .map(|m| m.primary_end.as_fd())
     }
 
     /// `poll` reported the listener readable.

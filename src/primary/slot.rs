@@ -47,6 +47,14 @@ pub(crate) struct Slot {
     pub(crate) killed: bool,
     /// Connections handed to it (round-robin).
     pub(crate) dispatched: u64,
+    /// Connections it accepted, as it last reported.
+    pub(crate) accepted: u64,
+    /// On how many addresses it listens.
+    pub(crate) listening: usize,
+    /// When it was forked.
+    pub(crate) forked_at: Instant,
+    /// Its setup (chdir, setuid, …) failed: a young death whatever its uptime.
+    pub(crate) setup_failed: bool,
 }
 
 impl Slot {
@@ -61,6 +69,10 @@ impl Slot {
             eof: false,
             killed: false,
             dispatched: 0,
+            accepted: 0,
+            listening: 0,
+            forked_at: Instant::now(),
+            setup_failed: false,
         }
     }
 

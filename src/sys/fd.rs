@@ -63,6 +63,26 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Opens `/dev/null` for reading and writing, with `O_CLOEXEC`.
+pub(crate) fn open_dev_null() -> io::Result<OwnedFd> {
+    let path = b"/dev/null\0";
+    // SAFETY: `path` is a NUL-terminated string; open returns a new fd or -1.
+    let fd = cvt_r(|| unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes standard descriptors 0, 1 and 2 copies of `src` with `dup2(2)` (which leaves
+/// them without `FD_CLOEXEC`, as stdio should be). The standard descriptors belong to
+/// no `OwnedFd` of this crate, so replacing them invalidates nothing.
+pub(crate) fn redirect_stdio(src: BorrowedFd<'_>) -> io::Result<()> {
+    for target in 0..=2 {
+        // SAFETY: dup2 onto 0, 1 or 2, which no OwnedFd of this process claims.
+        cvt_r(|| unsafe { libc::dup2(src.as_raw_fd(), target) })?;
+    }
+    Ok(())
+}
+
 /// Duplicates descriptor number `n` (one this process holds but no `OwnedFd` claims,
 /// such as a socket passed by systemd) with `fcntl(F_DUPFD_CLOEXEC)`.
 ///

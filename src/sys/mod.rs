@@ -32,6 +32,7 @@ pub(crate) mod process;
 pub(crate) mod scm;
 pub(crate) mod signal;
 pub(crate) mod socket;
+pub(crate) mod user;
 
 use std::io;
 

@@ -163,3 +163,29 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
 }
+
+/// A user id (`uid_t`).
+pub(crate) type Uid = libc::uid_t;
+/// A group id (`gid_t`).
+pub(crate) type Gid = libc::gid_t;
+
+/// Corresponds to `setgroups(2)`: the supplementary groups.
+pub(crate) fn set_groups(groups: &[Gid]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a valid slice of gid_t.
+    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    Ok(())
+}
+
+/// Corresponds to `setgid(2)`.
+pub(crate) fn set_gid(gid: Gid) -> io::Result<()> {
+    // SAFETY: setgid takes a plain integer.
+    cvt(unsafe { libc::setgid(gid) })?;
+    Ok(())
+}
+
+/// Corresponds to `setuid(2)`.
+pub(crate) fn set_uid(uid: Uid) -> io::Result<()> {
+    // SAFETY: setuid takes a plain integer.
+    cvt(unsafe { libc::setuid(uid) })?;
+    Ok(())
+}

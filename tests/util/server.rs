@@ -188,7 +188,7 @@ pub fn main() -> i32 {
             last_stats = stats;
         }
     }
-    say(format!("dropped {}", cluster.dropped_connections()));
+    say(format!("dropped {}", cluster.stats().dropped_connections));
     drop(cluster);
     let fds_after = proc::open_fds();
     let me = std::process::id();

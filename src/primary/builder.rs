@@ -1,0 +1,220 @@
+//! [`Builder`]: a cluster's settings, and starting it (Node's `cluster.setupPrimary`
+//! followed by `cluster.fork()` N times).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::respawn::{Backoff, Respawn};
+use super::{Cluster, ClusterStats, Config, State, HANDLED_SIGNALS};
+use crate::error::Error;
+use crate::ipc::codec::MAX_RECORD_LEN;
+use crate::mode::Mode;
+use crate::settings::{User, WorkerSettings};
+use crate::sys::process;
+use crate::sys::signal::SignalPipe;
+use crate::worker::{self, Worker, WorkerFn};
+
+/// How long a shutdown or disconnect waits for workers before `SIGKILL`, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default [`Builder::accept_window`].
+pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(100);
+
+/// Configures and starts a [`Cluster`].
+///
+/// ```no_run
+/// use cluster::{Cluster, Listener, Mode};
+///
+/// let mut cluster = Cluster::builder()
+///     .workers(4)
+///     .mode(Mode::RoundRobin)
+///     .start(|_worker| -> std::io::Result<()> {
+///         let listener = Listener::bind("127.0.0.1:8080")?;
+///         while let Some(conn) = listener.accept()? {
+///             // serve conn
+/// #           drop(conn);
+///         }
+///         Ok(())
+///     })?;
+/// while let Some(event) = cluster.next_event()? {
+///     println!("{event:?}");
+/// }
+/// # Ok::<(), cluster::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    workers: Option<usize>,
+    mode: Option<Mode>,
+    shutdown_timeout: Duration,
+    signals: bool,
+    accept_window: Duration,
+    respawn: Respawn,
+    settings: WorkerSettings,
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// The defaults: one worker per CPU, the mode from `CLUSTER_SCHED_POLICY` or
+    /// round-robin, crashed workers respawned ([`Respawn::default`]), 5 s shutdown
+    /// timeout, signals handled, workers run as the primary's user.
+    pub fn new() -> Builder {
+        Builder {
+            workers: None,
+            mode: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            signals: true,
+            accept_window: DEFAULT_ACCEPT_WINDOW,
+            respawn: Respawn::default(),
+            settings: WorkerSettings::default(),
+        }
+    }
+
+    /// How many workers to keep (default: the number of CPUs).
+    pub fn workers(mut self, n: usize) -> Builder {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The mode; without it, `CLUSTER_SCHED_POLICY` decides, then round-robin (Node's
+    /// default).
+    pub fn mode(mut self, mode: Mode) -> Builder {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// How long a disconnecting worker (shutdown, reload, [`Cluster::disconnect`]) may
+    /// take to finish before it is killed; also how long a reload waits for a
+    /// replacement to listen.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Builder {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Round-robin only: after a turn in which the primary accepted connections, it
+    /// leaves the listener alone for this long, so the connections that arrive in the
+    /// meantime are accepted in one batch, with one wake-up (interrupt coalescing, as
+    /// network cards do). A connection arriving within the window after another waits
+    /// at most this long; under light load nothing waits. `Duration::ZERO` turns it off.
+    /// Default: [`DEFAULT_ACCEPT_WINDOW`].
+    pub fn accept_window(mut self, d: Duration) -> Builder {
+        self.accept_window = d;
+        self
+    }
+
+    /// When crashed workers are replaced (default: [`Respawn::default`]).
+    pub fn respawn(mut self, policy: Respawn) -> Builder {
+        self.respawn = policy;
+        self
+    }
+
+    /// Run workers as this user: in each worker, before the worker function runs,
+    /// `setgroups`, `setgid`, `setuid` (in that order). The primary keeps its own
+    /// identity, so a root primary can bind port 80 and serve it from unprivileged
+    /// workers. A worker that cannot switch exits and the failure is reported.
+    pub fn user(mut self, user: User) -> Builder {
+        self.settings.user = Some(user);
+        self
+    }
+
+    /// The workers' working directory.
+    pub fn working_directory(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.settings.directory = Some(dir.into());
+        self
+    }
+
+    /// Send the workers' stdin, stdout and stderr to `/dev/null`.
+    pub fn silent(mut self, on: bool) -> Builder {
+        self.settings.silent = on;
+        self
+    }
+
+    /// Whether the primary installs its signal handlers (default on): `SIGTERM` and
+    /// `SIGINT` shut down gracefully (a second one kills the workers at once), `SIGHUP`
+    /// reloads (rolling restart), `SIGTTIN` / `SIGTTOU` add / remove a worker, `SIGCHLD`
+    /// reaps. Turn off to drive everything from code.
+    pub fn handle_signals(mut self, on: bool) -> Builder {
+        self.signals = on;
+        self
+    }
+
+    /// Forks the workers; each runs `worker` and exits with its result (0 for `Ok`, 1
+    /// for `Err`, whose message goes to stderr, 101 for a panic).
+    ///
+    /// Call it before the process starts any thread: `fork` copies only the calling
+    /// thread, so the primary must have exactly one (checked: an error otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for zero workers or a bad `CLUSTER_SCHED_POLICY`;
+    /// [`Error::NotPrimary`] inside a worker; [`Error::Io`] when signal handlers cannot
+    /// be installed or the first worker cannot be forked (later fork failures are
+    /// reported as events and retried with back-off).
+    pub fn start<F, E>(self, worker: F) -> Result<Cluster, Error>
+    where
+        F: Fn(&Worker) -> Result<(), E> + 'static,
+        E: fmt::Display,
+    {
+        if worker::runtime().is_some() {
+            return Err(Error::NotPrimary);
+        }
+        let mode = match self.mode {
+            Some(m) => m,
+            None => Mode::from_env()?.unwrap_or(Mode::RoundRobin),
+        };
+        let count = match self.workers {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if count == 0 {
+            return Err(Error::Config(
+                "the number of workers must be at least 1, not 0".into(),
+            ));
+        }
+        let signals = if self.signals {
+            let pipe = SignalPipe::install(HANDLED_SIGNALS)
+                .map_err(|e| Error::io("install signal handlers", e))?;
+            Some(pipe)
+        } else {
+            None
+        };
+        let f: Rc<WorkerFn> = Rc::new(move |w: &Worker| worker(w).map_err(|e| e.to_string()));
+        let mut cluster = Cluster {
+            config: Config {
+                mode,
+                shutdown_timeout: self.shutdown_timeout,
+                accept_window: self.accept_window,
+                respawn: self.respawn,
+                settings: self.settings,
+            },
+            worker_fn: f,
+            workers: Default::default(),
+            handles: Vec::new(),
+            next_id: 1,
+            target: count,
+            backoff: Backoff::default(),
+            reload: None,
+            reload_again: false,
+            reload_held: false,
+            signals,
+            events: VecDeque::new(),
+            state: State::Running,
+            buf: vec![0u8; MAX_RECORD_LEN + 1],
+            reap_due: false,
+            pid: process::getpid(),
+            stats: ClusterStats::default(),
+        };
+        // The first fork must work (a cluster that cannot fork at all is a
+        // configuration problem); the rest are kept up by the loop, with back-off.
+        cluster.spawn()?;
+        cluster.maintain(std::time::Instant::now());
+        Ok(cluster)
+    }
+}

@@ -1,0 +1,494 @@
+//! One turn of the primary's loop: wait in `poll`, then act on what is ready — signals
+//! first, then the workers' control messages (Node's `onmessage` in `primary.js`),
+//! then the round-robin handles — and finally keep the cluster in shape (reap,
+//! respawn, reload, deadlines).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::round_robin::RoundRobinHandle;
+use super::shared::SharedHandle;
+use super::slot::Phase;
+use super::{Cluster, Handle, HandleEntry, State};
+use crate::addr::ListenAddr;
+use crate::bind::{self, BindOptions};
+use crate::error::{Error, ListenError};
+use crate::event::{Event, WorkerId};
+use crate::ipc::channel::{Incoming, RecvError};
+use crate::ipc::codec::{ListenGrant, Message, ProtocolError, Transport};
+use crate::mode::Mode;
+use crate::options::ListenOptions;
+use crate::sys::poll::{self, PollFd};
+
+/// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
+/// (signal handling turned off, or the signal was coalesced).
+const REAP_POLL: Duration = Duration::from_millis(20);
+
+/// Control messages read from one worker per turn, so one chatty worker cannot starve
+/// the others.
+const MESSAGES_PER_TURN: usize = 64;
+
+/// What a poll entry stands for.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Signals,
+    Control(WorkerId),
+    Listener(usize),
+    Member(usize),
+}
+
+impl Cluster {
+    /// One turn of the loop: poll, then act on everything that is ready.
+    pub(super) fn turn(&mut self, limit: Option<Duration>) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut timeout = limit;
+        if let Some(at) = self.next_timer(now) {
+            let d = at.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
+        let ready = self.poll(now, timeout)?;
+        // Signals first (the self-pipe pattern: drain, then act).
+        let mut signals = Vec::new();
+        if let Some(pipe) = &self.signals {
+            if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {
+                pipe.drain(&mut signals);
+            }
+        }
+        for sig in signals {
+            self.on_signal(sig);
+        }
+        for &(token, readable, writable) in &ready {
+            match token {
+                Token::Signals => {}
+                Token::Control(id) => {
+                    if writable {
+                        self.flush_outbox(id);
+                    }
+                    if readable {
+                        self.read_control(id);
+                    }
+                }
+                Token::Member(h) => {
+                    if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
+                        rr.on_member_readable();
+                    }
+                }
+                Token::Listener(h) => {
+                    if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
+                        rr.set_readable();
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if self.reap_due || self.workers.values().any(|s| s.eof) {
+            self.reap_due = false;
+            self.reap(now);
+        }
+        self.pump(now);
+        self.expire_deadlines(now);
+        self.maintain(now);
+        self.finish_if_done();
+        Ok(())
+    }
+
+    /// Builds the poll set, waits, and returns what is ready.
+    fn poll(
+        &self,
+        now: Instant,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<(Token, bool, bool)>, Error> {
+        let mut fds = Vec::with_capacity(8 + self.workers.len() * 2);
+        let mut tokens = Vec::with_capacity(fds.capacity());
+        if let Some(pipe) = &self.signals {
+            fds.push(PollFd::new(pipe.as_fd(), false));
+            tokens.push(Token::Signals);
+        }
+        for s in self.workers.values().filter(|s| !s.eof) {
+            fds.push(PollFd::new(s.control.as_fd(), s.wants_write()));
+            tokens.push(Token::Control(s.id));
+        }
+        for (i, h) in self.handles.iter().enumerate() {
+            if let Handle::RoundRobin(rr) = &h.handle {
+                if let Some(fd) = rr.listener_to_poll(now) {
+                    fds.push(PollFd::new(fd, false));
+                    tokens.push(Token::Listener(i));
+                }
+                for fd in rr.member_fds() {
+                    fds.push(PollFd::new(fd, false));
+                    tokens.push(Token::Member(i));
+                }
+            }
+        }
+        match poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("poll", e)),
+        }
+        Ok(fds
+            .iter()
+            .zip(tokens)
+            .filter(|(fd, _)| fd.any())
+            .map(|(fd, t)| (t, fd.readable(), fd.writable()))
+            .collect())
+    }
+
+    /// The earliest timer: a kill deadline, a respawn back-off, a reload step, a
+    /// paused accept, a reap check.
+    fn next_timer(&self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for s in self.workers.values() {
+            if let Phase::Disconnecting { deadline } = s.phase {
+                if !s.killed {
+                    consider(deadline);
+                }
+            }
+            if s.eof {
+                consider(now + REAP_POLL);
+            }
+        }
+        if let State::Stopping { deadline } = self.state {
+            consider(deadline);
+        }
+        if self.state == State::Running {
+            if self.live_count() < self.target {
+                consider(self.backoff.not_before().unwrap_or(now));
+            }
+            if let Some(r) = &self.reload {
+                consider(r.deadline().unwrap_or(now));
+            }
+        }
+        for h in &self.handles {
+            if let Handle::RoundRobin(rr) = &h.handle {
+                if let Some(t) = rr.resume_at() {
+                    consider(t);
+                }
+            }
+        }
+        next
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        match sig {
+            libc::SIGCHLD => self.reap_due = true,
+            libc::SIGTERM | libc::SIGINT => match self.state {
+                State::Running => self.begin_shutdown(),
+                // A second one: stop waiting.
+                State::Stopping { .. } => self.kill_all(),
+                State::Stopped => {}
+            },
+            libc::SIGHUP => self.begin_reload(),
+            libc::SIGTTIN => self.target = self.target.saturating_add(1),
+            libc::SIGTTOU => self.target = self.target.saturating_sub(1).max(1),
+            _ => {}
+        }
+    }
+
+    // ----------------------------------------------------------------- control channels
+
+    fn read_control(&mut self, id: WorkerId) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..MESSAGES_PER_TURN {
+            let Some(slot) = self.workers.get(&id) else {
+                break;
+            };
+            if slot.eof {
+                break;
+            }
+            match slot.control.recv(&mut buf, true) {
+                Ok(Incoming::Message(msg, _fd)) => {
+                    // `_fd` is always None: the codec refuses a descriptor on every
+                    // worker → primary kind.
+                    if let Err(e) = self.on_message(id, msg) {
+                        self.on_protocol_error(id, e);
+                        break;
+                    }
+                }
+                Ok(Incoming::Eof) => {
+                    self.on_eof(id);
+                    break;
+                }
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(RecvError::Io(_)) => {
+                    self.on_eof(id);
+                    break;
+                }
+                Err(RecvError::Protocol(e)) => {
+                    self.on_protocol_error(id, e);
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    fn on_message(&mut self, id: WorkerId, msg: Message<'_>) -> Result<(), ProtocolError> {
+        match msg {
+            Message::Online => {
+                if let Some(s) = self.workers.get_mut(&id) {
+                    if s.phase == Phase::Starting {
+                        s.phase = Phase::Online;
+                    }
+                }
+                self.events.push_back(Event::Online { worker: id });
+            }
+            Message::ListenRequest { seq, options, addr } => {
+                self.on_listen_request(id, seq, &options, addr)
+            }
+            Message::Listening { handle } => {
+                let h = self
+                    .handles
+                    .get(handle as usize)
+                    .ok_or(ProtocolError::Malformed {
+                        kind: "listening",
+                        reason: "unknown handle",
+                    })?;
+                let addr = h.local().clone();
+                if let Some(s) = self.workers.get_mut(&id) {
+                    s.listening += 1;
+                }
+                self.events.push_back(Event::Listening { worker: id, addr });
+            }
+            Message::ListenerClosed { handle } => {
+                if self.handles.get(handle as usize).is_none() {
+                    return Err(ProtocolError::Malformed {
+                        kind: "listener-closed",
+                        reason: "unknown handle",
+                    });
+                }
+                if let Some(s) = self.workers.get_mut(&id) {
+                    s.listening = s.listening.saturating_sub(1);
+                }
+                // Round-robin: the hand-off channel's hang-up removes the worker from
+                // the handle. Shared: nothing to do, the socket was the worker's copy.
+            }
+            Message::User(data) => self.events.push_back(Event::Message {
+                worker: id,
+                data: data.to_vec(),
+            }),
+            Message::Stats { accepted } => {
+                if let Some(s) = self.workers.get_mut(&id) {
+                    s.accepted = accepted;
+                }
+            }
+            Message::SetupFailed { stage, errno } => {
+                if let Some(s) = self.workers.get_mut(&id) {
+                    s.setup_failed = true;
+                }
+                self.events.push_back(Event::Error(Error::WorkerSetup {
+                    worker: id,
+                    stage,
+                    source: io::Error::from_raw_os_error(errno),
+                }));
+            }
+            Message::ListenReply { .. }
+            | Message::NewConn { .. }
+            | Message::Ready { .. }
+            | Message::Disconnect => {
+                return Err(ProtocolError::Unexpected { kind: msg.name() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Node's `queryServer`: find or create the handle for the key, then grant it.
+    fn on_listen_request(
+        &mut self,
+        id: WorkerId,
+        seq: u32,
+        options: &ListenOptions,
+        addr: ListenAddr,
+    ) {
+        let idx = match self.handle_for(&addr, options) {
+            Ok(i) => i,
+            Err(error) => {
+                let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
+                self.reply(
+                    id,
+                    &Message::ListenReply {
+                        seq,
+                        result: Err(errno),
+                    },
+                    None,
+                );
+                self.events.push_back(Event::ListenFailed {
+                    worker: id,
+                    addr,
+                    error,
+                });
+                return;
+            }
+        };
+        let entry = &mut self.handles[idx];
+        let local = entry.local().clone();
+        let (transport, fd) = match &mut entry.handle {
+            Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
+            Handle::RoundRobin(h) => (
+                Transport::Handoff,
+                h.add(id)
+                    .map(|(_, fd)| fd)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            ),
+        };
+        let Some(slot) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let sent = match fd {
+            Ok(fd) => {
+                let grant = ListenGrant {
+                    handle: idx as u32,
+                    transport,
+                    local,
+                };
+                slot.send(
+                    &Message::ListenReply {
+                        seq,
+                        result: Ok(grant),
+                    },
+                    Some(fd),
+                )
+            }
+            Err(errno) => slot.send(
+                &Message::ListenReply {
+                    seq,
+                    result: Err(errno),
+                },
+                None,
+            ),
+        };
+        if let Err(e) = sent {
+            self.events.push_back(Event::Error(Error::io(
+                format!("send listen reply to worker {id}"),
+                e,
+            )));
+        }
+    }
+
+    /// The handle for `key`, created on first use (bind once per key, so port 0 means
+    /// one port for every worker).
+    fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
+        if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
+            return Ok(i);
+        }
+        if self.state != State::Running {
+            return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
+        }
+        let bind_options = BindOptions {
+            // The round-robin listener is polled, never blocked on.
+            nonblocking: self.config.mode == Mode::RoundRobin,
+            ..BindOptions::default()
+        };
+        let bound = bind::bind(key, bind_options, options)?;
+        let socket_file: Option<PathBuf> = bound.socket_file();
+        let handle = match self.config.mode {
+            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(bound))),
+            Mode::RoundRobin => {
+                RoundRobinHandle::new(bound, options.backlog, self.config.accept_window)
+                    .map(Handle::RoundRobin)
+            }
+        };
+        let handle = handle.map_err(|e| {
+            if let Some(f) = &socket_file {
+                let _ = std::fs::remove_file(f);
+            }
+            ListenError::io(key, e)
+        })?;
+        self.handles.push(HandleEntry {
+            key: key.clone(),
+            handle,
+            socket_file,
+        });
+        Ok(self.handles.len() - 1)
+    }
+
+    fn reply(&mut self, id: WorkerId, msg: &Message<'_>, fd: Option<BorrowedFd<'_>>) {
+        if let Some(slot) = self.workers.get_mut(&id) {
+            if let Err(e) = slot.send(msg, fd) {
+                self.events
+                    .push_back(Event::Error(Error::io(format!("send to worker {id}"), e)));
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self, id: WorkerId) {
+        if let Some(slot) = self.workers.get_mut(&id) {
+            if slot.flush().is_err() {
+                self.reap_due = true; // the worker is gone
+            }
+        }
+    }
+
+    /// The control channel closed: the worker is exiting (Node's `disconnect`).
+    fn on_eof(&mut self, id: WorkerId) {
+        if let Some(slot) = self.workers.get_mut(&id) {
+            if !slot.eof {
+                slot.eof = true;
+                self.events.push_back(Event::Disconnect { worker: id });
+            }
+        }
+        self.stop_routing(id);
+        self.reap_due = true;
+    }
+
+    /// A worker broke the protocol: report it, stop listening to it, kill it. Its exit
+    /// is not counted as asked for, so it is replaced like a crashed worker.
+    pub(super) fn on_protocol_error(&mut self, id: WorkerId, error: ProtocolError) {
+        self.events
+            .push_back(Event::Error(Error::Protocol { worker: id, error }));
+        self.stop_routing(id);
+        if let Some(slot) = self.workers.get_mut(&id) {
+            if !slot.eof {
+                slot.eof = true;
+                self.events.push_back(Event::Disconnect { worker: id });
+            }
+            if !slot.killed {
+                slot.killed = true;
+                let _ = crate::sys::process::kill(slot.pid, libc::SIGKILL);
+            }
+        }
+        self.reap_due = true;
+    }
+
+    // ----------------------------------------------------------------- round-robin
+
+    /// Round-robin handles: no new connections for this worker, at once.
+    pub(super) fn stop_routing(&mut self, id: WorkerId) {
+        for h in &mut self.handles {
+            if let Handle::RoundRobin(rr) = &mut h.handle {
+                rr.stop_routing(id);
+            }
+        }
+    }
+
+    /// Hands out connections on every round-robin handle that has work.
+    pub(super) fn pump(&mut self, now: Instant) {
+        let workers = &mut self.workers;
+        for entry in &mut self.handles {
+            if let Handle::RoundRobin(rr) = &mut entry.handle {
+                if rr.wants_pump() {
+                    rr.pump(now, &mut |w| {
+                        if let Some(s) = workers.get_mut(&w) {
+                            s.dispatched += 1;
+                        }
+                    });
+                }
+            }
+        }
+        let faults: Vec<_> = self
+            .handles
+            .iter_mut()
+            .filter_map(|h| match &mut h.handle {
+                Handle::RoundRobin(rr) => Some(rr.take_faults()),
+                Handle::Shared(_) => None,
+            })
+            .flatten()
+            .collect();
+        for (worker, e) in faults {
+            self.on_protocol_error(worker, e);
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The workers' lives, seen from the primary: fork (Node's `cluster.fork`), reap, keep
+//! the target count (respawn with back-off, scale up and down), replace (reload), ask
+//! to disconnect with a deadline, shut down.
+//!
+//! The count: a worker is *live* from its fork until it is asked to disconnect or is
+//! reaped. The loop keeps the number of live workers at the target. A crashed worker
+//! stays live until it is reaped, so its replacement is forked only then, when the
+//! back-off knows about the crash; a worker asked to disconnect stops being live at
+//! once, so its replacement (reload) or its absence (scale down) is accounted for.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use super::reload::{self, Progress, Reload, Seen};
+use super::slot::{Phase, Slot};
+use super::{Cluster, Handle, State, HANDLED_SIGNALS};
+use crate::error::Error;
+use crate::event::{Event, ExitStatus, WorkerId};
+use crate::ipc::channel::Channel;
+use crate::ipc::codec::Message;
+use crate::sys::process::{self, Fork, Pid, WaitStatus};
+use crate::worker::{self, ChildStart};
+
+impl Cluster {
+    /// Forks one worker.
+    pub(super) fn spawn(&mut self) -> Result<WorkerId, Error> {
+        let id = WorkerId(self.next_id);
+        let (mine, theirs) =
+            Channel::pair().map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
+        // Whatever sits in stdout's buffer would otherwise be printed twice.
+        let _ = io::stdout().flush();
+        let _ = io::stderr().flush();
+        let forked = match process::fork() {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.fork_failures += 1;
+                return Err(Error::io(format!("fork worker {id}"), e));
+            }
+        };
+        match forked {
+            Fork::Child => {
+                drop(mine);
+                let f = self.worker_fn.clone();
+                let settings = self.config.settings.clone();
+                let primary = self.pid;
+                self.release_in_child();
+                let start = ChildStart {
+                    id,
+                    control: theirs,
+                    primary,
+                    reset_signals: HANDLED_SIGNALS,
+                    settings,
+                };
+                let code = worker::run_child(start, &*f);
+                process::exit_now(code)
+            }
+            Fork::Parent(pid) => {
+                drop(theirs);
+                self.next_id += 1;
+                self.stats.forks += 1;
+                self.workers.insert(id, Slot::new(id, pid, mine));
+                self.events.push_back(Event::Fork {
+                    worker: id,
+                    pid: pid as u32,
+                });
+                Ok(id)
+            }
+        }
+    }
+
+    /// In a freshly forked child: closes this copy of everything the primary owns
+    /// (channels, listeners, the signal pipe) by dropping it. Nothing of the primary's
+    /// teardown runs: no worker is signalled, no socket file removed, because the child
+    /// never drops the `Cluster` itself (it leaves with `_exit`).
+    fn release_in_child(&mut self) {
+        self.workers.clear();
+        self.handles.clear();
+        self.events.clear();
+        self.reload = None;
+        self.signals = None; // restores the handlers from before the cluster
+    }
+
+    /// Workers counted against the target: forked, not asked to go, not reaped.
+    pub(super) fn live_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
+            .count()
+    }
+
+    /// Keeps the cluster in shape: advances a reload, forks up to the target (with
+    /// back-off after crashes), retires the youngest workers above it.
+    pub(super) fn maintain(&mut self, now: Instant) {
+        if self.state != State::Running {
+            return;
+        }
+        self.advance_reload(now);
+        let live = self.live_count();
+        if live < self.target {
+            for _ in live..self.target {
+                if !self.backoff.may_fork(now) {
+                    break;
+                }
+                match self.spawn() {
+                    Ok(_) => self.backoff.forked(&self.config.respawn, now),
+                    Err(e) => {
+                        self.events.push_back(Event::Error(e));
+                        self.backoff.young_death(&self.config.respawn, now);
+                    }
+                }
+                if self.backoff.backing_off() {
+                    break; // one fork per back-off delay
+                }
+            }
+        } else if live > self.target && self.reload.is_none() {
+            // Retire the youngest: the oldest have warm caches and settled state.
+            let extra = live - self.target;
+            let youngest: Vec<WorkerId> = self
+                .workers
+                .values()
+                .rev()
+                .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
+                .take(extra)
+                .map(|s| s.id)
+                .collect();
+            let deadline = now + self.config.shutdown_timeout;
+            for id in youngest {
+                self.disconnect_until(id, deadline);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- reload
+
+    pub(super) fn begin_reload(&mut self) {
+        let old: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
+            .map(|s| s.id)
+            .collect();
+        self.begin_restart(old);
+    }
+
+    /// Starts replacing `old` (or queues another round if a reload is running). The
+    /// first fork happens on a later turn, after the application has seen
+    /// `ReloadStarted` and could prepare (re-read its configuration).
+    pub(super) fn begin_restart(&mut self, old: Vec<WorkerId>) {
+        if self.state != State::Running {
+            return;
+        }
+        if self.reload.is_some() {
+            self.reload_again = true;
+            return;
+        }
+        self.reload = Some(Reload::new(old, self.config.shutdown_timeout));
+        self.reload_held = true;
+        self.events.push_back(Event::ReloadStarted);
+    }
+
+    fn advance_reload(&mut self, now: Instant) {
+        if self.reload_held {
+            self.reload_held = false; // let the application see ReloadStarted first
+            return;
+        }
+        let Some(mut r) = self.reload.take() else {
+            return;
+        };
+        let progress = r.advance(&mut ReloadHost { cluster: self, now }, now);
+        match progress {
+            Progress::Running => self.reload = Some(r),
+            Progress::Finished { replaced } => {
+                self.events.push_back(Event::ReloadFinished {
+                    replaced,
+                    complete: true,
+                });
+                if std::mem::take(&mut self.reload_again) {
+                    self.begin_reload();
+                }
+            }
+            Progress::Aborted { replaced, reason } => {
+                self.reload_again = false;
+                self.events.push_back(Event::Error(Error::Reload(reason)));
+                self.events.push_back(Event::ReloadFinished {
+                    replaced,
+                    complete: false,
+                });
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- going away
+
+    /// The worker leaves for good: one worker fewer is kept.
+    pub(super) fn retire(&mut self, id: WorkerId) -> Result<(), Error> {
+        let slot = self.workers.get_mut(&id).ok_or(Error::NoSuchWorker(id))?;
+        if !matches!(slot.phase, Phase::Disconnecting { .. }) && !slot.requested {
+            self.target = self.target.saturating_sub(1);
+        }
+        slot.requested = true;
+        Ok(())
+    }
+
+    /// Asks a worker to disconnect; kills it at `deadline` if it is still alive.
+    pub(super) fn disconnect_until(&mut self, id: WorkerId, deadline: Instant) {
+        self.stop_routing(id);
+        let Some(slot) = self.workers.get_mut(&id) else {
+            return;
+        };
+        slot.requested = true;
+        if matches!(slot.phase, Phase::Disconnecting { .. }) {
+            return;
+        }
+        slot.phase = Phase::Disconnecting { deadline };
+        if slot.eof || slot.send(&Message::Disconnect, None).is_err() {
+            // It is going anyway; the deadline still applies if it lingers.
+            self.reap_due = true;
+        }
+    }
+
+    /// Graceful shutdown; see [`Cluster::shutdown`].
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.state != State::Running {
+            return;
+        }
+        let now = Instant::now();
+        let deadline = now + self.config.shutdown_timeout;
+        self.state = State::Stopping { deadline };
+        if let Some(r) = self.reload.take() {
+            drop(r);
+            self.events.push_back(Event::ReloadFinished {
+                replaced: 0,
+                complete: false,
+            });
+        }
+        let workers = &mut self.workers;
+        for entry in &mut self.handles {
+            match &mut entry.handle {
+                Handle::Shared(h) => h.close(),
+                Handle::RoundRobin(h) => {
+                    let closed = h.close_listener(now, &mut |w| {
+                        if let Some(s) = workers.get_mut(&w) {
+                            s.dispatched += 1;
+                        }
+                    });
+                    if closed > 0 {
+                        eprintln!(
+                            "cluster: shutdown closed {closed} connection(s) no worker could take"
+                        );
+                    }
+                }
+            }
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.disconnect_until(id, deadline);
+        }
+        self.finish_if_done();
+    }
+
+    /// Reaps every worker that has exited.
+    pub(super) fn reap(&mut self, now: Instant) {
+        let ids: Vec<(WorkerId, Pid)> = self.workers.values().map(|s| (s.id, s.pid)).collect();
+        for (id, pid) in ids {
+            let status = match process::try_wait(pid) {
+                Ok(None) => continue,
+                Ok(Some(WaitStatus::Exited(c))) => ExitStatus::Code(c),
+                Ok(Some(WaitStatus::Signaled(s))) => ExitStatus::Signal(s),
+                // ECHILD: somebody else reaped it (a waitpid(-1) elsewhere in the
+                // process). It is gone; its status is unknown.
+                Err(_) => ExitStatus::Code(-1),
+            };
+            self.on_exit(id, pid, status, now);
+        }
+    }
+
+    fn on_exit(&mut self, id: WorkerId, pid: Pid, status: ExitStatus, now: Instant) {
+        let Some(slot) = self.workers.remove(&id) else {
+            return;
+        };
+        for h in &mut self.handles {
+            if let Handle::RoundRobin(rr) = &mut h.handle {
+                rr.remove_worker(id);
+            }
+        }
+        self.stats.exits += 1;
+        if !slot.requested {
+            self.stats.crashes += 1;
+            if self.state == State::Running {
+                let policy = &self.config.respawn;
+                if !policy.enabled {
+                    self.target = self.target.saturating_sub(1);
+                } else if slot.setup_failed {
+                    self.backoff.young_death(policy, now);
+                } else {
+                    let uptime = now.saturating_duration_since(slot.forked_at);
+                    self.backoff.crashed(policy, uptime, now);
+                }
+            }
+        }
+        if !slot.eof {
+            self.events.push_back(Event::Disconnect { worker: id });
+        }
+        self.events.push_back(Event::Exit {
+            worker: id,
+            pid: pid as u32,
+            status,
+            requested: slot.requested,
+        });
+    }
+
+    pub(super) fn expire_deadlines(&mut self, now: Instant) {
+        for s in self.workers.values_mut() {
+            if let Phase::Disconnecting { deadline } = s.phase {
+                if deadline <= now && !s.killed {
+                    s.killed = true;
+                    let _ = process::kill(s.pid, libc::SIGKILL);
+                    self.reap_due = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn kill_all(&mut self) {
+        for s in self.workers.values_mut() {
+            s.requested = true;
+            if !s.killed {
+                s.killed = true;
+                let _ = process::kill(s.pid, libc::SIGKILL);
+            }
+        }
+        self.reap_due = true;
+    }
+
+    pub(super) fn finish_if_done(&mut self) {
+        if matches!(self.state, State::Stopping { .. }) && self.workers.is_empty() {
+            self.state = State::Stopped;
+            self.release_handles();
+        }
+    }
+
+    /// Closes every handle and removes the socket files they created.
+    pub(super) fn release_handles(&mut self) {
+        for h in self.handles.drain(..) {
+            if let Handle::RoundRobin(rr) = &h.handle {
+                self.stats.dropped_connections += rr.dropped();
+            }
+            if let Some(path) = &h.socket_file {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// The reload's view of the cluster.
+struct ReloadHost<'a> {
+    cluster: &'a mut Cluster,
+    now: Instant,
+}
+
+impl reload::Host for ReloadHost<'_> {
+    fn spawn(&mut self) -> Result<WorkerId, Error> {
+        self.cluster.spawn()
+    }
+
+    fn seen(&self, id: WorkerId) -> Seen {
+        match self.cluster.workers.get(&id) {
+            None => Seen::Gone,
+            Some(s) => Seen::Alive {
+                online: s.phase != Phase::Starting,
+                listening: s.listening,
+            },
+        }
+    }
+
+    fn disconnect(&mut self, id: WorkerId) {
+        let deadline = self.now + self.cluster.config.shutdown_timeout;
+        self.cluster.disconnect_until(id, deadline);
+    }
+}
