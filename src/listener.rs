@@ -314,6 +314,8 @@ enum AcceptFailure {
     Skip,
     /// Out of descriptors or memory: back off, then try again.
     Resources,
+    /// The socket no longer listens.
+    Closed,
     /// Give up.
     Fatal,
 }
@@ -332,6 +334,8 @@ fn classify(e: &io::Error) -> AcceptFailure {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
             AcceptFailure::Resources
         }
+        // The socket stopped listening: the primary shut it down (cluster shutdown).
+        Some(libc::EINVAL) => AcceptFailure::Closed,
         _ => AcceptFailure::Fatal,
     }
 }
@@ -367,6 +371,11 @@ impl Shared {
                         }
                         poll::interruptible_sleep(backoff);
                         backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    AcceptFailure::Closed => {
+                        drop(ticket);
+                        self.gate.close();
+                        return Ok(None);
                     }
                     AcceptFailure::Fatal => return Err(e),
                 },

@@ -2,11 +2,12 @@
 //! the target count (respawn with back-off, scale up and down), replace (reload), ask
 //! to disconnect with a deadline, shut down.
 //!
-//! The count: a worker is *live* from its fork until it is asked to disconnect or is
-//! reaped. The loop keeps the number of live workers at the target. A crashed worker
-//! stays live until it is reaped, so its replacement is forked only then, when the
-//! back-off knows about the crash; a worker asked to disconnect stops being live at
-//! once, so its replacement (reload) or its absence (scale down) is accounted for.
+//! The count: a worker is *live* from its fork until the primary asks it to go
+//! (disconnect, kill, reload, scale down) or it is reaped. The loop keeps the number of
+//! live workers at the target. A crashed worker stays live until it is reaped, so its
+//! replacement is forked only then, when the back-off knows about the crash; a worker
+//! asked to go stops being live at once, so its replacement (reload) or its absence
+//! (scale down, `disconnect`, `kill`) is accounted for right away.
 
 use std::io::{self, Write};
 use std::time::Instant;
@@ -82,10 +83,7 @@ impl Cluster {
 
     /// Workers counted against the target: forked, not asked to go, not reaped.
     pub(super) fn live_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
-            .count()
+        self.workers.values().filter(|s| !s.requested).count()
     }
 
     /// Keeps the cluster in shape: advances a reload, forks up to the target (with
@@ -119,7 +117,7 @@ impl Cluster {
                 .workers
                 .values()
                 .rev()
-                .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
+                .filter(|s| !s.requested)
                 .take(extra)
                 .map(|s| s.id)
                 .collect();
@@ -136,7 +134,7 @@ impl Cluster {
         let old: Vec<WorkerId> = self
             .workers
             .values()
-            .filter(|s| !matches!(s.phase, Phase::Disconnecting { .. }))
+            .filter(|s| !s.requested)
             .map(|s| s.id)
             .collect();
         self.begin_restart(old);
@@ -194,7 +192,7 @@ impl Cluster {
     /// The worker leaves for good: one worker fewer is kept.
     pub(super) fn retire(&mut self, id: WorkerId) -> Result<(), Error> {
         let slot = self.workers.get_mut(&id).ok_or(Error::NoSuchWorker(id))?;
-        if !matches!(slot.phase, Phase::Disconnecting { .. }) && !slot.requested {
+        if !slot.requested {
             self.target = self.target.saturating_sub(1);
         }
         slot.requested = true;

@@ -335,7 +335,7 @@ impl Cluster {
     ///
     /// # Errors
     ///
-    /// [`Error::MessageTooLarge`] above [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN)
+    /// [`Error::MessageTooLarge`] above [`MAX_MESSAGE_LEN`]
     /// bytes (nothing sent, nothing broken); [`Error::NoSuchWorker`]; [`Error::Io`]
     /// with `WouldBlock` when too many messages already wait for this worker, or the OS
     /// error when its channel is broken.

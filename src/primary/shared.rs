@@ -42,9 +42,13 @@ impl SharedHandle {
         self.fd.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// Drops the primary's copy (shutdown): the socket closes when the last worker
-    /// closes its copy, and new clients are refused from then on.
+    /// Cluster shutdown: `shutdown(SHUT_RD)` on the listening socket stops it listening
+    /// for every process that holds it — clients are refused from now on, not queued in
+    /// a backlog nobody will accept from — and wakes every worker blocked in `accept`
+    /// (which returns `EINVAL`, taken as "closed"). Then the primary's copy is dropped.
     pub(crate) fn close(&mut self) {
-        self.fd = None;
+        if let Some(fd) = self.fd.take() {
+            let _ = crate::sys::socket::shutdown(fd.as_fd(), crate::sys::socket::Shutdown::Read);
+        }
     }
 }

@@ -397,6 +397,9 @@ pub(crate) fn is_listening_stream(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Which directions [`shutdown`] closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shutdown {
+    /// `SHUT_RD`; on a listening TCP socket: stop listening (for every process holding
+    /// it), reset the connections in its backlog, wake blocked `accept` calls.
+    Read,
     /// `SHUT_RDWR`.
     Both,
 }
@@ -408,6 +411,7 @@ pub(crate) enum Shutdown {
 /// hang-up, while the queued messages stay readable: the primary relies on both.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     let how = match how {
+        Shutdown::Read => libc::SHUT_RD,
         Shutdown::Both => libc::SHUT_RDWR,
     };
     // SAFETY: shutdown() takes an fd and an int.

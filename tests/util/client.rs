@@ -75,12 +75,13 @@ impl Write for Conn {
     }
 }
 
-/// The scenario server's answer: `ok WORKER PID LISTENER_CLOEXEC CONN_CLOEXEC`.
+/// The scenario server's answer: `ok WORKER PID LISTENER_CLOEXEC CONN_CLOEXEC [TEXT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub worker: u32,
     pub pid: u32,
     pub cloexec: bool,
+    pub text: String,
 }
 
 /// Sends one command line and reads the one-line answer; the server then closes.
@@ -94,10 +95,11 @@ pub fn ask(t: &Target, cmd: &str, timeout: Duration) -> Result<Reply, String> {
         .map_err(|e| format!("read: {e}"))?;
     let f: Vec<&str> = line.split_whitespace().collect();
     match f.as_slice() {
-        ["ok", w, p, l, c] => Ok(Reply {
+        ["ok", w, p, l, c, rest @ ..] => Ok(Reply {
             worker: w.parse().map_err(|_| format!("bad reply {line:?}"))?,
             pid: p.parse().map_err(|_| format!("bad reply {line:?}"))?,
             cloexec: *l == "1" && *c == "1",
+            text: rest.join(" "),
         }),
         [] => Err("connection closed without a reply".into()),
         _ => Err(format!("bad reply {line:?}")),
@@ -234,4 +236,40 @@ pub fn read_response(r: &mut BufReader<&mut Conn>) -> Result<HttpResponse, Strin
 pub fn closed_by_server(r: &mut BufReader<&mut Conn>) -> bool {
     let mut b = [0u8; 1];
     matches!(r.read(&mut b), Ok(0))
+}
+
+/// Clients that keep asking until `stop` is set: `clients` threads, each one
+/// connection at a time. `progress` counts successes as they happen.
+pub fn load_until(
+    t: &Target,
+    clients: usize,
+    stop: &std::sync::atomic::AtomicBool,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Load {
+    use std::sync::atomic::Ordering;
+    let result = Mutex::new(Load::default());
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let mut local = Load::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match ask(t, "hi", Duration::from_secs(10)) {
+                        Ok(r) => {
+                            local.ok += 1;
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            *local.by_worker.entry(r.worker).or_default() += 1;
+                        }
+                        Err(e) => local.errors.push(e),
+                    }
+                }
+                let mut g = result.lock().unwrap();
+                g.ok += local.ok;
+                g.errors.extend(local.errors);
+                for (w, n) in local.by_worker {
+                    *g.by_worker.entry(w).or_default() += n;
+                }
+            });
+        }
+    });
+    result.into_inner().unwrap()
 }

@@ -2,6 +2,7 @@
 //! load ([`client`]), and the cluster server the scenarios drive ([`server`]).
 #![allow(dead_code)]
 
+pub mod check;
 pub mod client;
 pub mod proc;
 pub mod server;

@@ -2,7 +2,7 @@
 //! by pid, and check that nothing it started is left behind.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -76,6 +76,7 @@ impl Server {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut stderr = child.stderr.take().ok_or("no stderr")?;
         let (tx, rx) = mpsc::channel();
+        let tx_err = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -84,10 +85,18 @@ impl Server {
                 }
             }
         });
+        // stderr is kept whole for the end, and its lines also reach `line`/`expect`
+        // with an "err: " prefix, so a test can wait for what a server reports there.
         let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
+            let mut all = String::new();
+            let mut r = BufReader::new(&mut stderr);
+            let mut line = String::new();
+            while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                all.push_str(&line);
+                let _ = tx_err.send(format!("err: {}", line.trim_end()));
+                line.clear();
+            }
+            all
         });
         Ok(Server {
             child,
@@ -147,6 +156,15 @@ impl Server {
             if l.starts_with(prefix) {
                 return Ok(l);
             }
+        }
+    }
+
+    /// Like `expect`, but a line already seen counts too (for a prefix that names one
+    /// event, such as `exit 3 `, which may have come before the line last waited for).
+    pub fn seen_or_expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        match self.seen.iter().find(|l| l.starts_with(prefix)) {
+            Some(l) => Ok(l.clone()),
+            None => self.expect(prefix, timeout),
         }
     }
 
@@ -340,4 +358,43 @@ pub fn is_cloexec(fd: i32) -> bool {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .is_some_and(|flags| flags & 0o2000000 != 0)
+}
+
+/// The pid of worker `id`, from the server's `fork ID PID` lines.
+pub fn worker_pid(seen: &[String], id: u32) -> Result<u32, String> {
+    seen.iter()
+        .find_map(|l| l.strip_prefix(&format!("fork {id} ")))
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| format!("no fork line for worker {id}"))
+}
+
+/// The real uid and gid of a process (from /proc/PID/status).
+pub fn ids_of(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// Waits (bounded) until `cond` holds, checking every few milliseconds.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }

@@ -3,16 +3,23 @@
 //! multi-threaded driver, so its `fork` happens in a single-threaded process.
 //!
 //! Configuration (environment): `SC_MODE`, `SC_WORKERS`, `SC_LISTEN` (addresses,
-//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`.
+//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
+//! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
+//! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`.
 //!
-//! Protocol of the workers: a client sends one line (`hi`, `sleep MS`), the worker
-//! answers `ok WORKER PID L C` (L, C: whether the listener's and the connection's
-//! descriptors have FD_CLOEXEC, 1 or 0) and closes.
+//! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
+//! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
+//! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
+//! directory); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
+//! first, then answers after MS); `tell TEXT` (sends TEXT to the primary and answers
+//! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
+//! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
 //! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `exit ID PID STATUS
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
-//! address, `stats ID=N …` (connections dispatched per worker) whenever they change,
+//! address, `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
+//! they change,
 //! and at the end `hygiene fds_before=… fds_after=… children=…` about itself.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +27,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use cluster::{Cluster, Event, ListenAddr, Listener, Mode, Stream, Worker};
+use cluster::{Cluster, Event, ListenAddr, Listener, Mode, Respawn, Stream, User, Worker};
 
 use super::proc;
 
@@ -39,11 +46,34 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
         }
     }
     let cmd: Vec<&str> = line.split_whitespace().collect();
-    if let ["sleep", ms] = cmd.as_slice() {
-        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+    let mut extra = String::new();
+    match cmd.as_slice() {
+        ["sleep", ms] => {
+            if let Some(w) = Worker::current() {
+                let _ = w.send(format!("busy {id}").as_bytes());
+            }
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+        ["cwd"] => {
+            extra = format!(
+                " {}",
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["tell", rest @ ..] => {
+            if let Some(w) = Worker::current() {
+                let _ = w.send(rest.join(" ").as_bytes());
+                let reply = w.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                extra = format!(" {}", String::from_utf8_lossy(&reply));
+            }
+        }
+        _ => {}
     }
     let reply = format!(
-        "ok {id} {} {} {}\n",
+        "ok {id} {} {} {}{extra}\n",
         std::process::id(),
         u8::from(listener_cloexec),
         u8::from(conn_cloexec)
@@ -52,6 +82,9 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
 }
 
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
+    if env("SC_CRASH", "") == "start" {
+        return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
+    }
     let listeners = addrs
         .iter()
         .map(Listener::bind)
@@ -75,6 +108,44 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         }
     });
     Ok(())
+}
+
+/// What the primary does for a worker's `tell`; the reply goes back to that worker.
+/// `kill-other`, `disconnect-other`, `restart-other` act on the oldest live worker
+/// that is not the sender (a worker must not kill itself before it can answer).
+fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Option<String> {
+    let other = cluster
+        .workers()
+        .iter()
+        .find(|w| w.id != sender && !w.disconnecting)
+        .map(|w| w.id.0.to_string())
+        .unwrap_or_default();
+    let text = text.replace("-other", &format!(" {other}"));
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let worker = |s: &str| {
+        s.parse::<u32>()
+            .map(cluster::WorkerId)
+            .map_err(|e| cluster::Error::Config(e.to_string()))
+    };
+    let target = words.get(1).copied().unwrap_or("");
+    let done = |r: Result<(), cluster::Error>| {
+        r.map_or_else(|e| format!("error {e}"), |()| format!("done {target}"))
+    };
+    match words.as_slice() {
+        ["ping"] => Some("pong".into()),
+        ["kill", n] => Some(done(worker(n).and_then(|n| cluster.kill(n, libc::SIGKILL)))),
+        ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
+        ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
+        ["workers", n] => {
+            cluster.set_workers(n.parse().unwrap_or(1));
+            Some("done".into())
+        }
+        ["broadcast", rest @ ..] => match cluster.broadcast(rest.join(" ").as_bytes()) {
+            Ok(n) => Some(format!("sent-to {n}")),
+            Err(e) => Some(format!("error {e}")),
+        },
+        _ => None, // `busy` and the like: nothing to answer
+    }
 }
 
 /// Runs the primary; returns the process exit code.
@@ -109,11 +180,42 @@ pub fn main() -> i32 {
         let _ = o.flush();
     };
     let worker_addrs = addrs.clone();
-    let started = Cluster::builder()
+    let mut builder = Cluster::builder()
         .workers(workers)
         .mode(mode)
-        .shutdown_timeout(Duration::from_millis(shutdown_ms))
-        .start(move |w| worker_main(w, &worker_addrs, threads));
+        .shutdown_timeout(Duration::from_millis(shutdown_ms));
+    match env("SC_RESPAWN", "default").as_str() {
+        "default" => {}
+        "never" => builder = builder.respawn(Respawn::never()),
+        spec => {
+            let ms: Vec<u64> = spec.split(':').filter_map(|v| v.parse().ok()).collect();
+            let [initial, max, min_uptime] = ms[..] else {
+                eprintln!("server: bad SC_RESPAWN {spec:?}");
+                return 2;
+            };
+            builder = builder.respawn(
+                Respawn::default()
+                    .delays(Duration::from_millis(initial), Duration::from_millis(max))
+                    .min_uptime(Duration::from_millis(min_uptime)),
+            );
+        }
+    }
+    if let Ok(name) = std::env::var("SC_USER") {
+        match User::named(&name) {
+            Ok(u) => builder = builder.user(u),
+            Err(e) => {
+                eprintln!("server: {e}");
+                return 2;
+            }
+        }
+    }
+    if let Ok(dir) = std::env::var("SC_DIR") {
+        builder = builder.working_directory(dir);
+    }
+    if std::env::var_os("SC_SILENT").is_some() {
+        builder = builder.silent(true);
+    }
+    let started = builder.start(move |w| worker_main(w, &worker_addrs, threads));
     let mut cluster = match started {
         Ok(c) => c,
         Err(e) => {
@@ -169,10 +271,17 @@ pub fn main() -> i32 {
             }) => say(format!(
                 "exit {worker} {pid} {status} requested={requested}"
             )),
-            Some(Event::Message { worker, data }) => say(format!(
-                "message {worker} {}",
-                String::from_utf8_lossy(&data)
-            )),
+            Some(Event::Message { worker, data }) => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                say(format!("message {worker} {text}"));
+                if let Some(reply) = command(&mut cluster, worker, &text) {
+                    let _ = cluster.send(worker, reply.as_bytes());
+                }
+            }
+            Some(Event::ReloadStarted) => say("reload-started".into()),
+            Some(Event::ReloadFinished { replaced, complete }) => {
+                say(format!("reload-finished {replaced} complete={complete}"))
+            }
             Some(Event::Error(e)) => say(format!("error {e}")),
             Some(other) => say(format!("event {other:?}")),
             None => {}
@@ -180,7 +289,7 @@ pub fn main() -> i32 {
         let stats: Vec<String> = cluster
             .workers()
             .iter()
-            .map(|w| format!("{}={}", w.id, w.dispatched))
+            .map(|w| format!("{}={}/{}", w.id, w.dispatched, w.accepted))
             .collect();
         let stats = stats.join(" ");
         if stats != last_stats {

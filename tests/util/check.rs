@@ -1,0 +1,82 @@
+//! What every scenario checks: the scenario server's start, and the hygiene of a run
+//! (exit status, the primary's descriptors and children, workers gone, no panic).
+
+use std::time::Duration;
+
+use super::client::Target;
+use super::proc::{self, Server};
+
+pub type Outcome = Result<(), String>;
+
+pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+pub struct Spec<'a> {
+    pub mode: &'a str,
+    pub workers: usize,
+    pub listen: String,
+    pub threads: usize,
+    /// Extra environment for the server (SC_RESPAWN, SC_USER, …).
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Spec<'_> {
+    pub fn start(&self) -> Result<(Server, Vec<Target>), String> {
+        let mut env = vec![
+            ("SC_MODE", self.mode.to_string()),
+            ("SC_WORKERS", self.workers.to_string()),
+            ("SC_LISTEN", self.listen.clone()),
+            ("SC_THREADS", self.threads.to_string()),
+        ];
+        env.extend(self.env.iter().cloned());
+        let cmd = proc::self_command(&env);
+        let mut srv = Server::spawn(cmd)?;
+        let ready = srv.expect("ready ", Duration::from_secs(20))?;
+        let targets = ready["ready ".len()..]
+            .split(',')
+            .map(Target::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((srv, targets))
+    }
+}
+
+/// SIGTERM, then: exit status 0 within the bound, the primary's hygiene line clean,
+/// every worker gone, no panic on stderr.
+pub fn stop_and_check(srv: &mut Server) -> Outcome {
+    srv.signal("TERM")?;
+    let status = srv.wait(Duration::from_secs(10))?;
+    let rest = srv.rest(Duration::from_secs(2));
+    let stderr = srv.stderr();
+    check(status.success(), || {
+        format!("server exited with {status}; stderr:\n{stderr}")
+    })?;
+    check_hygiene(&rest, &stderr)?;
+    srv.check_workers_gone(Duration::from_secs(2))
+}
+
+pub fn check_hygiene(lines: &[String], stderr: &str) -> Outcome {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("hygiene "))
+        .ok_or_else(|| format!("no hygiene line in {lines:?}; stderr:\n{stderr}"))?;
+    let field = |name: &str| -> String {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .map(|s| s.split(" ").next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    check(field("fds_before") == field("fds_after"), || {
+        format!("the primary leaked descriptors: {line}")
+    })?;
+    check(field("children") == "[]", || {
+        format!("the primary left children: {line}")
+    })?;
+    check(!stderr.contains("panicked"), || {
+        format!("a process panicked:\n{stderr}")
+    })
+}
