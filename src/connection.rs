@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::addr::PeerAddr;
+use crate::worker::OpenGuard;
 
 /// An accepted connection's stream: TCP or Unix, as std types.
 #[derive(Debug)]
@@ -177,15 +178,32 @@ impl From<Stream> for OwnedFd {
 }
 
 /// A connection returned by [`Listener::accept`](crate::Listener::accept).
+///
+/// In a cluster worker, the connection counts as open (for
+/// [`LeastConnections`](crate::LeastConnections) scheduling) while this value lives:
+/// serve it through [`stream_mut`](Connection::stream_mut) and drop it when done.
+/// [`into_stream`](Connection::into_stream) and [`into_parts`](Connection::into_parts)
+/// hand over the std stream and end the counting.
 #[derive(Debug)]
 pub struct Connection {
     stream: Stream,
     peer: PeerAddr,
+    open: Option<OpenGuard>,
 }
 
 impl Connection {
     pub(crate) fn new(stream: Stream, peer: PeerAddr) -> Connection {
-        Connection { stream, peer }
+        Connection {
+            stream,
+            peer,
+            open: None,
+        }
+    }
+
+    /// Counts the connection open in its worker until it drops.
+    pub(crate) fn counted(mut self, guard: OpenGuard) -> Connection {
+        self.open = Some(guard);
+        self
     }
 
     /// The stream.

@@ -24,8 +24,8 @@
 //! - a hand-off channel is `shutdown(2)`: blocked `recvmsg` calls return the
 //!   connections already queued, then EOF; the primary sees the hang-up and takes back
 //!   whatever it had sent and nobody received;
-//! - a socket cannot be shut down (in shared mode every worker's copy is the same
-//!   socket), and closing a descriptor does not wake a thread blocked on it. So each
+//! - a socket that other workers share (shared mode) cannot be shut down, and closing
+//!   a descriptor does not wake a thread blocked on it. So each
 //!   accepting thread registers its thread id while it is inside `accept(2)`, and
 //!   `close` sends each registered thread [`INTERRUPT_SIGNAL`](crate::sys::signal),
 //!   whose handler is installed without `SA_RESTART`, until none is left inside. A
@@ -33,6 +33,10 @@
 //!   came is caught by the next round; a thread that was signalled lets the pending
 //!   signal be delivered before it returns to application code, so the signal can never
 //!   interrupt the application's own next blocking call.
+//! - a socket nobody else holds (outside a cluster) is drained: made non-blocking, its
+//!   queued connections are still handed out by `accept`, then it is shut down, so they
+//!   are served instead of reset when the process exits. In a cluster, sockets are kept
+//!   by the primary too (shared, reuse-port), which decides when they close.
 
 use std::cell::Cell;
 use std::io;
@@ -84,6 +88,8 @@ pub(crate) struct Shared {
     gate: Gate,
     origin: Origin,
     accepted: AtomicU64,
+    /// An exclusive socket was drained and shut down after close.
+    drained: AtomicBool,
     /// Timeouts to set on each accepted Unix connection (TCP ones inherit them).
     unix_timeouts: Option<(Option<Duration>, Option<Duration>)>,
 }
@@ -91,8 +97,9 @@ pub(crate) struct Shared {
 /// Where connections come from.
 #[derive(Debug)]
 enum Source {
-    /// A listening socket: `accept(2)`.
-    Socket(OwnedFd),
+    /// A listening socket: `accept(2)`. `exclusive` when no other process holds it
+    /// (outside a cluster): then closing drains its queue first.
+    Socket { fd: OwnedFd, exclusive: bool },
     /// A round-robin hand-off channel: credit, then `recvmsg`.
     Handoff(Channel),
 }
@@ -144,11 +151,14 @@ impl Listener {
         let unlink = bound.socket_file();
         let listener = Listener::new(
             bound.local.clone(),
-            Source::Socket(bound.fd),
+            Source::Socket {
+                fd: bound.fd,
+                exclusive: true,
+            },
             Origin::Standalone { unlink },
             options,
         );
-        if let Source::Socket(fd) = &listener.shared.source {
+        if let Source::Socket { fd, .. } = &listener.shared.source {
             socket::listen(fd.as_fd(), options.backlog)
                 .map_err(|e| crate::ListenError::io(addr, e))?;
         }
@@ -167,7 +177,12 @@ impl Listener {
             .map_err(|e| crate::ListenError::io(&local, e))?;
         Ok(Listener::new(
             local,
-            Source::Socket(fd),
+            // Shared with other workers, or kept by the primary (reuse-port): never
+            // drained or shut down by this worker.
+            Source::Socket {
+                fd,
+                exclusive: false,
+            },
             Origin::Worker { handle },
             options,
         ))
@@ -201,6 +216,7 @@ impl Listener {
                 gate: Gate::default(),
                 origin,
                 accepted: AtomicU64::new(0),
+                drained: AtomicBool::new(false),
                 unix_timeouts,
             }),
         }
@@ -235,22 +251,22 @@ impl Listener {
     pub fn accept(&self) -> io::Result<Option<Connection>> {
         let s = &*self.shared;
         let conn = match &s.source {
-            Source::Socket(fd) => s.accept_socket(fd.as_fd())?,
+            Source::Socket { fd, exclusive } => s.accept_socket(fd.as_fd(), *exclusive)?,
             Source::Handoff(ch) => s.accept_handoff(ch)?,
         };
-        if let Some(c) = &conn {
-            s.accepted.fetch_add(1, Ordering::Relaxed);
-            if let Origin::Worker { .. } = s.origin {
-                if let Some(rt) = worker::runtime() {
-                    rt.count_accept();
-                }
-            }
-            if let Some((read, write)) = s.unix_timeouts {
-                c.stream().set_read_timeout(read)?;
-                c.stream().set_write_timeout(write)?;
-            }
+        let Some(mut conn) = conn else {
+            return Ok(None);
+        };
+        s.accepted.fetch_add(1, Ordering::Relaxed);
+        if let (Origin::Worker { .. }, Some(rt)) = (&s.origin, worker::runtime()) {
+            rt.count_accept();
+            conn = conn.counted(rt.open_guard());
         }
-        Ok(conn)
+        if let Some((read, write)) = s.unix_timeouts {
+            conn.stream().set_read_timeout(read)?;
+            conn.stream().set_write_timeout(write)?;
+        }
+        Ok(Some(conn))
     }
 
     /// An iterator over [`accept`](Listener::accept)'s connections, ending when the
@@ -300,7 +316,7 @@ impl AsFd for Listener {
     /// The listening socket, or in round-robin mode the hand-off channel.
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.shared.source {
-            Source::Socket(fd) => fd.as_fd(),
+            Source::Socket { fd, .. } => fd.as_fd(),
             Source::Handoff(ch) => ch.as_fd(),
         }
     }
@@ -344,24 +360,16 @@ const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 impl Shared {
-    fn accept_socket(&self, fd: BorrowedFd<'_>) -> io::Result<Option<Connection>> {
+    fn accept_socket(&self, fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<Option<Connection>> {
         let Some(ticket) = self.gate.enter() else {
-            return Ok(None);
+            return self.drain_one(fd, exclusive);
         };
         let mut backoff = BACKOFF_START;
         loop {
             match socket::accept(fd) {
                 Ok((conn, peer)) => {
                     drop(ticket);
-                    let peer = match self.kind {
-                        StreamKind::Tcp => peer.inet().map(PeerAddr::Tcp),
-                        StreamKind::Unix => Some(PeerAddr::Unix(peer.unix_path())),
-                    };
-                    let peer = peer.unwrap_or(PeerAddr::Unix(None));
-                    return Ok(Some(Connection::new(
-                        Stream::from_fd(self.kind, conn),
-                        peer,
-                    )));
+                    return Ok(Some(self.connection(conn, &peer)));
                 }
                 Err(e) => match classify(&e) {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
@@ -381,9 +389,42 @@ impl Shared {
                 },
             }
             if self.gate.is_closed() {
-                return Ok(None);
+                drop(ticket);
+                return self.drain_one(fd, exclusive);
             }
         }
+    }
+
+    /// After close: on a socket nobody else accepts on, hand out what is still queued
+    /// (the socket was made non-blocking by `close`), then stop it listening, so the
+    /// kernel sends new connections elsewhere (reuse-port) or refuses them. Only a
+    /// connection that arrives between the last accept and the shutdown is reset.
+    fn drain_one(&self, fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<Option<Connection>> {
+        if !exclusive {
+            return Ok(None);
+        }
+        loop {
+            match socket::accept(fd) {
+                Ok((conn, peer)) => return Ok(Some(self.connection(conn, &peer))),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(classify(&e), AcceptFailure::Skip) => continue,
+                Err(_) => {
+                    if !self.drained.swap(true, Ordering::AcqRel) {
+                        let _ = socket::shutdown(fd, socket::Shutdown::Read);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn connection(&self, conn: OwnedFd, peer: &socket::SockAddr) -> Connection {
+        let peer = match self.kind {
+            StreamKind::Tcp => peer.inet().map(PeerAddr::Tcp),
+            StreamKind::Unix => Some(PeerAddr::Unix(peer.unix_path())),
+        };
+        let peer = peer.unwrap_or(PeerAddr::Unix(None));
+        Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
 
     fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
@@ -391,7 +432,8 @@ impl Shared {
             return Ok(None);
         }
         // One credit for this call: the primary sends one connection against it.
-        match ch.send(&Message::Ready { count: 1 }, None) {
+        let open = worker::runtime().map_or(0, |rt| rt.open_now());
+        match ch.send(&Message::Ready { count: 1, open }, None) {
             Ok(()) => {}
             // Shut down (closed here, or the primary went away): nothing more will come.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
@@ -424,6 +466,17 @@ impl Shared {
 
     /// Closes the listener (idempotent); see [`Listener::close`].
     pub(crate) fn close(&self) {
+        if self.gate.is_closed() {
+            return;
+        }
+        if let Source::Socket {
+            fd,
+            exclusive: true,
+        } = &self.source
+        {
+            // Before the gate closes: every accept after it must not block (drain_one).
+            let _ = crate::sys::fd::set_nonblocking(fd.as_fd(), true);
+        }
         if !self.gate.close() {
             return;
         }
@@ -431,7 +484,7 @@ impl Shared {
             Source::Handoff(ch) => {
                 let _ = ch.shutdown();
             }
-            Source::Socket(_) => self.gate.interrupt_all(&self.local),
+            Source::Socket { .. } => self.gate.interrupt_all(&self.local),
         }
         if let Origin::Worker { handle } = self.origin {
             if let Some(rt) = worker::runtime() {

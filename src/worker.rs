@@ -167,8 +167,10 @@ pub(crate) struct Runtime {
     changed: Condvar,
     /// Connections this worker's listeners returned.
     accepted: AtomicU64,
-    /// The last count sent to the primary.
-    reported: AtomicU64,
+    /// Connections whose `Connection` still lives (least-connections scheduling).
+    open: AtomicU64,
+    /// The last counts sent to the primary (accepted, open).
+    reported: Mutex<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -274,11 +276,33 @@ impl Runtime {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sends the accepted count to the primary if it changed since the last report.
+    /// Marks a connection open until the returned guard drops.
+    pub(crate) fn open_guard(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard { rt: self.clone() }
+    }
+
+    /// Connections open now, saturated to `u32` for the wire.
+    pub(crate) fn open_now(&self) -> u32 {
+        self.open.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Sends the counters to the primary if they changed since the last report.
     fn report_stats(&self) {
-        let now = self.accepted.load(Ordering::Relaxed);
-        if self.reported.swap(now, Ordering::Relaxed) != now {
-            let _ = self.control.send(&Message::Stats { accepted: now }, None);
+        let now = (
+            self.accepted.load(Ordering::Relaxed),
+            u64::from(self.open_now()),
+        );
+        let mut last = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if *last != now {
+            *last = now;
+            let _ = self.control.send(
+                &Message::Stats {
+                    accepted: now.0,
+                    open: now.1 as u32,
+                },
+                None,
+            );
         }
     }
 
@@ -353,6 +377,23 @@ impl Runtime {
     }
 }
 
+/// A connection counted as open in its worker; dropping it counts it closed.
+pub(crate) struct OpenGuard {
+    rt: Arc<Runtime>,
+}
+
+impl fmt::Debug for OpenGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OpenGuard")
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.rt.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything the child needs from the primary, by value.
 pub(crate) struct ChildStart {
     pub(crate) id: WorkerId,
@@ -405,7 +446,8 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         accepted: AtomicU64::new(0),
-        reported: AtomicU64::new(0),
+        open: AtomicU64::new(0),
+        reported: Mutex::new((0, 0)),
     });
     if RUNTIME.set(rt.clone()).is_err() {
         eprintln!("cluster: worker {id}: a worker runtime already exists in this process");

@@ -35,34 +35,45 @@ fn main() {
     use core_modes::*;
     use demo::*;
     use supervision::*;
-    let both = |name: &'static str, f: fn(&str) -> Outcome| -> [Scenario; 2] {
-        [
-            (name, Box::new(move || f("round-robin"))),
-            (
-                Box::leak(name.replace("round_robin", "shared").into_boxed_str()),
-                Box::new(move || f("shared")),
-            ),
-        ]
+    // A scenario body run once per mode, named NAME_round_robin, NAME_shared, …
+    let each =
+        |name: &'static str, f: fn(&str) -> Outcome, modes: &[&'static str]| -> Vec<Scenario> {
+            modes
+                .iter()
+                .map(|&m| {
+                    let full: &'static str =
+                        Box::leak(format!("{name}_{}", m.replace('-', "_")).into_boxed_str());
+                    (full, Box::new(move || f(m)) as Box<dyn Fn() -> Outcome>)
+                })
+                .collect()
+        };
+    let both =
+        |name: &'static str, f: fn(&str) -> Outcome| each(name, f, &["round-robin", "shared"]);
+    let all = |name: &'static str, f: fn(&str) -> Outcome| {
+        each(name, f, &["round-robin", "shared", "reuse-port"])
     };
     let mut scenarios: Vec<Scenario> = Vec::new();
-    // Issue 2: the core, both modes.
-    scenarios.extend(both("balance_round_robin", balance));
-    scenarios.extend(both("families_round_robin", families));
-    scenarios.extend(both("addr_in_use_round_robin", addr_in_use));
+    // Issue 2: the core (reuse-port joins in where it applies).
+    scenarios.extend(all("balance", balance));
+    scenarios.extend(all("families", families));
+    scenarios.extend(all("addr_in_use", addr_in_use));
     scenarios.push(("rr_worker_killed", Box::new(rr_worker_killed)));
-    scenarios.extend(both("adopted_fd_round_robin", adopted_fd));
-    // Issue 3: supervision.
-    scenarios.extend(both(
-        "worker_killed_is_replaced_round_robin",
-        worker_killed_is_replaced,
+    scenarios.extend(both("adopted_fd", adopted_fd));
+    // Issue 4: every mode, one workload.
+    scenarios.push(("every_mode", Box::new(every_mode)));
+    scenarios.push((
+        "reuse_port_crash_keeps_queue",
+        Box::new(reuse_port_crash_keeps_queue),
     ));
+    // Issue 3: supervision.
+    scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));
-    scenarios.extend(both(
-        "rolling_restart_under_load_round_robin",
+    scenarios.extend(all(
+        "rolling_restart_under_load",
         rolling_restart_under_load,
     ));
-    scenarios.extend(both(
-        "graceful_shutdown_slow_request_round_robin",
+    scenarios.extend(all(
+        "graceful_shutdown_slow_request",
         graceful_shutdown_slow_request,
     ));
     scenarios.push(("shutdown_deadline_kills", Box::new(shutdown_deadline_kills)));
@@ -73,7 +84,7 @@ fn main() {
     scenarios.push(("worker_settings", Box::new(worker_settings)));
     scenarios.push(("worker_api_and_scaling", Box::new(worker_api_and_scaling)));
     // The examples.
-    scenarios.extend(both("hello_contract_round_robin", hello_contract));
+    scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));
     scenarios.push(("hello_slow_clients", Box::new(hello_slow_clients)));
     scenarios.push(("hello_errors", Box::new(hello_errors)));

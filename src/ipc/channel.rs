@@ -259,12 +259,12 @@ mod tests {
     #[test]
     fn shutdown_keeps_queued_records_readable() {
         let (a, b) = Channel::pair().unwrap();
-        a.send(&Message::Ready { count: 1 }, None).unwrap();
+        a.send(&Message::Ready { count: 1, open: 0 }, None).unwrap();
         b.shutdown().unwrap();
         let mut buf = buf();
         assert!(matches!(
             b.recv(&mut buf, true),
-            Ok(Incoming::Message(Message::Ready { count: 1 }, None))
+            Ok(Incoming::Message(Message::Ready { count: 1, .. }, None))
         ));
         assert!(matches!(b.recv(&mut buf, true), Ok(Incoming::Eof)));
         assert!(matches!(a.recv(&mut buf, true), Ok(Incoming::Eof)));

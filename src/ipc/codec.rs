@@ -92,6 +92,8 @@ pub(crate) enum Message<'a> {
     Ready {
         /// New credits.
         count: u32,
+        /// Connections open in the worker now (for least-connections scheduling).
+        open: u32,
     },
     /// Either way: application bytes.
     User(&'a [u8]),
@@ -109,6 +111,8 @@ pub(crate) enum Message<'a> {
     Stats {
         /// Total connections accepted by this worker.
         accepted: u64,
+        /// Connections open in the worker now.
+        open: u32,
     },
 }
 
@@ -336,13 +340,19 @@ impl Message<'_> {
                 PeerAddr::Tcp(a) => put_socket_addr(out, a),
                 PeerAddr::Unix(p) => put_path(out, p.as_deref().unwrap_or(Path::new(""))),
             },
-            Message::Ready { count } => out.extend_from_slice(&count.to_le_bytes()),
+            Message::Ready { count, open } => {
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&open.to_le_bytes());
+            }
             Message::User(bytes) => out.extend_from_slice(bytes),
             Message::SetupFailed { stage, errno } => {
                 out.push(stage.code());
                 out.extend_from_slice(&errno.to_le_bytes());
             }
-            Message::Stats { accepted } => out.extend_from_slice(&accepted.to_le_bytes()),
+            Message::Stats { accepted, open } => {
+                out.extend_from_slice(&accepted.to_le_bytes());
+                out.extend_from_slice(&open.to_le_bytes());
+            }
         }
         let payload = (out.len() - start - HEADER_LEN) as u32;
         out[start + 4..start + 8].copy_from_slice(&payload.to_le_bytes());
@@ -438,7 +448,8 @@ impl Message<'_> {
                 if count == 0 {
                     return Err(r.malformed("zero credits"));
                 }
-                r.done(Message::Ready { count })?
+                let open = r.u32()?;
+                r.done(Message::Ready { count, open })?
             }
             kind::USER => Message::User(payload),
             kind::SETUP_FAILED => {
@@ -451,7 +462,8 @@ impl Message<'_> {
             kind::STATS => {
                 r.kind = "stats";
                 let accepted = u64::from_le_bytes(r.array()?);
-                r.done(Message::Stats { accepted })?
+                let open = r.u32()?;
+                r.done(Message::Stats { accepted, open })?
             }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
@@ -718,8 +730,8 @@ mod tests {
             Message::NewConn {
                 peer: PeerAddr::Unix(Some("/tmp/client".into())),
             },
-            Message::Ready { count: 1 },
-            Message::Ready { count: 64 },
+            Message::Ready { count: 1, open: 0 },
+            Message::Ready { count: 64, open: 7 },
             Message::User(b""),
             Message::User(b"hello"),
             Message::SetupFailed {
@@ -728,6 +740,7 @@ mod tests {
             },
             Message::Stats {
                 accepted: u64::MAX - 1,
+                open: 3,
             },
         ]
     }
@@ -863,7 +876,7 @@ mod tests {
     #[test]
     fn zero_credit_ready_is_malformed() {
         let mut buf = Vec::new();
-        Message::Ready { count: 0 }.encode(&mut buf);
+        Message::Ready { count: 0, open: 0 }.encode(&mut buf);
         assert!(matches!(
             Message::decode(&buf, 0),
             Err(ProtocolError::Malformed { .. })

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::respawn::{Backoff, Respawn};
+use super::scheduler::{Fifo, Scheduler};
 use super::{Cluster, ClusterStats, Config, State, HANDLED_SIGNALS};
 use crate::error::Error;
 use crate::ipc::codec::MAX_RECORD_LEN;
@@ -44,7 +45,7 @@ pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(100);
 /// }
 /// # Ok::<(), cluster::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Builder {
     workers: Option<usize>,
     mode: Option<Mode>,
@@ -53,6 +54,7 @@ pub struct Builder {
     accept_window: Duration,
     respawn: Respawn,
     settings: WorkerSettings,
+    scheduler: Box<dyn Scheduler>,
 }
 
 impl Default for Builder {
@@ -74,6 +76,7 @@ impl Builder {
             accept_window: DEFAULT_ACCEPT_WINDOW,
             respawn: Respawn::default(),
             settings: WorkerSettings::default(),
+            scheduler: Box::new(Fifo),
         }
     }
 
@@ -106,6 +109,13 @@ impl Builder {
     /// Default: [`DEFAULT_ACCEPT_WINDOW`].
     pub fn accept_window(mut self, d: Duration) -> Builder {
         self.accept_window = d;
+        self
+    }
+
+    /// Round-robin only: which free worker gets each connection (default: [`Fifo`],
+    /// Node's order; [`LeastConnections`](super::LeastConnections) is built in too).
+    pub fn scheduler(mut self, scheduler: impl Scheduler + 'static) -> Builder {
+        self.scheduler = Box::new(scheduler);
         self
     }
 
@@ -193,6 +203,7 @@ impl Builder {
                 accept_window: self.accept_window,
                 respawn: self.respawn,
                 settings: self.settings,
+                scheduler: self.scheduler,
             },
             worker_fn: f,
             workers: Default::default(),

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::reuse_port::ReusePortHandle;
 use super::round_robin::RoundRobinHandle;
 use super::shared::SharedHandle;
 use super::slot::Phase;
@@ -270,9 +271,10 @@ impl Cluster {
                 worker: id,
                 data: data.to_vec(),
             }),
-            Message::Stats { accepted } => {
+            Message::Stats { accepted, open } => {
                 if let Some(s) = self.workers.get_mut(&id) {
                     s.accepted = accepted;
+                    s.open = open;
                 }
             }
             Message::SetupFailed { stage, errno } => {
@@ -323,44 +325,33 @@ impl Cluster {
                 return;
             }
         };
+        // A replacement (reload, restart) takes over the reuse-port socket of the
+        // worker it replaces.
+        let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
         let entry = &mut self.handles[idx];
         let local = entry.local().clone();
-        let (transport, fd) = match &mut entry.handle {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let (transport, granted) = match &mut entry.handle {
             Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
             Handle::RoundRobin(h) => (
                 Transport::Handoff,
-                h.add(id)
-                    .map(|(_, fd)| fd)
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+                h.add(id).map(|(_, fd)| fd).map_err(errno),
             ),
+            Handle::ReusePort(h) => (Transport::Socket, h.grant(id, replacing).map_err(errno)),
         };
+        let result = match &granted {
+            Ok(_) => Ok(ListenGrant {
+                handle: idx as u32,
+                transport,
+                local,
+            }),
+            Err(errno) => Err(*errno),
+        };
+        let fd = granted.ok();
         let Some(slot) = self.workers.get_mut(&id) else {
             return;
         };
-        let sent = match fd {
-            Ok(fd) => {
-                let grant = ListenGrant {
-                    handle: idx as u32,
-                    transport,
-                    local,
-                };
-                slot.send(
-                    &Message::ListenReply {
-                        seq,
-                        result: Ok(grant),
-                    },
-                    Some(fd),
-                )
-            }
-            Err(errno) => slot.send(
-                &Message::ListenReply {
-                    seq,
-                    result: Err(errno),
-                },
-                None,
-            ),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = slot.send(&Message::ListenReply { seq, result }, fd) {
             self.events.push_back(Event::Error(Error::io(
                 format!("send listen reply to worker {id}"),
                 e,
@@ -377,15 +368,23 @@ impl Cluster {
         if self.state != State::Running {
             return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
         }
+        // Reuse-port splits TCP listeners only: a Unix path or an adopted descriptor is
+        // one socket, shared.
+        let mode = match (self.config.mode, key) {
+            (Mode::ReusePort, ListenAddr::Tcp(_)) => Mode::ReusePort,
+            (Mode::ReusePort, _) => Mode::Shared,
+            (m, _) => m,
+        };
         let bind_options = BindOptions {
             // The round-robin listener is polled, never blocked on.
-            nonblocking: self.config.mode == Mode::RoundRobin,
-            ..BindOptions::default()
+            nonblocking: mode == Mode::RoundRobin,
+            reuse_port: mode == Mode::ReusePort,
         };
         let bound = bind::bind(key, bind_options, options)?;
         let socket_file: Option<PathBuf> = bound.socket_file();
-        let handle = match self.config.mode {
+        let handle = match mode {
             Mode::Shared => Ok(Handle::Shared(SharedHandle::new(bound))),
+            Mode::ReusePort => Ok(Handle::ReusePort(ReusePortHandle::new(bound, options))),
             Mode::RoundRobin => {
                 RoundRobinHandle::new(bound, options.backlog, self.config.accept_window)
                     .map(Handle::RoundRobin)
@@ -467,10 +466,11 @@ impl Cluster {
     /// Hands out connections on every round-robin handle that has work.
     pub(super) fn pump(&mut self, now: Instant) {
         let workers = &mut self.workers;
+        let scheduler = &mut *self.config.scheduler;
         for entry in &mut self.handles {
             if let Handle::RoundRobin(rr) = &mut entry.handle {
                 if rr.wants_pump() {
-                    rr.pump(now, &mut |w| {
+                    rr.pump(now, scheduler, &mut |w| {
                         if let Some(s) = workers.get_mut(&w) {
                             s.dispatched += 1;
                         }
@@ -483,7 +483,7 @@ impl Cluster {
             .iter_mut()
             .filter_map(|h| match &mut h.handle {
                 Handle::RoundRobin(rr) => Some(rr.take_faults()),
-                Handle::Shared(_) => None,
+                Handle::Shared(_) | Handle::ReusePort(_) => None,
             })
             .flatten()
             .collect();

@@ -232,11 +232,13 @@ impl Cluster {
             });
         }
         let workers = &mut self.workers;
+        let scheduler = &mut *self.config.scheduler;
         for entry in &mut self.handles {
             match &mut entry.handle {
                 Handle::Shared(h) => h.close(),
+                Handle::ReusePort(h) => h.close(),
                 Handle::RoundRobin(h) => {
-                    let closed = h.close_listener(now, &mut |w| {
+                    let closed = h.close_listener(now, scheduler, &mut |w| {
                         if let Some(s) = workers.get_mut(&w) {
                             s.dispatched += 1;
                         }
@@ -294,6 +296,15 @@ impl Cluster {
                     let uptime = now.saturating_duration_since(slot.forked_at);
                     self.backoff.crashed(policy, uptime, now);
                 }
+            }
+        }
+        // Reuse-port sockets outlive their worker (see `reuse_port.rs`): the next worker
+        // takes it over, unless the cluster now keeps fewer workers.
+        let target = self.target;
+        for h in &mut self.handles {
+            if let Handle::ReusePort(rp) = &mut h.handle {
+                rp.worker_gone(id);
+                rp.prune(target);
             }
         }
         if !slot.eof {

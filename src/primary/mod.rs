@@ -37,7 +37,9 @@ mod event_loop;
 mod lifecycle;
 mod reload;
 mod respawn;
+mod reuse_port;
 mod round_robin;
+mod scheduler;
 mod shared;
 mod slot;
 
@@ -60,9 +62,11 @@ use crate::worker::WorkerFn;
 
 pub use builder::{Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use respawn::Respawn;
+pub use scheduler::{Fifo, LeastConnections, ReadyWorker, Scheduler};
 
 use reload::Reload;
 use respawn::Backoff;
+use reuse_port::ReusePortHandle;
 use round_robin::RoundRobinHandle;
 use shared::SharedHandle;
 use slot::{Phase, Slot};
@@ -90,6 +94,7 @@ struct Config {
     accept_window: Duration,
     respawn: Respawn,
     settings: WorkerSettings,
+    scheduler: Box<dyn Scheduler>,
 }
 
 /// Where the cluster is in its life.
@@ -105,6 +110,7 @@ enum State {
 enum Handle {
     Shared(SharedHandle),
     RoundRobin(RoundRobinHandle),
+    ReusePort(ReusePortHandle),
 }
 
 #[derive(Debug)]
@@ -121,6 +127,7 @@ impl HandleEntry {
         match &self.handle {
             Handle::Shared(h) => h.local(),
             Handle::RoundRobin(h) => h.local(),
+            Handle::ReusePort(h) => h.local(),
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct WorkerInfo {
     /// Connections its listeners returned, as it last reported (about once a second,
     /// and when it exits; every mode).
     pub accepted: u64,
+    /// Connections it has open, as it last reported.
+    pub open: u32,
     /// How long ago it was forked.
     pub uptime: Duration,
 }
@@ -393,6 +402,7 @@ impl Cluster {
                 listening: s.listening,
                 dispatched: s.dispatched,
                 accepted: s.accepted,
+                open: s.open,
                 uptime: now.saturating_duration_since(s.forked_at),
             })
             .collect()
@@ -406,7 +416,7 @@ impl Cluster {
             .iter()
             .map(|h| match &h.handle {
                 Handle::RoundRobin(rr) => rr.dropped(),
-                Handle::Shared(_) => 0,
+                Handle::Shared(_) | Handle::ReusePort(_) => 0,
             })
             .sum::<u64>();
         s

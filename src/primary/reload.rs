@@ -101,6 +101,11 @@ impl Reload {
         self.step.as_ref().map(|s| s.deadline)
     }
 
+    /// The worker that `new` replaces, while the step that forked it runs.
+    pub(crate) fn replacing(&self, new: WorkerId) -> Option<WorkerId> {
+        self.step.as_ref().filter(|s| s.new == new).map(|s| s.old)
+    }
+
     /// Does what can be done now.
     pub(crate) fn advance(&mut self, host: &mut dyn Host, now: Instant) -> Progress {
         loop {

@@ -46,6 +46,8 @@ use crate::connection::StreamKind;
 use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::scm::{BATCH, BATCH_RECORD};
+
+use super::scheduler::{ReadyWorker, Scheduler};
 use crate::sys::socket;
 use crate::WorkerId;
 
@@ -70,6 +72,10 @@ struct Member {
     /// The worker's end, kept to take back what the worker never received.
     worker_end: Channel,
     credits: u32,
+    /// Connections open in the worker, as its last credit said.
+    open: u32,
+    /// Connections this handle has sent it.
+    dispatched: u64,
     /// The worker is disconnecting: its credits are read and ignored.
     retired: bool,
     /// Its channel reported EOF or failed: to be removed.
@@ -112,6 +118,10 @@ pub(crate) struct RoundRobinHandle {
     dropped: u64,
     /// Workers that sent invalid records, for the primary to kill.
     faults: Vec<(WorkerId, ProtocolError)>,
+    /// Reused by `pick`: the scheduler's candidates, and each one's (position of its
+    /// oldest credit in `free`, member id).
+    scratch_ready: Vec<ReadyWorker>,
+    scratch_at: Vec<(usize, u32)>,
 }
 
 impl RoundRobinHandle {
@@ -137,6 +147,8 @@ impl RoundRobinHandle {
             pending: VecDeque::new(),
             dropped: 0,
             faults: Vec::new(),
+            scratch_ready: Vec::new(),
+            scratch_at: Vec::new(),
         })
     }
 
@@ -157,6 +169,8 @@ impl RoundRobinHandle {
             primary_end,
             worker_end,
             credits: 0,
+            open: 0,
+            dispatched: 0,
             retired: false,
             closed: false,
         });
@@ -225,9 +239,11 @@ impl RoundRobinHandle {
                 let mut fault = None;
                 let mut eof = false;
                 let mut added = 0u32;
+                let mut open = None;
                 let got = m.primary_end.recv_many(&mut bufs, &mut |r| match r {
-                    Ok(Incoming::Message(Message::Ready { count }, None)) => {
-                        added = added.saturating_add(count)
+                    Ok(Incoming::Message(Message::Ready { count, open: o }, None)) => {
+                        added = added.saturating_add(count);
+                        open = Some(o);
                     }
                     Ok(Incoming::Message(other, _fd)) => {
                         fault.get_or_insert(ProtocolError::Unexpected { kind: other.name() });
@@ -238,6 +254,9 @@ impl RoundRobinHandle {
                     }
                 });
                 m.credits = m.credits.saturating_add(added);
+                if let Some(o) = open {
+                    m.open = o;
+                }
                 if m.credits > MAX_CREDITS {
                     fault.get_or_insert(ProtocolError::Malformed {
                         kind: "ready",
@@ -359,7 +378,12 @@ impl RoundRobinHandle {
     /// Hands connections to free credits: pending ones first, then freshly accepted
     /// ones, until credits, pending connections or the backlog run out. Node's
     /// `distribute` + `handoff`. `on_dispatch` is told the worker of each hand-off.
-    pub(crate) fn pump(&mut self, now: Instant, on_dispatch: &mut dyn FnMut(WorkerId)) {
+    pub(crate) fn pump(
+        &mut self,
+        now: Instant,
+        scheduler: &mut dyn Scheduler,
+        on_dispatch: &mut dyn FnMut(WorkerId),
+    ) {
         let mut accepted = false;
         loop {
             // No known credit: collect the ones that accumulated before accepting more.
@@ -376,7 +400,7 @@ impl RoundRobinHandle {
                     None => break,
                 },
             };
-            let Some(pos) = self.pick(conn.bounced_from) else {
+            let Some(pos) = self.pick(conn.bounced_from, scheduler) else {
                 self.pending.push_front(conn); // only its old worker is free: wait
                 break;
             };
@@ -394,6 +418,8 @@ impl RoundRobinHandle {
             match m.primary_end.try_send(&msg, Some(conn.fd.as_fd())) {
                 Ok(()) => {
                     m.credits = m.credits.saturating_sub(1);
+                    m.dispatched += 1;
+                    m.open = m.open.saturating_add(1); // until its next credit says better
                     on_dispatch(m.worker);
                     // `conn.fd` drops here: the descriptor in flight keeps the
                     // connection alive, and the worker's queue can be taken back.
@@ -411,17 +437,44 @@ impl RoundRobinHandle {
         }
     }
 
-    /// The oldest credit, skipping those of the worker a connection came back from, as
-    /// long as some other worker listens here (if none does, it may go back).
-    fn pick(&self, avoid: Option<WorkerId>) -> Option<usize> {
-        let worker_of = |id: &u32| self.members.iter().find(|m| m.id == *id).map(|m| m.worker);
-        match avoid {
-            Some(w) if self.members.iter().any(|m| m.worker != w) => self
-                .free
-                .iter()
-                .position(|id| worker_of(id).is_some_and(|x| x != w)),
-            _ => (!self.free.is_empty()).then_some(0),
+    /// The credit to use (its position in `free`): the scheduler chooses among the
+    /// members that have one, listed by their oldest credit. Skips the worker a
+    /// connection came back from, as long as some other worker listens here (if none
+    /// does, it may go back).
+    fn pick(&mut self, avoid: Option<WorkerId>, scheduler: &mut dyn Scheduler) -> Option<usize> {
+        let avoid = avoid.filter(|w| self.members.iter().any(|m| m.worker != *w));
+        // The candidates, in the order of their oldest credit, with that credit's
+        // position in `free` (scratch vectors kept across calls: no allocation).
+        let (ready, at) = (&mut self.scratch_ready, &mut self.scratch_at);
+        ready.clear();
+        at.clear();
+        for (pos, id) in self.free.iter().enumerate() {
+            if let Some(k) = at.iter().position(|&(_, m)| m == *id) {
+                ready[k].waiting += 1;
+                continue;
+            }
+            let Some(m) = self.members.iter().find(|m| m.id == *id) else {
+                continue;
+            };
+            if Some(m.worker) == avoid {
+                continue;
+            }
+            at.push((pos, *id));
+            ready.push(ReadyWorker {
+                worker: m.worker,
+                waiting: 1,
+                open: m.open,
+                dispatched: m.dispatched,
+            });
         }
+        let k = match ready.len() {
+            0 => return None,
+            1 => 0,
+            n => Some(scheduler.choose(ready))
+                .filter(|&k| k < n)
+                .unwrap_or(0),
+        };
+        Some(at[k].0)
     }
 
     /// Accepts one connection if the listener has one.
@@ -478,11 +531,12 @@ impl RoundRobinHandle {
     pub(crate) fn close_listener(
         &mut self,
         now: Instant,
+        scheduler: &mut dyn Scheduler,
         on_dispatch: &mut dyn FnMut(WorkerId),
     ) -> u64 {
         self.readable = false;
         self.listener = None;
-        self.pump(now, on_dispatch);
+        self.pump(now, scheduler, on_dispatch);
         let closed = self.pending.len() as u64;
         self.pending.clear();
         self.dropped += closed;

@@ -49,6 +49,8 @@ pub(crate) struct Slot {
     pub(crate) dispatched: u64,
     /// Connections it accepted, as it last reported.
     pub(crate) accepted: u64,
+    /// Connections it has open, as it last reported.
+    pub(crate) open: u32,
     /// On how many addresses it listens.
     pub(crate) listening: usize,
     /// When it was forked.
@@ -70,6 +72,7 @@ impl Slot {
             killed: false,
             dispatched: 0,
             accepted: 0,
+            open: 0,
             listening: 0,
             forked_at: Instant::now(),
             setup_failed: false,

@@ -257,3 +257,94 @@ pub fn adopted_fd(mode: &str) -> Outcome {
     })?;
     stop_and_check(&mut srv)
 }
+
+/// One workload through every mode (and both round-robin schedulers): every request
+/// served, every worker used. The shares are printed; nothing about speed is asserted
+/// (that is the `compare` example's job).
+pub fn every_mode() -> Outcome {
+    let configs = [
+        ("shared", "fifo"),
+        ("round-robin", "fifo"),
+        ("round-robin", "least-connections"),
+        ("reuse-port", "fifo"),
+    ];
+    for (mode, scheduler) in configs {
+        let spec = Spec {
+            mode,
+            workers: 4,
+            listen: "127.0.0.1:0".into(),
+            threads: 2,
+            env: vec![("SC_SCHEDULER", scheduler.to_string())],
+        };
+        let (mut srv, targets) = spec.start()?;
+        let load = client::load(&targets[0], 1000, 8, "hi", Duration::from_secs(10));
+        println!(
+            "    {mode} ({scheduler}): {} ok, shares: {}",
+            load.ok,
+            load.shares()
+        );
+        check(load.errors.is_empty() && load.ok == 1000, || {
+            format!("{mode}: {} ok, errors {:?}", load.ok, load.errors.first())
+        })?;
+        check(load.by_worker.len() == 4, || {
+            format!("{mode}: not every worker served: {}", load.shares())
+        })?;
+        check(load.not_cloexec == 0, || {
+            format!("{mode}: descriptor without FD_CLOEXEC")
+        })?;
+        stop_and_check(&mut srv)?;
+    }
+    Ok(())
+}
+
+/// Reuse-port: a worker is stopped while clients connect (those hashed to its socket
+/// wait in its queue), then killed. Its socket outlives it: the respawned worker takes
+/// it over and serves them; no client is reset or left hanging.
+pub fn reuse_port_crash_keeps_queue() -> Outcome {
+    let spec = Spec {
+        mode: "reuse-port",
+        workers: 2,
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        env: vec![("SC_RESPAWN", "10:100:0".into())],
+    };
+    let (mut srv, targets) = spec.start()?;
+    let victim = proc::worker_pid(&srv.seen, 1)?;
+    proc::signal(victim, "STOP")?;
+    proc::wait_stopped(victim, Duration::from_secs(5))?;
+    let clients = 24;
+    let replies = std::thread::scope(|s| -> Result<Vec<client::Reply>, String> {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let t = targets[0].clone();
+                s.spawn(move || client::ask(&t, "hi", Duration::from_secs(15)))
+            })
+            .collect();
+        // Those hashed to worker 2's socket are answered; wait for some, then kill 1.
+        proc::wait_until(
+            "worker 2 to serve its share",
+            Duration::from_secs(10),
+            || handles.iter().filter(|h| h.is_finished()).count() >= 3,
+        )?;
+        let waiting = handles.iter().filter(|h| !h.is_finished()).count();
+        println!("    {waiting} of {clients} clients wait on the stopped worker's socket");
+        proc::signal(victim, "KILL")?;
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| "client panicked".to_string())?)
+            .collect()
+    })?;
+    let by: std::collections::BTreeMap<u32, usize> =
+        replies.iter().fold(Default::default(), |mut m, r| {
+            *m.entry(r.worker).or_default() += 1;
+            m
+        });
+    println!("    all {clients} served: {by:?}");
+    check(!by.contains_key(&1), || {
+        "the stopped worker answered".into()
+    })?;
+    check(by.contains_key(&3), || {
+        "the respawned worker served nobody".into()
+    })?;
+    stop_and_check(&mut srv)
+}

@@ -5,7 +5,8 @@
 //! Configuration (environment): `SC_MODE`, `SC_WORKERS`, `SC_LISTEN` (addresses,
 //! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
-//! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`.
+//! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
+//! `SC_SCHEDULER=least-connections`.
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
@@ -214,6 +215,9 @@ pub fn main() -> i32 {
     }
     if std::env::var_os("SC_SILENT").is_some() {
         builder = builder.silent(true);
+    }
+    if env("SC_SCHEDULER", "fifo") == "least-connections" {
+        builder = builder.scheduler(cluster::LeastConnections);
     }
     let started = builder.start(move |w| worker_main(w, &worker_addrs, threads));
     let mut cluster = match started {

@@ -1,0 +1,368 @@
+//! The same workload through every mode, one table: choose a mode with numbers in hand.
+//!
+//! ```text
+//! cargo run --release --example compare -- [--workers N] [--seconds S] [--clients C]
+//!            [--keep-alive] [--threads T] [--modes shared,round-robin,least-connections,reuse-port]
+//!            [--target HOST:PORT [--pid PID]]
+//! ```
+//!
+//! For each mode this program starts the demo server (the `hello` example's own code,
+//! run as a child process of this one: a primary must not fork inside a threaded
+//! process, and this one runs load threads), waits for its `ready` line, warms up for
+//! half a second, then runs a closed-loop load of `C` clients for `S` seconds and
+//! reads the server's CPU time and memory from `/proc`. It prints one row per mode:
+//! requests (= connections in close mode) per second, latency percentiles, errors,
+//! the balance across workers (max/min share and coefficient of variation), server CPU
+//! time per request (primary and workers), and resident memory.
+//!
+//! `--target` measures a server that is already running instead (for instance
+//! `../shared/bench/node-cluster.js`); give its primary's `--pid` to get its CPU and
+//! memory too. The load generator shares the machine with the server: compare rows of
+//! one run, and quote ratios.
+
+#[path = "../hello/http.rs"]
+mod http;
+mod load;
+#[path = "../hello/primary.rs"]
+mod primary;
+mod procstat;
+#[path = "../hello/server.rs"]
+mod server;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str =
+    "usage: compare [--workers N] [--seconds S] [--clients C] [--keep-alive] [--threads T] \
+     [--modes shared,round-robin,least-connections,reuse-port] [--target HOST:PORT [--pid PID]]";
+
+/// One row's server configuration.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    name: &'static str,
+    mode: &'static str,
+    least_connections: bool,
+}
+
+const CONFIGS: [Config; 4] = [
+    Config {
+        name: "shared",
+        mode: "shared",
+        least_connections: false,
+    },
+    Config {
+        name: "round-robin",
+        mode: "round-robin",
+        least_connections: false,
+    },
+    Config {
+        name: "least-connections",
+        mode: "round-robin",
+        least_connections: true,
+    },
+    Config {
+        name: "reuse-port",
+        mode: "reuse-port",
+        least_connections: false,
+    },
+];
+
+struct Options {
+    workers: usize,
+    seconds: f64,
+    clients: usize,
+    keep_alive: bool,
+    threads: Option<usize>,
+    configs: Vec<Config>,
+    target: Option<SocketAddr>,
+    pid: Option<u32>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        workers: 4,
+        seconds: 5.0,
+        clients: 16,
+        keep_alive: false,
+        threads: None,
+        configs: CONFIGS.to_vec(),
+        target: None,
+        pid: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let number = |v: String, name: &str| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--workers" => o.workers = number(value("--workers")?, "--workers")?.max(1.0) as usize,
+            "--seconds" => o.seconds = number(value("--seconds")?, "--seconds")?.clamp(0.5, 600.0),
+            "--clients" => {
+                o.clients = number(value("--clients")?, "--clients")?.clamp(1.0, 1024.0) as usize
+            }
+            "--threads" => {
+                o.threads =
+                    Some(number(value("--threads")?, "--threads")?.clamp(1.0, 1024.0) as usize)
+            }
+            "--keep-alive" => o.keep_alive = true,
+            "--modes" => {
+                let list = value("--modes")?;
+                o.configs = list
+                    .split(',')
+                    .map(|m| {
+                        CONFIGS
+                            .iter()
+                            .find(|c| c.name == m)
+                            .copied()
+                            .ok_or(format!("--modes: unknown mode {m:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--target" => {
+                let v = value("--target")?;
+                o.target = Some(v.parse().map_err(|e| format!("--target {v:?}: {e}"))?);
+            }
+            "--pid" => o.pid = Some(number(value("--pid")?, "--pid")? as u32),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// A server started for one row.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(c: &Config, o: &Options) -> Result<Server, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // In its own session (setsid(1) execs in place: same pid), as the bench harness
+        // does: with the kernel's autogroup scheduling, the server then competes with
+        // the load generator as one group, not thread by thread.
+        let mut cmd = if Command::new("setsid").arg("--version").output().is_ok() {
+            let mut c = Command::new("setsid");
+            c.arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(["--serve", "--listen", "127.0.0.1:0", "--mode", c.mode]);
+        cmd.args(["--workers", &o.workers.to_string()]);
+        if c.least_connections {
+            cmd.args(["--scheduler", "least-connections"]);
+        }
+        if let Some(t) = o.threads {
+            cmd.args(["--threads", &t.to_string()]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| format!("start the server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| "the server did not print its ready line".to_string());
+        let addr = ready.and_then(|l| {
+            l.strip_prefix("ready ")
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("unexpected line {l:?}"))
+        });
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().map_err(|_| "addr")?,
+        };
+        server.addr = addr?;
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    /// SIGTERM by pid (graceful), then SIGKILL if it lingers past 10 s.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    out: load::Outcome,
+    workers: usize,
+    cpu: Option<(f64, f64)>,
+    primary_rss: Option<u64>,
+    worker_rss: Vec<u64>,
+}
+
+fn measure(name: &str, addr: SocketAddr, pid: Option<u32>, workers: usize, o: &Options) -> Row {
+    // Warm up: every worker thread has run, the allocator has its pages.
+    let _ = load::run(addr, o.clients, Duration::from_millis(500), o.keep_alive);
+    let before = pid.map(procstat::snapshot);
+    let out = load::run(
+        addr,
+        o.clients,
+        Duration::from_secs_f64(o.seconds),
+        o.keep_alive,
+    );
+    let after = pid.map(procstat::snapshot);
+    let cpu = before
+        .as_ref()
+        .zip(after.as_ref())
+        .map(|(b, a)| procstat::cpu_between(b, a));
+    Row {
+        name: name.to_string(),
+        out,
+        workers,
+        cpu,
+        primary_rss: after.as_ref().and_then(|a| a.0.map(|p| p.rss_kib)),
+        worker_rss: after
+            .map(|a| a.1.iter().map(|p| p.rss_kib).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn print_table(rows: &mut [Row], o: &Options) {
+    let unit = if o.keep_alive { "req/s" } else { "conn/s" };
+    println!(
+        "\n{} clients, {} s, {}; CPU and memory from /proc (CPU in 10 ms ticks)\n",
+        o.clients,
+        o.seconds,
+        if o.keep_alive {
+            "keep-alive"
+        } else {
+            "Connection: close"
+        }
+    );
+    println!(
+        "| mode | {unit} | p50 ms | p99 ms | max ms | errors | max/min | CV | CPU µs/req primary + workers | RSS primary | RSS worker mean [max] |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter_mut() {
+        let (ratio, cv) = r.out.balance(r.workers);
+        let per_req = |secs: f64| secs * 1e6 / (r.out.ok.max(1) as f64);
+        let cpu = r.cpu.map_or("–".to_string(), |(p, w)| {
+            format!(
+                "{:.1} = {:.1} + {:.1}",
+                per_req(p + w),
+                per_req(p),
+                per_req(w)
+            )
+        });
+        let mib = |k: u64| format!("{:.2} MiB", k as f64 / 1024.0);
+        let worker_rss = if r.worker_rss.is_empty() {
+            "–".to_string()
+        } else {
+            let mean = r.worker_rss.iter().sum::<u64>() / r.worker_rss.len() as u64;
+            format!(
+                "{} [{}]",
+                mib(mean),
+                mib(*r.worker_rss.iter().max().unwrap_or(&0))
+            )
+        };
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.3} | {} | {} | {} |",
+            r.name,
+            r.out.rate(),
+            r.out.percentile_ms(0.50),
+            r.out.percentile_ms(0.99),
+            r.out.percentile_ms(1.0),
+            r.out.errors,
+            ratio,
+            cv,
+            cpu,
+            r.primary_rss.map_or("–".to_string(), mib),
+            worker_rss,
+        );
+    }
+    for r in rows.iter() {
+        if let Some(e) = &r.out.first_error {
+            println!("\n{}: first error: {e}", r.name);
+        }
+        let shares: Vec<String> = r
+            .out
+            .by_worker
+            .iter()
+            .map(|(w, n)| format!("{w}:{n}"))
+            .collect();
+        println!("{}: responses by worker {}", r.name, shares.join(" "));
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--serve") {
+        args.next();
+        return match primary::parse_args(args) {
+            Ok(opts) => primary::run(opts),
+            Err(e) => {
+                eprintln!("compare --serve: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("compare: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rows = Vec::new();
+    if let Some(addr) = o.target {
+        let workers = o.pid.map_or(o.workers, |p| procstat::snapshot(p).1.len());
+        eprintln!("compare: {addr} ...");
+        rows.push(measure(&format!("target {addr}"), addr, o.pid, workers, &o));
+    } else {
+        for c in &o.configs {
+            eprintln!("compare: {} ...", c.name);
+            let server = match Server::start(c, &o) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("compare: {}: {e}", c.name);
+                    return ExitCode::FAILURE;
+                }
+            };
+            rows.push(measure(
+                c.name,
+                server.addr,
+                Some(server.pid()),
+                o.workers,
+                &o,
+            ));
+            drop(server);
+        }
+    }
+    print_table(&mut rows, &o);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,176 @@
+//! The demo's primary: its command line, and a cluster that reports what happens on
+//! stderr and prints `ready ADDR` on stdout once every worker listens.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cluster::{Cluster, Event, LeastConnections, ListenAddr, Mode, User};
+
+use crate::server;
+
+/// How to call it.
+pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH] [--workers N] \
+     [--mode shared|round-robin|reuse-port] [--scheduler fifo|least-connections] [--threads T] [--user NAME]";
+
+/// The command line.
+pub struct Options {
+    listen: ListenAddr,
+    workers: Option<usize>,
+    mode: Option<Mode>,
+    threads: usize,
+    user: Option<String>,
+    least_connections: bool,
+}
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        listen: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
+        workers: None,
+        mode: None,
+        threads: 4,
+        user: None,
+        least_connections: false,
+    };
+    let mut args = args;
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--listen" => {
+                opts.listen = value("--listen")?
+                    .parse()
+                    .map_err(|e| format!("--listen: {e}"))?
+            }
+            "--workers" => {
+                let v = value("--workers")?;
+                match v.parse::<usize>() {
+                    Ok(n) if n > 0 => opts.workers = Some(n),
+                    _ => return Err(format!("--workers: {v:?} is not a positive number")),
+                }
+            }
+            "--mode" => {
+                opts.mode = Some(
+                    value("--mode")?
+                        .parse()
+                        .map_err(|e| format!("--mode: {e}"))?,
+                )
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => opts.threads = n,
+                    _ => return Err(format!("--threads: {v:?} is not a number from 1 to 1024")),
+                }
+            }
+            "--user" => opts.user = Some(value("--user")?),
+            "--scheduler" => match value("--scheduler")?.as_str() {
+                "fifo" => opts.least_connections = false,
+                "least-connections" => opts.least_connections = true,
+                other => {
+                    return Err(format!(
+                        "--scheduler: {other:?} is not fifo or least-connections"
+                    ))
+                }
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+/// Starts the cluster and runs until it stops.
+pub fn run(opts: Options) -> ExitCode {
+    let mut builder = Cluster::builder().shutdown_timeout(Duration::from_secs(4));
+    if let Some(n) = opts.workers {
+        builder = builder.workers(n);
+    }
+    if let Some(m) = opts.mode {
+        builder = builder.mode(m);
+    }
+    if opts.least_connections {
+        builder = builder.scheduler(LeastConnections);
+    }
+    if let Some(name) = &opts.user {
+        match User::named(name) {
+            Ok(u) => builder = builder.user(u),
+            Err(e) => {
+                eprintln!("hello: --user: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (addr, threads) = (opts.listen.clone(), opts.threads);
+    let mut cluster = match builder.start(move |w| server::serve(w, &addr, threads)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hello: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let expected = cluster.target_workers();
+    let mut listening = std::collections::BTreeSet::new();
+    let mut ready = false;
+    let mut failed = false;
+    loop {
+        let event = match cluster.next_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("hello: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match event {
+            Event::Listening { worker, addr } => {
+                listening.insert(worker);
+                if !ready && listening.len() >= expected {
+                    ready = true;
+                    println!("ready {addr}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            Event::ListenFailed { error, .. } => {
+                eprintln!("hello: {error}");
+                failed = true;
+                cluster.shutdown();
+            }
+            Event::Fork { worker, pid } if ready => {
+                eprintln!("hello: worker {worker} started (pid {pid})")
+            }
+            Event::Exit {
+                worker,
+                status,
+                requested,
+                ..
+            } if ready || !requested => {
+                let why = if requested {
+                    "asked to"
+                } else {
+                    "crashed, respawning"
+                };
+                eprintln!("hello: worker {worker} exited with {status} ({why})");
+            }
+            Event::ReloadStarted => {
+                eprintln!("hello: reload: replacing every worker, one at a time")
+            }
+            Event::ReloadFinished { replaced, complete } => {
+                eprintln!(
+                    "hello: reload finished: {replaced} replaced{}",
+                    if complete { "" } else { " (stopped early)" }
+                )
+            }
+            Event::Error(e) => eprintln!("hello: {e}"),
+            _ => {}
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,103 @@
+//! Which worker gets the next connection in round-robin mode — "round-robin is just one
+//! of the algorithms, of course, it can be replaced with others" (the seed). Node's
+//! cluster has one order and no hook; here the choice is a [`Scheduler`].
+//!
+//! The primary only ever chooses among workers that have a thread waiting in `accept`
+//! (a credit), so every scheduler dispatches to a worker that is free; the scheduler
+//! decides which free one. Two are built in:
+//!
+//! - [`Fifo`] (the default, Node's order): the worker whose waiting thread has waited
+//!   longest. Each thread returns to the back of the line when it asks again, so every
+//!   thread, and so every worker, gets the same share under steady load.
+//! - [`LeastConnections`]: the worker with the fewest connections open. Workers count a
+//!   connection as open while its [`Connection`](crate::Connection) lives and report the
+//!   count with each credit (no message of its own), so the figure is as fresh as the
+//!   worker's last request for work. Wins when connections live long and unevenly
+//!   (keep-alive, streaming); in close mode it behaves like FIFO.
+
+use crate::WorkerId;
+
+/// A worker that can take a connection now, as the scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyWorker {
+    /// The worker.
+    pub worker: WorkerId,
+    /// How many of its threads wait for a connection on this listener.
+    pub waiting: u32,
+    /// How many connections it has open, as it last reported.
+    pub open: u32,
+    /// How many connections this listener has handed it so far.
+    pub dispatched: u64,
+}
+
+/// Chooses the worker for each connection in round-robin mode
+/// ([`Builder::scheduler`](crate::Builder::scheduler)).
+///
+/// ```
+/// use cluster::{ReadyWorker, Scheduler};
+///
+/// /// Always the worker that has been handed the fewest connections.
+/// #[derive(Debug)]
+/// struct FewestDispatched;
+///
+/// impl Scheduler for FewestDispatched {
+///     fn choose(&mut self, ready: &[ReadyWorker]) -> usize {
+///         (0..ready.len()).min_by_key(|&i| ready[i].dispatched).unwrap_or(0)
+///     }
+/// }
+///
+/// let builder = cluster::Cluster::builder().scheduler(FewestDispatched);
+/// # drop(builder);
+/// ```
+pub trait Scheduler: std::fmt::Debug {
+    /// Picks one of `ready` (never empty), which lists the workers with a thread
+    /// waiting, the one that has waited longest first. Returns its index; an index out
+    /// of range counts as 0.
+    fn choose(&mut self, ready: &[ReadyWorker]) -> usize;
+}
+
+/// Node's order: the worker that has waited longest (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fifo;
+
+impl Scheduler for Fifo {
+    fn choose(&mut self, _ready: &[ReadyWorker]) -> usize {
+        0
+    }
+}
+
+/// The worker with the fewest open connections; among equals, the one that has waited
+/// longest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastConnections;
+
+impl Scheduler for LeastConnections {
+    fn choose(&mut self, ready: &[ReadyWorker]) -> usize {
+        (0..ready.len()).min_by_key(|&i| ready[i].open).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(id: u32, open: u32) -> ReadyWorker {
+        ReadyWorker {
+            worker: WorkerId(id),
+            waiting: 1,
+            open,
+            dispatched: 0,
+        }
+    }
+
+    #[test]
+    fn built_ins() {
+        let ready = [w(3, 5), w(1, 2), w(2, 2)];
+        assert_eq!(Fifo.choose(&ready), 0);
+        assert_eq!(
+            LeastConnections.choose(&ready),
+            1,
+            "fewest open, oldest among equals"
+        );
+    }
+}
