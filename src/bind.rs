@@ -35,6 +35,9 @@ pub(crate) struct Bound {
     pub(crate) kind: StreamKind,
     /// Whether this call created a Unix socket file (to remove when done).
     pub(crate) created_file: bool,
+    /// Whether the socket was adopted (`fd:N`): its open file is shared with the
+    /// original descriptor's holder, flags included.
+    pub(crate) adopted: bool,
 }
 
 /// How to create the socket.
@@ -100,6 +103,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 local: ListenAddr::Tcp(local),
                 kind: StreamKind::Tcp,
                 created_file: false,
+                adopted: false,
             })
         }
         ListenAddr::Unix(path) => {
@@ -112,6 +116,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 local: addr.clone(),
                 kind: StreamKind::Unix,
                 created_file: true,
+                adopted: false,
             })
         }
         ListenAddr::Fd(n) => {
@@ -143,6 +148,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 local,
                 kind,
                 created_file: false,
+                adopted: true,
             })
         }
     }

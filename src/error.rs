@@ -149,11 +149,25 @@ impl std::error::Error for ListenError {
     }
 }
 
-/// The `errno` behind an error: its own, or that of a [`ListenError`] inside it.
+/// The `errno` behind an error: its own, that of a [`ListenError`] inside it, or the
+/// one its kind stands for (to send it to a worker as a number).
 pub(crate) fn errno_of(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<ListenError>())
-            .and_then(ListenError::os_error)
-    })
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    if let Some(n) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ListenError>())
+        .and_then(|l| errno_of(&l.source))
+    {
+        return Some(n);
+    }
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => Some(libc::EACCES),
+        io::ErrorKind::AddrInUse => Some(libc::EADDRINUSE),
+        io::ErrorKind::AddrNotAvailable => Some(libc::EADDRNOTAVAIL),
+        io::ErrorKind::NotFound => Some(libc::ENOENT),
+        io::ErrorKind::InvalidInput => Some(libc::EINVAL),
+        _ => None,
+    }
 }

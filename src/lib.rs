@@ -69,6 +69,7 @@ mod error;
 mod event;
 mod ipc;
 mod listener;
+mod log;
 mod mode;
 mod options;
 mod primary;
@@ -86,7 +87,7 @@ pub use mode::{Mode, ModeParseError};
 pub use options::ListenOptions;
 pub use primary::{
     Builder, Cluster, ClusterStats, Fifo, LeastConnections, ReadyWorker, Respawn, Scheduler,
-    WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT,
+    WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::Worker;

@@ -38,7 +38,6 @@
 //!   are served instead of reset when the process exits. In a cluster, sockets are kept
 //!   by the primary too (shared, reuse-port), which decides when they close.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -50,7 +49,7 @@ use crate::addr::{ListenAddr, PeerAddr, ToListenAddr};
 use crate::bind::{self, BindOptions};
 use crate::connection::{Connection, Stream, StreamKind};
 use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
-use crate::ipc::codec::Message;
+use crate::ipc::codec::{Message, ProtocolError};
 use crate::options::ListenOptions;
 use crate::sys::process::{self, Tid};
 use crate::sys::{poll, signal, socket};
@@ -375,7 +374,10 @@ impl Shared {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
                     AcceptFailure::Resources => {
                         if backoff == BACKOFF_START {
-                            eprintln!("cluster: accept on {} failed: {e}; backing off", self.local);
+                            crate::log::report!(
+                                "accept on {} failed: {e}; backing off",
+                                self.local
+                            );
                         }
                         poll::interruptible_sleep(backoff);
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -428,37 +430,53 @@ impl Shared {
     }
 
     fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
-        if self.gate.is_closed() {
-            return Ok(None);
-        }
-        // One credit for this call: the primary sends one connection against it.
-        let open = worker::runtime().map_or(0, |rt| rt.open_now());
-        match ch.send(&Message::Ready { count: 1, open }, None) {
-            Ok(()) => {}
-            // Shut down (closed here, or the primary went away): nothing more will come.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let mut buf = [0u8; 256];
-        loop {
-            match ch.recv(&mut buf, false) {
-                Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
-                    return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
-                }
-                Ok(Received::Eof) => return Ok(None),
-                Ok(Received::Message(other, _fd)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "unexpected {} message on the hand-off channel",
-                            other.name()
-                        ),
-                    ));
-                }
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(RecvError::Io(e)) => return Err(e),
-                Err(RecvError::Protocol(e)) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e))
+        let mut backoff = BACKOFF_START;
+        'credit: loop {
+            if self.gate.is_closed() {
+                return Ok(None);
+            }
+            // One credit for this call: the primary sends one connection against it.
+            let open = worker::runtime().map_or(0, |rt| rt.open_now());
+            match ch.send(&Message::Ready { count: 1, open }, None) {
+                Ok(()) => {}
+                // Shut down (closed here, or the primary went away): nothing more comes.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let mut buf = [0u8; 256];
+            loop {
+                match ch.recv(&mut buf, false) {
+                    Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
+                        return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
+                    }
+                    Ok(Received::Eof) => return Ok(None),
+                    Ok(Received::Message(other, _fd)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "unexpected {} message on the hand-off channel",
+                                other.name()
+                            ),
+                        ));
+                    }
+                    Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(RecvError::Io(e)) => return Err(e),
+                    // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
+                    // connection's descriptor and closed it (the client sees the
+                    // connection end); the record said which. Say so, back off as accept
+                    // does on EMFILE, and ask again: the credit was spent on it.
+                    Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                        crate::log::report!(
+                            "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
+                            self.local
+                        );
+                        poll::interruptible_sleep(backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue 'credit;
+                    }
+                    Err(RecvError::Protocol(e)) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                    }
                 }
             }
         }
@@ -522,17 +540,10 @@ struct Ticket<'a> {
     tid: Tid,
 }
 
-thread_local! {
-    static TID: Cell<Tid> = const { Cell::new(0) };
-}
-
+/// The calling thread's id. Not cached: a cache in thread-local storage would survive
+/// `fork` into the child's main thread, which has another id.
 fn current_tid() -> Tid {
-    TID.with(|t| {
-        if t.get() == 0 {
-            t.set(process::gettid());
-        }
-        t.get()
-    })
+    process::gettid()
 }
 
 impl Gate {
@@ -581,8 +592,8 @@ impl Gate {
                 }
             }
             if started.elapsed() > Duration::from_secs(5) {
-                eprintln!(
-                    "cluster: threads still blocked in accept on {local} after 5 s of signals \
+                crate::log::report!(
+                    "threads still blocked in accept on {local} after 5 s of signals \
                      (is SIGURG blocked?); giving up"
                 );
                 return;

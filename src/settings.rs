@@ -168,9 +168,14 @@ impl WorkerSettings {
             std::env::set_current_dir(dir).map_err(|e| (SetupStage::Directory, e))?;
         }
         if self.silent {
+            use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
             let null = fd::open_dev_null().map_err(|e| (SetupStage::Stdio, e))?;
-            use std::os::fd::AsFd;
             fd::redirect_stdio(null.as_fd()).map_err(|e| (SetupStage::Stdio, e))?;
+            if null.as_raw_fd() <= 2 {
+                // The primary ran with a standard descriptor closed, so /dev/null came
+                // back as 0, 1 or 2, which is now stdio: keep it open.
+                let _ = null.into_raw_fd();
+            }
         }
         if let Some(u) = &self.user {
             process::set_groups(&u.ids.groups).map_err(|e| (SetupStage::Groups, e))?;

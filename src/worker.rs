@@ -1,10 +1,14 @@
 //! The worker side: what runs in a forked child (Node's `lib/internal/cluster/child.js`).
 //!
-//! Order of operations in the child, right after `fork` returns 0 (the primary has
-//! already dropped its own structures in this copy of the process, which closed every
-//! descriptor the crate owned except this worker's end of its control channel):
+//! Order of operations in the child, right after `fork` returns 0 (the primary forked
+//! with every signal blocked, and has already dropped its own structures in this copy
+//! of the process, which closed every descriptor the crate owned except this worker's
+//! end of its control channel and restored the signal handlers from before the
+//! cluster; a panic anywhere before `_exit` is caught, so the child can never return
+//! into the primary's code):
 //!
-//! 1. signal handlers the primary installed go back to `SIG_DFL`, the mask is emptied;
+//! 1. the signals the primary handles go back to `SIG_DFL` (ignored ones stay ignored,
+//!    as across `execve`), and the mask the primary had before the fork is restored;
 //! 2. the worker settings: working directory, silenced stdio, then `setgroups`,
 //!    `setgid`, `setuid` (see `settings.rs`);
 //! 3. `PR_SET_PDEATHSIG(SIGTERM)` — after step 2, because a change of credentials clears
@@ -342,8 +346,8 @@ impl Runtime {
                     self.close_listeners();
                 }
                 Ok(Incoming::Message(other, _fd)) => {
-                    eprintln!(
-                        "cluster: worker {}: unexpected {} message from the primary; exiting",
+                    crate::log::report!(
+                        "worker {}: unexpected {} message from the primary; exiting",
                         self.id,
                         other.name()
                     );
@@ -356,8 +360,8 @@ impl Runtime {
                     continue;
                 }
                 Err(RecvError::Protocol(e)) => {
-                    eprintln!(
-                        "cluster: worker {}: bad record from the primary: {e}; exiting",
+                    crate::log::report!(
+                        "worker {}: bad record from the primary: {e}; exiting",
                         self.id
                     );
                     process::exit_now(70);
@@ -400,6 +404,8 @@ pub(crate) struct ChildStart {
     pub(crate) control: Channel,
     pub(crate) primary: Pid,
     pub(crate) reset_signals: &'static [i32],
+    /// The primary's signal mask before the fork (the child starts with all blocked).
+    pub(crate) mask: signal::SigMask,
     pub(crate) settings: WorkerSettings,
 }
 
@@ -407,7 +413,7 @@ pub(crate) struct ChildStart {
 fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Error) -> i32 {
     let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
     let _ = control.send(&Message::SetupFailed { stage, errno }, None);
-    eprintln!("cluster: worker {id}: {stage} failed: {e}");
+    crate::log::report!("worker {id}: {stage} failed: {e}");
     SETUP_FAILED_EXIT
 }
 
@@ -416,7 +422,7 @@ fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Erro
 pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let id = start.id;
     let control = start.control;
-    if let Err(e) = signal::reset_in_child(start.reset_signals) {
+    if let Err(e) = signal::reset_in_child(start.reset_signals, &start.mask) {
         return setup_failed(&control, id, SetupStage::Signals, &e);
     }
     if let Err((stage, e)) = start.settings.apply() {
@@ -450,7 +456,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         reported: Mutex::new((0, 0)),
     });
     if RUNTIME.set(rt.clone()).is_err() {
-        eprintln!("cluster: worker {id}: a worker runtime already exists in this process");
+        crate::log::report!("worker {id}: a worker runtime already exists in this process");
         return 70;
     }
     let reader = rt.clone();
@@ -469,7 +475,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let code = match result {
         Ok(Ok(())) => 0,
         Ok(Err(msg)) => {
-            eprintln!("worker {id}: {msg}");
+            crate::log::report!("worker {id}: {msg}");
             1
         }
         Err(_) => 101, // the panic hook has printed the message

@@ -65,6 +65,14 @@ fn main() {
         "reuse_port_crash_keeps_queue",
         Box::new(reuse_port_crash_keeps_queue),
     ));
+    scenarios.push((
+        "rr_burst_fills_the_channel",
+        Box::new(rr_burst_fills_the_channel),
+    ));
+    scenarios.push((
+        "listen_only_refuses_others",
+        Box::new(listen_only_refuses_others),
+    ));
     // Issue 3: supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));

@@ -175,6 +175,8 @@ pub enum ProtocolError {
     /// The kernel truncated the control data (`MSG_CTRUNC`): descriptors were lost, for
     /// instance at `RLIMIT_NOFILE`. Those that arrived were closed.
     ControlTruncated,
+    /// The worker keeps sending requests but does not read the replies.
+    NotReading,
     /// A message that is valid but must not travel in this direction or on this channel.
     Unexpected {
         /// The message kind.
@@ -218,6 +220,9 @@ impl fmt::Display for ProtocolError {
                 f.write_str("control data truncated (MSG_CTRUNC): descriptors were dropped")
             }
             ProtocolError::Unexpected { kind } => write!(f, "{kind} message is not expected here"),
+            ProtocolError::NotReading => {
+                f.write_str("requests keep coming but replies are not read")
+            }
         }
     }
 }

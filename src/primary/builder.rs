@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::respawn::{Backoff, Respawn};
 use super::scheduler::{Fifo, Scheduler};
 use super::{Cluster, ClusterStats, Config, State, HANDLED_SIGNALS};
+use crate::addr::ListenAddr;
 use crate::error::Error;
 use crate::ipc::codec::MAX_RECORD_LEN;
 use crate::mode::Mode;
@@ -20,6 +21,9 @@ use crate::worker::{self, Worker, WorkerFn};
 
 /// How long a shutdown or disconnect waits for workers before `SIGKILL`, by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default [`Builder::prefetch`].
+pub const DEFAULT_PREFETCH: u32 = 1;
 
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(100);
@@ -55,6 +59,8 @@ pub struct Builder {
     respawn: Respawn,
     settings: WorkerSettings,
     scheduler: Box<dyn Scheduler>,
+    prefetch: u32,
+    allowed: Option<Vec<ListenAddr>>,
 }
 
 impl Default for Builder {
@@ -77,6 +83,8 @@ impl Builder {
             respawn: Respawn::default(),
             settings: WorkerSettings::default(),
             scheduler: Box::new(Fifo),
+            prefetch: DEFAULT_PREFETCH,
+            allowed: None,
         }
     }
 
@@ -116,6 +124,31 @@ impl Builder {
     /// Node's order; [`LeastConnections`](super::LeastConnections) is built in too).
     pub fn scheduler(mut self, scheduler: impl Scheduler + 'static) -> Builder {
         self.scheduler = Box::new(scheduler);
+        self
+    }
+
+    /// Round-robin only: how many connections may wait in a worker's channel when no
+    /// worker has a thread waiting (default [`DEFAULT_PREFETCH`] = 1; 0 = never: every
+    /// connection waits in the kernel backlog until a thread asks for it).
+    ///
+    /// A worker thread waiting in `accept` always gets a connection before any is
+    /// queued ahead. When every thread is busy, a connection queued ahead is taken by
+    /// the next thread that finishes without that thread going to sleep and being
+    /// woken again, which on a loaded machine costs more than the rest of the
+    /// hand-off. The price: a connection queued ahead waits for that worker even if
+    /// another becomes free first (at most this many per worker).
+    pub fn prefetch(mut self, n: u32) -> Builder {
+        self.prefetch = n;
+        self
+    }
+
+    /// The only addresses workers may listen on (default: any). A listen request for
+    /// another gets `EACCES`, and the primary reports it. Worth setting whenever the
+    /// primary has privileges the workers do not (`user`): the primary binds what
+    /// workers ask for, so otherwise a compromised worker could have it bind a
+    /// privileged port, or create a Unix socket file where only root may.
+    pub fn listen_only(mut self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
+        self.allowed = Some(addrs.into_iter().collect());
         self
     }
 
@@ -204,6 +237,8 @@ impl Builder {
                 respawn: self.respawn,
                 settings: self.settings,
                 scheduler: self.scheduler,
+                prefetch: self.prefetch,
+                allowed: self.allowed,
             },
             worker_fn: f,
             workers: Default::default(),

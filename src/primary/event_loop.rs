@@ -27,6 +27,10 @@ use crate::sys::poll::{self, PollFd};
 /// (signal handling turned off, or the signal was coalesced).
 const REAP_POLL: Duration = Duration::from_millis(20);
 
+/// Listening handles (distinct addresses) a cluster keeps at most: a worker asking for
+/// more gets `ENFILE`, so a runaway worker cannot fill the primary's descriptor table.
+const MAX_HANDLES: usize = 256;
+
 /// Control messages read from one worker per turn, so one chatty worker cannot starve
 /// the others.
 const MESSAGES_PER_TURN: usize = 64;
@@ -73,7 +77,12 @@ impl Cluster {
                 }
                 Token::Member(h) => {
                     if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
-                        rr.on_member_readable();
+                        if writable {
+                            rr.on_member_writable();
+                        }
+                        if readable {
+                            rr.on_member_readable();
+                        }
                     }
                 }
                 Token::Listener(h) => {
@@ -117,8 +126,8 @@ impl Cluster {
                     fds.push(PollFd::new(fd, false));
                     tokens.push(Token::Listener(i));
                 }
-                for fd in rr.member_fds() {
-                    fds.push(PollFd::new(fd, false));
+                for (fd, read, write) in rr.member_fds() {
+                    fds.push(PollFd::with(fd, read, write));
                     tokens.push(Token::Member(i));
                 }
             }
@@ -151,20 +160,22 @@ impl Cluster {
                 consider(now + REAP_POLL);
             }
         }
-        if let State::Stopping { deadline } = self.state {
-            consider(deadline);
-        }
+        // (A shutdown's own deadline needs no timer: it is each worker's deadline.)
         if self.state == State::Running {
             if self.live_count() < self.target {
                 consider(self.backoff.not_before().unwrap_or(now));
             }
             if let Some(r) = &self.reload {
-                consider(r.deadline().unwrap_or(now));
+                if self.reload_held || !r.stepping() {
+                    consider(now); // the reload's next step, on the next turn
+                } else if let Some(t) = r.deadline() {
+                    consider(t);
+                }
             }
         }
         for h in &self.handles {
             if let Handle::RoundRobin(rr) = &h.handle {
-                if let Some(t) = rr.resume_at() {
+                if let Some(t) = rr.resume_at(now) {
                     consider(t);
                 }
             }
@@ -214,6 +225,12 @@ impl Cluster {
                 }
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Short of memory or buffers: try again on the next turn.
+                Err(RecvError::Io(e))
+                    if matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS)) =>
+                {
+                    break
+                }
                 Err(RecvError::Io(_)) => {
                     self.on_eof(id);
                     break;
@@ -352,21 +369,43 @@ impl Cluster {
             return;
         };
         if let Err(e) = slot.send(&Message::ListenReply { seq, result }, fd) {
-            self.events.push_back(Event::Error(Error::io(
-                format!("send listen reply to worker {id}"),
-                e,
-            )));
+            if e.kind() == io::ErrorKind::WouldBlock {
+                // It asks and asks and does not read the answers.
+                self.on_protocol_error(id, ProtocolError::NotReading);
+            } else {
+                self.events.push_back(Event::Error(Error::io(
+                    format!("send listen reply to worker {id}"),
+                    e,
+                )));
+            }
         }
     }
 
     /// The handle for `key`, created on first use (bind once per key, so port 0 means
     /// one port for every worker).
     fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
+        if let Some(allowed) = &self.config.allowed {
+            if !allowed.contains(key) {
+                return Err(ListenError::io(
+                    key,
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "not one of the cluster's allowed listen addresses (Builder::listen_only)",
+                    ),
+                ));
+            }
+        }
         if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
             return Ok(i);
         }
         if self.state != State::Running {
             return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
+        }
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(ListenError::io(
+                key,
+                io::Error::from_raw_os_error(libc::ENFILE),
+            ));
         }
         // Reuse-port splits TCP listeners only: a Unix path or an adopted descriptor is
         // one socket, shared.
@@ -383,12 +422,18 @@ impl Cluster {
         let bound = bind::bind(key, bind_options, options)?;
         let socket_file: Option<PathBuf> = bound.socket_file();
         let handle = match mode {
-            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(bound))),
+            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(
+                bound,
+                matches!(key, ListenAddr::Fd(_)),
+            ))),
             Mode::ReusePort => Ok(Handle::ReusePort(ReusePortHandle::new(bound, options))),
-            Mode::RoundRobin => {
-                RoundRobinHandle::new(bound, options.backlog, self.config.accept_window)
-                    .map(Handle::RoundRobin)
-            }
+            Mode::RoundRobin => RoundRobinHandle::new(
+                bound,
+                options.backlog,
+                self.config.accept_window,
+                self.config.prefetch,
+            )
+            .map(Handle::RoundRobin),
         };
         let handle = handle.map_err(|e| {
             if let Some(f) = &socket_file {
@@ -423,10 +468,17 @@ impl Cluster {
 
     /// The control channel closed: the worker is exiting (Node's `disconnect`).
     fn on_eof(&mut self, id: WorkerId) {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
         if let Some(slot) = self.workers.get_mut(&id) {
             if !slot.eof {
                 slot.eof = true;
                 self.events.push_back(Event::Disconnect { worker: id });
+            }
+            // Normally the process is exiting. One that closed its channel and goes on
+            // living would be live forever without a primary to talk to: it gets the
+            // disconnect deadline, then SIGKILL, and is replaced like a crash.
+            if !matches!(slot.phase, Phase::Disconnecting { .. }) {
+                slot.phase = Phase::Disconnecting { deadline };
             }
         }
         self.stop_routing(id);

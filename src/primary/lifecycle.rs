@@ -20,6 +20,7 @@ use crate::event::{Event, ExitStatus, WorkerId};
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::process::{self, Fork, Pid, WaitStatus};
+use crate::sys::signal;
 use crate::worker::{self, ChildStart};
 
 impl Cluster {
@@ -31,31 +32,34 @@ impl Cluster {
         // Whatever sits in stdout's buffer would otherwise be printed twice.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
-        let forked = match process::fork() {
-            Ok(f) => f,
-            Err(e) => {
-                self.stats.fork_failures += 1;
-                return Err(Error::io(format!("fork worker {id}"), e));
-            }
-        };
+        // Every signal blocked across fork: see `signal::block_all`.
+        let mask = signal::block_all().map_err(|e| Error::io("block signals to fork", e))?;
+        let forked = process::fork();
         match forked {
-            Fork::Child => {
-                drop(mine);
-                let f = self.worker_fn.clone();
-                let settings = self.config.settings.clone();
-                let primary = self.pid;
-                self.release_in_child();
-                let start = ChildStart {
-                    id,
-                    control: theirs,
-                    primary,
-                    reset_signals: HANDLED_SIGNALS,
-                    settings,
-                };
-                let code = worker::run_child(start, &*f);
+            Ok(Fork::Child) => {
+                // Nothing here may return into the primary's code: a panic is caught and
+                // becomes exit code 101, like one in the worker function.
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    drop(mine);
+                    let f = self.worker_fn.clone();
+                    let settings = self.config.settings.clone();
+                    let primary = self.pid;
+                    self.release_in_child();
+                    let start = ChildStart {
+                        id,
+                        control: theirs,
+                        primary,
+                        reset_signals: HANDLED_SIGNALS,
+                        mask,
+                        settings,
+                    };
+                    worker::run_child(start, &*f)
+                }))
+                .unwrap_or(101);
                 process::exit_now(code)
             }
-            Fork::Parent(pid) => {
+            Ok(Fork::Parent(pid)) => {
+                let _ = signal::set_mask(&mask);
                 drop(theirs);
                 self.next_id += 1;
                 self.stats.forks += 1;
@@ -65,6 +69,11 @@ impl Cluster {
                     pid: pid as u32,
                 });
                 Ok(id)
+            }
+            Err(e) => {
+                let _ = signal::set_mask(&mask);
+                self.stats.fork_failures += 1;
+                Err(Error::io(format!("fork worker {id}"), e))
             }
         }
     }
@@ -131,6 +140,10 @@ impl Cluster {
     // ----------------------------------------------------------------- reload
 
     pub(super) fn begin_reload(&mut self) {
+        if self.reload.is_some() {
+            self.reload_again = true; // every worker again, once this one ends
+            return;
+        }
         let old: Vec<WorkerId> = self
             .workers
             .values()
@@ -147,8 +160,8 @@ impl Cluster {
         if self.state != State::Running {
             return;
         }
-        if self.reload.is_some() {
-            self.reload_again = true;
+        if let Some(r) = &mut self.reload {
+            r.enqueue(&old);
             return;
         }
         self.reload = Some(Reload::new(old, self.config.shutdown_timeout));
@@ -244,8 +257,8 @@ impl Cluster {
                         }
                     });
                     if closed > 0 {
-                        eprintln!(
-                            "cluster: shutdown closed {closed} connection(s) no worker could take"
+                        crate::log::report!(
+                            "shutdown closed {closed} connection(s) no worker could take"
                         );
                     }
                 }

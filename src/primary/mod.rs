@@ -6,7 +6,8 @@
 //!
 //! `fork` copies only the calling thread, so the primary never starts a thread, and
 //! the `sys` layer refuses to fork a process that has more than one: create the cluster
-//! before starting threads. Everything the primary waits for is one `poll(2)` set
+//! before starting threads. It forks with every signal blocked, so no handler of the
+//! primary's can run in the child before the child has replaced it. Everything the primary waits for is one `poll(2)` set
 //! (`event_loop.rs`):
 //!
 //! - the self-pipe its signal handlers write into, read first on every turn;
@@ -60,7 +61,7 @@ use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
 use crate::worker::WorkerFn;
 
-pub use builder::{Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use builder::{Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use respawn::Respawn;
 pub use scheduler::{Fifo, LeastConnections, ReadyWorker, Scheduler};
 
@@ -95,6 +96,9 @@ struct Config {
     respawn: Respawn,
     settings: WorkerSettings,
     scheduler: Box<dyn Scheduler>,
+    prefetch: u32,
+    /// The only addresses workers may listen on, if restricted.
+    allowed: Option<Vec<ListenAddr>>,
 }
 
 /// Where the cluster is in its life.

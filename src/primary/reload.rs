@@ -96,9 +96,35 @@ impl Reload {
         }
     }
 
-    /// The next time `advance` must run even if nothing happens (the step's deadline).
+    /// The next time `advance` must run even if nothing happens: the deadline for the
+    /// replacement to listen, while waiting for it. (While waiting for the old worker to
+    /// exit there is none: its disconnect deadline kills it, and its exit wakes the
+    /// loop.)
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.step.as_ref().map(|s| s.deadline)
+        match &self.step {
+            Some(Step {
+                deadline,
+                phase: Phase::WaitNew { .. },
+                ..
+            }) => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether a step is under way (else the next `advance` starts one).
+    pub(crate) fn stepping(&self) -> bool {
+        self.step.is_some()
+    }
+
+    /// Adds workers to replace after those already queued (a restart asked for while
+    /// a reload runs).
+    pub(crate) fn enqueue(&mut self, old: &[WorkerId]) {
+        for id in old {
+            let stepping = self.step.as_ref().is_some_and(|s| s.old == *id);
+            if !stepping && !self.queue.contains(id) {
+                self.queue.push_back(*id);
+            }
+        }
     }
 
     /// The worker that `new` replaces, while the step that forked it runs.

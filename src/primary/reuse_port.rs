@@ -82,6 +82,14 @@ impl ReusePortHandle {
         if self.anchor.is_none() {
             return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
         }
+        let held = self
+            .sockets
+            .iter()
+            .filter(|s| s.holders.contains(&worker))
+            .count();
+        if held >= super::round_robin::MAX_LISTENERS_PER_WORKER {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let found = replacing
             .and_then(|old| self.sockets.iter().position(|s| s.holders.contains(&old)))
             .or_else(|| self.sockets.iter().position(|s| s.holders.is_empty()));

@@ -21,14 +21,18 @@ use crate::bind::Bound;
 pub(crate) struct SharedHandle {
     local: ListenAddr,
     fd: Option<OwnedFd>,
+    /// The socket was adopted (`fd:N`, socket activation): it belongs to whoever passed
+    /// it, and outlives this cluster, so shutdown only drops the primary's copy.
+    adopted: bool,
 }
 
 impl SharedHandle {
     /// Wraps a freshly bound (not yet listening) socket.
-    pub(crate) fn new(bound: Bound) -> SharedHandle {
+    pub(crate) fn new(bound: Bound, adopted: bool) -> SharedHandle {
         SharedHandle {
             local: bound.local,
             fd: Some(bound.fd),
+            adopted,
         }
     }
 
@@ -48,7 +52,10 @@ impl SharedHandle {
     /// (which returns `EINVAL`, taken as "closed"). Then the primary's copy is dropped.
     pub(crate) fn close(&mut self) {
         if let Some(fd) = self.fd.take() {
-            let _ = crate::sys::socket::shutdown(fd.as_fd(), crate::sys::socket::Shutdown::Read);
+            if !self.adopted {
+                let _ =
+                    crate::sys::socket::shutdown(fd.as_fd(), crate::sys::socket::Shutdown::Read);
+            }
         }
     }
 }

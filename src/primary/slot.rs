@@ -16,6 +16,11 @@ use crate::WorkerId;
 /// [`Cluster::send`](crate::Cluster::send) refuses more.
 pub(crate) const OUTBOX_LIMIT: usize = 1024;
 
+/// How many records of any kind may wait for a worker that does not read; past this,
+/// sends fail, and a worker that keeps asking (listen requests) without reading the
+/// answers is killed as unresponsive.
+pub(crate) const OUTBOX_HARD_LIMIT: usize = 4 * OUTBOX_LIMIT;
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -96,6 +101,12 @@ impl Slot {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
+        }
+        if self.outbox.len() >= OUTBOX_HARD_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the worker does not read its channel",
+            ));
         }
         let mut record = Vec::new();
         msg.encode(&mut record);

@@ -29,7 +29,16 @@ impl std::fmt::Debug for PollFd<'_> {
 impl<'fd> PollFd<'fd> {
     /// Watches `fd` for input, and for output too when `write` is set.
     pub(crate) fn new(fd: BorrowedFd<'fd>, write: bool) -> PollFd<'fd> {
-        let mut events = libc::POLLIN;
+        PollFd::with(fd, true, write)
+    }
+
+    /// Watches `fd` for input and/or output as asked; with neither, for hang-up and
+    /// errors only (which `poll` always reports).
+    pub(crate) fn with(fd: BorrowedFd<'fd>, read: bool, write: bool) -> PollFd<'fd> {
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
         if write {
             events |= libc::POLLOUT;
         }

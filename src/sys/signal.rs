@@ -160,23 +160,62 @@ impl Drop for SignalPipe {
     }
 }
 
-/// In a freshly forked worker: every signal in `signals` back to `SIG_DFL`, and the
-/// signal mask emptied, so worker code starts as a new process would.
-pub(crate) fn reset_in_child(signals: &[i32]) -> io::Result<()> {
-    let dfl = sigaction_with(libc::SIG_DFL, 0);
-    for &signal in signals {
-        set_action(signal, &dfl)?;
+/// A thread's signal mask, saved to be restored.
+#[derive(Clone, Copy)]
+pub(crate) struct SigMask(libc::sigset_t);
+
+impl std::fmt::Debug for SigMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigMask")
     }
-    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
-    let mut empty: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `empty` is a valid sigset_t.
-    unsafe { libc::sigemptyset(&mut empty) };
-    // SAFETY: `empty` is initialised; the old mask is not needed.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+}
+
+/// Blocks every signal in this thread (`pthread_sigmask(SIG_SETMASK, full)`); returns
+/// the mask before. The primary forks with every signal blocked, so that nothing a
+/// signal handler does can run in the child before the child has replaced the
+/// primary's handlers (a signal sent to the new pid would otherwise run the primary's
+/// handler in the child, which writes into the primary's self-pipe).
+pub(crate) fn block_all() -> io::Result<SigMask> {
+    // SAFETY: sigset_t is plain old data; sigfillset initialises it.
+    let mut full: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `full` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut full) };
+    // SAFETY: as above, for the old mask, which the call fills in.
+    let mut old: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: both pointers are valid sigset_t for the call.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut old) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(SigMask(old))
+}
+
+/// Sets this thread's signal mask to `mask` (`pthread_sigmask(SIG_SETMASK)`).
+pub(crate) fn set_mask(mask: &SigMask) -> io::Result<()> {
+    // SAFETY: `mask.0` is an initialised sigset_t; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
     if r != 0 {
         return Err(io::Error::from_raw_os_error(r));
     }
     Ok(())
+}
+
+/// In a freshly forked worker (signals still blocked, see [`block_all`]): every signal
+/// in `signals` back to `SIG_DFL` — except those ignored (`SIG_IGN`, as `nohup` sets
+/// `SIGHUP`), which stay ignored, as across `execve` — then the mask the primary had
+/// before the fork, with [`INTERRUPT_SIGNAL`] unblocked.
+pub(crate) fn reset_in_child(signals: &[i32], mask: &SigMask) -> io::Result<()> {
+    let dfl = sigaction_with(libc::SIG_DFL, 0);
+    for &signal in signals {
+        let previous = set_action(signal, &dfl)?;
+        if previous.sa_sigaction == libc::SIG_IGN {
+            set_action(signal, &previous)?;
+        }
+    }
+    let mut mask = *mask;
+    // SAFETY: `mask.0` is an initialised sigset_t.
+    unsafe { libc::sigdelset(&mut mask.0, INTERRUPT_SIGNAL) };
+    set_mask(&mask)
 }
 
 /// Installs the no-op [`INTERRUPT_SIGNAL`] handler without `SA_RESTART`, once per

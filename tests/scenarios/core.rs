@@ -80,6 +80,7 @@ pub fn balance(mode: &str) -> Outcome {
     if mode == "round-robin" {
         check(last.0 == 2000, || format!("dispatched {} of 2000", last.0))?;
     }
+    proc::check_idle(srv.pid(), mode)?;
     stop_and_check(&mut srv)
 }
 
@@ -347,4 +348,61 @@ pub fn reuse_port_crash_keeps_queue() -> Outcome {
         "the respawned worker served nobody".into()
     })?;
     stop_and_check(&mut srv)
+}
+
+/// Round-robin: one worker with 700 threads, 700 clients at once. More credits than
+/// the hand-off channel holds records: a full channel (EAGAIN) must only make the
+/// primary wait for room, never give up on the worker. Every client is served.
+pub fn rr_burst_fills_the_channel() -> Outcome {
+    let spec = Spec {
+        mode: "round-robin",
+        workers: 1,
+        listen: "127.0.0.1:0".into(),
+        threads: 700,
+        env: vec![("SC_RESPAWN", "never".into())],
+    };
+    let (mut srv, targets) = spec.start()?;
+    let load = client::load(&targets[0], 700, 700, "sleep 200", Duration::from_secs(30));
+    println!(
+        "    700 clients at once on one worker with 700 threads: {} ok",
+        load.ok
+    );
+    check(load.errors.is_empty() && load.ok == 700, || {
+        format!(
+            "{} ok, {} errors, first: {:?}",
+            load.ok,
+            load.errors.len(),
+            load.errors.first()
+        )
+    })?;
+    check(!srv.seen.iter().any(|l| l.starts_with("exit ")), || {
+        "the worker exited".into()
+    })?;
+    stop_and_check(&mut srv)
+}
+
+/// `Builder::listen_only`: a worker asking for another address gets `EACCES`, and the
+/// primary reports it.
+pub fn listen_only_refuses_others() -> Outcome {
+    let cmd = proc::self_command(&[
+        ("SC_WORKERS", "1".into()),
+        ("SC_LISTEN", "127.0.0.1:0".into()),
+        ("SC_ALLOW", "127.0.0.1:1".into()),
+        ("SC_RESPAWN", "never".into()),
+    ]);
+    let mut srv = Server::spawn(cmd)?;
+    let failed = srv.expect("listen-failed ", Duration::from_secs(10))?;
+    check(
+        failed.contains("127.0.0.1:0") && failed.contains("allowed listen addresses"),
+        || failed.clone(),
+    )?;
+    let status = srv.wait(Duration::from_secs(10))?;
+    let rest = srv.rest(Duration::from_secs(2));
+    let stderr = srv.stderr();
+    check(status.success(), || format!("exit {status}"))?;
+    check(stderr.contains("Permission denied"), || {
+        format!("worker error: {stderr}")
+    })?;
+    check_hygiene(&rest, &stderr)?;
+    srv.check_workers_gone(Duration::from_secs(2))
 }

@@ -160,6 +160,7 @@ pub fn rolling_restart_under_load(mode: &str) -> Outcome {
     check(served == [4, 5, 6], || {
         format!("after the reload served by {served:?}, expected 4, 5, 6")
     })?;
+    proc::check_idle(srv.pid(), "after the reload")?;
     stop_and_check(&mut srv)
 }
 

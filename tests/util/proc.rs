@@ -398,3 +398,26 @@ pub fn wait_until(
     }
     Ok(())
 }
+
+/// CPU time (utime + stime, all threads) of a process so far, in clock ticks (10 ms).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Checks that the process uses (almost) no CPU while nothing happens: at most 0.2 s
+/// over a 1 s idle window. A busy loop uses the whole second.
+pub fn check_idle(pid: u32, what: &str) -> Result<(), String> {
+    let before = cpu_ticks(pid).ok_or("no /proc stat")?;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = cpu_ticks(pid).ok_or("no /proc stat")? - before;
+    if used > 20 {
+        return Err(format!(
+            "{what}: the idle primary used {used} ticks of CPU in 1 s (a busy loop?)"
+        ));
+    }
+    Ok(())
+}

@@ -6,7 +6,7 @@
 //! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
-//! `SC_SCHEDULER=least-connections`.
+//! `SC_SCHEDULER=least-connections`, `SC_ALLOW` (addresses for `listen_only`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
@@ -215,6 +215,16 @@ pub fn main() -> i32 {
     }
     if std::env::var_os("SC_SILENT").is_some() {
         builder = builder.silent(true);
+    }
+    if let Ok(allow) = std::env::var("SC_ALLOW") {
+        let addrs: Result<Vec<ListenAddr>, _> = allow.split(',').map(str::parse).collect();
+        match addrs {
+            Ok(a) => builder = builder.listen_only(a),
+            Err(e) => {
+                eprintln!("server: SC_ALLOW: {e}");
+                return 2;
+            }
+        }
     }
     if env("SC_SCHEDULER", "fifo") == "least-connections" {
         builder = builder.scheduler(cluster::LeastConnections);
