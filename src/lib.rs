@@ -86,8 +86,8 @@ pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
 pub use mode::{Mode, ModeParseError};
 pub use options::ListenOptions;
 pub use primary::{
-    Builder, Cluster, ClusterStats, Fifo, LeastConnections, ReadyWorker, Respawn, Scheduler,
-    WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
+    Builder, Cluster, ClusterStats, FewestDispatched, Fifo, LeastConnections, ReadyWorker, Respawn,
+    Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::Worker;

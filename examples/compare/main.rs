@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example compare -- [--workers N] [--seconds S] [--clients C]
-//!            [--keep-alive] [--threads T] [--modes shared,round-robin,least-connections,reuse-port]
+//!            [--keep-alive] [--threads T] [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port]
 //!            [--target HOST:PORT [--pid PID]]
 //! ```
 //!
@@ -37,36 +37,42 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: compare [--workers N] [--seconds S] [--clients C] [--keep-alive] [--threads T] \
-     [--modes shared,round-robin,least-connections,reuse-port] [--target HOST:PORT [--pid PID]]";
+     [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port] [--target HOST:PORT [--pid PID]]";
 
 /// One row's server configuration.
 #[derive(Debug, Clone, Copy)]
 struct Config {
     name: &'static str,
     mode: &'static str,
-    least_connections: bool,
+    /// The round-robin scheduler (`--scheduler` of the demo), if not the default.
+    scheduler: Option<&'static str>,
 }
 
-const CONFIGS: [Config; 4] = [
+const CONFIGS: [Config; 5] = [
     Config {
         name: "shared",
         mode: "shared",
-        least_connections: false,
+        scheduler: None,
     },
     Config {
         name: "round-robin",
         mode: "round-robin",
-        least_connections: false,
+        scheduler: None,
     },
     Config {
-        name: "least-connections",
+        name: "rr-fifo",
         mode: "round-robin",
-        least_connections: true,
+        scheduler: Some("fifo"),
+    },
+    Config {
+        name: "rr-least-conn",
+        mode: "round-robin",
+        scheduler: Some("least-connections"),
     },
     Config {
         name: "reuse-port",
         mode: "reuse-port",
-        least_connections: false,
+        scheduler: None,
     },
 ];
 
@@ -159,8 +165,8 @@ impl Server {
         };
         cmd.args(["--serve", "--listen", "127.0.0.1:0", "--mode", c.mode]);
         cmd.args(["--workers", &o.workers.to_string()]);
-        if c.least_connections {
-            cmd.args(["--scheduler", "least-connections"]);
+        if let Some(s) = c.scheduler {
+            cmd.args(["--scheduler", s]);
         }
         if let Some(t) = o.threads {
             cmd.args(["--threads", &t.to_string()]);

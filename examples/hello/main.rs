@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example hello -- [--listen ADDR] [--workers N]
-//!            [--mode shared|round-robin|reuse-port] [--scheduler fifo|least-connections]
+//!            [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections]
 //!            [--threads T] [--user NAME]
 //! ```
 //!

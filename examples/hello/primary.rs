@@ -4,13 +4,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cluster::{Cluster, Event, LeastConnections, ListenAddr, Mode, User};
+use cluster::{Cluster, Event, FewestDispatched, Fifo, LeastConnections, ListenAddr, Mode, User};
 
 use crate::server;
 
 /// How to call it.
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH] [--workers N] \
-     [--mode shared|round-robin|reuse-port] [--scheduler fifo|least-connections] [--threads T] [--user NAME]";
+     [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
+     [--prefetch N] [--accept-window-us US]";
 
 /// The command line.
 pub struct Options {
@@ -19,7 +20,10 @@ pub struct Options {
     mode: Option<Mode>,
     threads: usize,
     user: Option<String>,
-    least_connections: bool,
+    /// `--scheduler`: `None` for the crate's default.
+    scheduler: Option<String>,
+    prefetch: Option<u32>,
+    accept_window_us: Option<u64>,
 }
 
 /// Parses the command line (without the program name).
@@ -30,7 +34,9 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         mode: None,
         threads: 4,
         user: None,
-        least_connections: false,
+        scheduler: None,
+        prefetch: None,
+        accept_window_us: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -63,15 +69,31 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                 }
             }
             "--user" => opts.user = Some(value("--user")?),
-            "--scheduler" => match value("--scheduler")?.as_str() {
-                "fifo" => opts.least_connections = false,
-                "least-connections" => opts.least_connections = true,
-                other => {
-                    return Err(format!(
-                        "--scheduler: {other:?} is not fifo or least-connections"
-                    ))
+            "--prefetch" => {
+                let v = value("--prefetch")?;
+                opts.prefetch = Some(
+                    v.parse()
+                        .map_err(|_| format!("--prefetch: {v:?} is not a number"))?,
+                );
+            }
+            "--accept-window-us" => {
+                let v = value("--accept-window-us")?;
+                opts.accept_window_us = Some(
+                    v.parse()
+                        .map_err(|_| format!("--accept-window-us: {v:?} is not a number"))?,
+                );
+            }
+            "--scheduler" => {
+                let v = value("--scheduler")?;
+                match v.as_str() {
+                    "fewest-dispatched" | "fifo" | "least-connections" => opts.scheduler = Some(v),
+                    other => {
+                        return Err(format!(
+                            "--scheduler: {other:?} is not fewest-dispatched, fifo or least-connections"
+                        ))
+                    }
                 }
-            },
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -91,8 +113,17 @@ pub fn run(opts: Options) -> ExitCode {
     if let Some(m) = opts.mode {
         builder = builder.mode(m);
     }
-    if opts.least_connections {
-        builder = builder.scheduler(LeastConnections);
+    match opts.scheduler.as_deref() {
+        Some("fifo") => builder = builder.scheduler(Fifo),
+        Some("least-connections") => builder = builder.scheduler(LeastConnections),
+        Some(_) => builder = builder.scheduler(FewestDispatched),
+        None => {}
+    }
+    if let Some(n) = opts.prefetch {
+        builder = builder.prefetch(n);
+    }
+    if let Some(us) = opts.accept_window_us {
+        builder = builder.accept_window(Duration::from_micros(us));
     }
     if let Some(name) = &opts.user {
         match User::named(name) {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::respawn::{Backoff, Respawn};
-use super::scheduler::{Fifo, Scheduler};
+use super::scheduler::{FewestDispatched, Scheduler};
 use super::{Cluster, ClusterStats, Config, State, HANDLED_SIGNALS};
 use crate::addr::ListenAddr;
 use crate::error::Error;
@@ -26,7 +26,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PREFETCH: u32 = 1;
 
 /// The default [`Builder::accept_window`].
-pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(100);
+pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 
 /// Configures and starts a [`Cluster`].
 ///
@@ -82,7 +82,7 @@ impl Builder {
             accept_window: DEFAULT_ACCEPT_WINDOW,
             respawn: Respawn::default(),
             settings: WorkerSettings::default(),
-            scheduler: Box::new(Fifo),
+            scheduler: Box::new(FewestDispatched),
             prefetch: DEFAULT_PREFETCH,
             allowed: None,
         }
@@ -120,8 +120,9 @@ impl Builder {
         self
     }
 
-    /// Round-robin only: which free worker gets each connection (default: [`Fifo`],
-    /// Node's order; [`LeastConnections`](super::LeastConnections) is built in too).
+    /// Round-robin only: which free worker gets each connection (default:
+    /// [`FewestDispatched`]; [`Fifo`](super::Fifo), Node's order, and
+    /// [`LeastConnections`](super::LeastConnections) are built in too).
     pub fn scheduler(mut self, scheduler: impl Scheduler + 'static) -> Builder {
         self.scheduler = Box::new(scheduler);
         self

@@ -63,7 +63,7 @@ use crate::worker::WorkerFn;
 
 pub use builder::{Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use respawn::Respawn;
-pub use scheduler::{Fifo, LeastConnections, ReadyWorker, Scheduler};
+pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
 use reload::Reload;
 use respawn::Backoff;

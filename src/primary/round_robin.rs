@@ -87,7 +87,8 @@ struct Member {
     credits: u32,
     /// Connections open in the worker, as its last credit said.
     open: u32,
-    /// Connections this handle has sent it.
+    /// Its share counter: connections this handle sent it, counted from the average of
+    /// the others when it joined.
     dispatched: u64,
     /// Connections sent ahead, with no thread waiting for them (at most `prefetch`).
     queued: u32,
@@ -196,6 +197,12 @@ impl RoundRobinHandle {
         let (primary_end, worker_end) = Channel::pair()?;
         let id = self.next_member;
         self.next_member = self.next_member.wrapping_add(1).max(1);
+        // A newcomer's share counter starts at the average, so a scheduler that evens
+        // out the counts does not hand it everything until it has caught up.
+        let dispatched = match self.members.len() as u64 {
+            0 => 0,
+            n => self.members.iter().map(|m| m.dispatched).sum::<u64>() / n,
+        };
         self.members.push(Member {
             id,
             worker,
@@ -203,7 +210,7 @@ impl RoundRobinHandle {
             worker_end,
             credits: 0,
             open: 0,
-            dispatched: 0,
+            dispatched,
             queued: 0,
             blocked: false,
             retired: false,
@@ -582,30 +589,25 @@ impl RoundRobinHandle {
                 return self.free.remove(pos).map(|id| (id, false));
             }
         }
-        if let Some(id) = self.pick_ahead(avoid, scheduler) {
+        if let Some(id) = self.pick_ahead(avoid) {
             return Some((id, true));
         }
         if avoid.is_some() {
             if let Some(pos) = self.pick(None, scheduler) {
                 return self.free.remove(pos).map(|id| (id, false));
             }
-            return self.pick_ahead(None, scheduler).map(|id| (id, true));
+            return self.pick_ahead(None).map(|id| (id, true));
         }
         None
     }
 
     /// When no thread waits: the member to queue a connection at, among those with
-    /// room, in turn (the scheduler sees them rotated, so FIFO means round-robin).
-    fn pick_ahead(
-        &mut self,
-        avoid: Option<WorkerId>,
-        scheduler: &mut dyn Scheduler,
-    ) -> Option<u32> {
+    /// room, in turn. (Not the scheduler's choice: it chooses among workers with a
+    /// thread waiting; here no worker has one, and which will free up first is
+    /// unknown, so every worker takes its turn.)
+    fn pick_ahead(&mut self, avoid: Option<WorkerId>) -> Option<u32> {
         let avoid = avoid.filter(|w| self.members.iter().any(|m| m.worker != *w));
         let n = self.members.len();
-        let (ready, at) = (&mut self.scratch_ready, &mut self.scratch_at);
-        ready.clear();
-        at.clear();
         for k in 0..n {
             let m = &self.members[(self.rotation + k) % n];
             if m.retired
@@ -616,23 +618,10 @@ impl RoundRobinHandle {
             {
                 continue;
             }
-            at.push((0, m.id));
-            ready.push(ReadyWorker {
-                worker: m.worker,
-                waiting: 0,
-                open: m.open,
-                dispatched: m.dispatched,
-            });
+            self.rotation = (self.rotation + k + 1) % n;
+            return Some(m.id);
         }
-        let k = match ready.len() {
-            0 => return None,
-            1 => 0,
-            len => Some(scheduler.choose(ready))
-                .filter(|&k| k < len)
-                .unwrap_or(0),
-        };
-        self.rotation = self.rotation.wrapping_add(1);
-        Some(at[k].1)
+        None
     }
 
     /// Accepts one connection if the listener has one.

@@ -264,10 +264,11 @@ pub fn adopted_fd(mode: &str) -> Outcome {
 /// (that is the `compare` example's job).
 pub fn every_mode() -> Outcome {
     let configs = [
-        ("shared", "fifo"),
+        ("shared", "default"),
+        ("round-robin", "default"),
         ("round-robin", "fifo"),
         ("round-robin", "least-connections"),
-        ("reuse-port", "fifo"),
+        ("reuse-port", "default"),
     ];
     for (mode, scheduler) in configs {
         let spec = Spec {

@@ -6,7 +6,7 @@
 //! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
-//! `SC_SCHEDULER=least-connections`, `SC_ALLOW` (addresses for `listen_only`).
+//! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
@@ -226,8 +226,10 @@ pub fn main() -> i32 {
             }
         }
     }
-    if env("SC_SCHEDULER", "fifo") == "least-connections" {
-        builder = builder.scheduler(cluster::LeastConnections);
+    match env("SC_SCHEDULER", "default").as_str() {
+        "least-connections" => builder = builder.scheduler(cluster::LeastConnections),
+        "fifo" => builder = builder.scheduler(cluster::Fifo),
+        _ => {}
     }
     let started = builder.start(move |w| worker_main(w, &worker_addrs, threads));
     let mut cluster = match started {
