@@ -76,7 +76,7 @@ impl Mode {
         }
     }
 
-    /// The canonical name: `shared` or `round-robin`.
+    /// The canonical name: `shared`, `round-robin` or `reuse-port`.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Shared => "shared",
