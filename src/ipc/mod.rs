@@ -11,3 +11,5 @@
 
 pub(crate) mod channel;
 pub(crate) mod codec;
+#[cfg(test)]
+mod property;
