@@ -87,7 +87,8 @@ pub use mode::{Mode, ModeParseError};
 pub use options::ListenOptions;
 pub use primary::{
     Builder, Cluster, ClusterStats, FewestDispatched, Fifo, LeastConnections, ReadyWorker, Respawn,
-    Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
+    Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::Worker;

@@ -450,6 +450,9 @@ impl Shared {
                         return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
                     }
                     Ok(Received::Eof) => return Ok(None),
+                    // The primary asks whether this worker still takes connections
+                    // (it left one unreceived too long): answer with a fresh credit.
+                    Ok(Received::Message(Message::Probe, None)) => continue 'credit,
                     Ok(Received::Message(other, _fd)) => {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,

@@ -6,9 +6,11 @@
 
 use std::io::Write;
 
-/// Writes `cluster: …` and a newline to stderr, ignoring failure.
+/// Writes `cluster: …` and a newline to stderr in one `write`, so lines from several
+/// processes sharing stderr do not interleave; ignores failure.
 pub(crate) fn write(args: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "cluster: {args}");
+    let line = format!("cluster: {args}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// `report!("…", …)`: [`write()`] with `format!` syntax.

@@ -109,6 +109,19 @@ impl Worker {
             .map_err(|e| Error::io("send a message to the primary", e))
     }
 
+    /// Not part of the API: writes `record` to the control channel as it is, with `fd`
+    /// attached, bypassing the codec. It exists so the crate's tests can play a rogue
+    /// worker (garbage, oversized or unknown records, unexpected descriptors) and check
+    /// that the primary survives it.
+    #[doc(hidden)]
+    pub fn send_raw_record_for_tests(
+        &self,
+        record: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> std::io::Result<()> {
+        self.rt.control.send_encoded(record, fd, false)
+    }
+
     /// Waits for the next message from the primary; `None` once the worker is
     /// disconnecting (or the primary is gone) and every message that arrived before has
     /// been returned, so a thread looping on `recv` ends with the worker.
@@ -422,7 +435,12 @@ fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Erro
 pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let id = start.id;
     let control = start.control;
-    if let Err(e) = signal::reset_in_child(start.reset_signals, &start.mask) {
+    // SIGPIPE ignored, as in Node and in any Rust `main`, but also when the program
+    // embedding the cluster restored its default: a client that closes early is an
+    // `EPIPE` from `write`, never a dead worker.
+    if let Err(e) = signal::reset_in_child(start.reset_signals, &start.mask)
+        .and_then(|()| signal::ignore(libc::SIGPIPE))
+    {
         return setup_failed(&control, id, SetupStage::Signals, &e);
     }
     if let Err((stage, e)) = start.settings.apply() {

@@ -139,7 +139,11 @@ pub fn run(opts: Options) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hello: {e}");
-            return ExitCode::FAILURE;
+            // A bad setting (CLUSTER_SCHED_POLICY, …) is a usage error, like a bad flag.
+            return match e {
+                cluster::Error::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     let expected = cluster.target_workers();
@@ -166,7 +170,9 @@ pub fn run(opts: Options) -> ExitCode {
                 }
             }
             Event::ListenFailed { error, .. } => {
-                eprintln!("hello: {error}");
+                if !failed {
+                    eprintln!("hello: {error}"); // once, not once per worker
+                }
                 failed = true;
                 cluster.shutdown();
             }

@@ -87,6 +87,11 @@ pub(crate) enum Message<'a> {
         /// Who connected, as the primary's `accept` saw it.
         peer: PeerAddr,
     },
+    /// Primary → worker, on a hand-off channel: "are you there?" The thread that receives
+    /// it answers with a fresh `Ready` credit and waits again. Sent to a worker that left
+    /// a connection unreceived too long (see `round_robin.rs`): its answer shows it
+    /// takes connections again.
+    Probe,
     /// Worker → primary, on a hand-off channel: `count` more threads wait in `accept`
     /// (the round-robin credit; it plays the part of Node's `accepted` ack).
     Ready {
@@ -177,6 +182,12 @@ pub enum ProtocolError {
     ControlTruncated,
     /// The worker keeps sending requests but does not read the replies.
     NotReading,
+    /// More messages in one second than the cluster's
+    /// [`message_limit`](crate::Builder::message_limit).
+    Flooding {
+        /// The limit.
+        limit: u32,
+    },
     /// A message that is valid but must not travel in this direction or on this channel.
     Unexpected {
         /// The message kind.
@@ -223,6 +234,9 @@ impl fmt::Display for ProtocolError {
             ProtocolError::NotReading => {
                 f.write_str("requests keep coming but replies are not read")
             }
+            ProtocolError::Flooding { limit } => {
+                write!(f, "more than {limit} messages in one second")
+            }
         }
     }
 }
@@ -250,6 +264,7 @@ mod kind {
     pub(super) const DISCONNECT: u8 = 9;
     pub(super) const SETUP_FAILED: u8 = 10;
     pub(super) const STATS: u8 = 11;
+    pub(super) const PROBE: u8 = 12;
 }
 
 mod tag {
@@ -276,6 +291,7 @@ impl Message<'_> {
             Message::Disconnect => "disconnect",
             Message::SetupFailed { .. } => "setup-failed",
             Message::Stats { .. } => "stats",
+            Message::Probe => "probe",
         }
     }
 
@@ -292,7 +308,8 @@ impl Message<'_> {
             | Message::User(_)
             | Message::Disconnect
             | Message::SetupFailed { .. }
-            | Message::Stats { .. } => FdRule::None,
+            | Message::Stats { .. }
+            | Message::Probe => FdRule::None,
         }
     }
 
@@ -309,6 +326,7 @@ impl Message<'_> {
             Message::Disconnect => kind::DISCONNECT,
             Message::SetupFailed { .. } => kind::SETUP_FAILED,
             Message::Stats { .. } => kind::STATS,
+            Message::Probe => kind::PROBE,
         }
     }
 
@@ -317,7 +335,7 @@ impl Message<'_> {
         let start = out.len();
         out.extend_from_slice(&[self.kind(), 0, 0, 0, 0, 0, 0, 0]);
         match self {
-            Message::Online | Message::Disconnect => {}
+            Message::Online | Message::Disconnect | Message::Probe => {}
             Message::ListenRequest { seq, options, addr } => {
                 out.extend_from_slice(&seq.to_le_bytes());
                 put_options(out, options);
@@ -390,6 +408,7 @@ impl Message<'_> {
         let msg = match record[0] {
             kind::ONLINE => r.named("online").done(Message::Online)?,
             kind::DISCONNECT => r.named("disconnect").done(Message::Disconnect)?,
+            kind::PROBE => r.named("probe").done(Message::Probe)?,
             kind::LISTEN_REQUEST => {
                 r.kind = "listen-request";
                 let seq = r.u32()?;
@@ -676,6 +695,7 @@ mod tests {
         vec![
             Message::Online,
             Message::Disconnect,
+            Message::Probe,
             Message::ListenRequest {
                 seq: 7,
                 options: ListenOptions::new(),
@@ -820,7 +840,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_and_reserved_bytes() {
-        for k in [0u8, 12, 99, 255] {
+        for k in [0u8, 13, 99, 255] {
             let buf = [k, 0, 0, 0, 0, 0, 0, 0];
             assert_eq!(Message::decode(&buf, 0), Err(ProtocolError::UnknownKind(k)));
         }

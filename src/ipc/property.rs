@@ -171,7 +171,7 @@ impl Drop for OnPanic<'_> {
 }
 
 /// How many kinds of [`Message`] there are: [`variant`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 11;
+const VARIANTS: usize = 12;
 
 /// The kind of a message as an index, for the per-kind tallies. Exhaustive, so a new
 /// kind does not compile until the generator below learns to make it.
@@ -188,6 +188,7 @@ fn variant(m: &Message<'_>) -> usize {
         Message::Disconnect => 8,
         Message::SetupFailed { .. } => 9,
         Message::Stats { .. } => 10,
+        Message::Probe => 11,
     }
 }
 
@@ -351,6 +352,7 @@ impl Gen {
                 accepted: self.rng.next(),
                 open: self.rng.u32(),
             },
+            11 => Message::Probe,
             _ => unreachable!("kind number {v} >= VARIANTS"),
         }
     }
@@ -501,7 +503,7 @@ fn fds_for(m: &Message<'_>) -> usize {
 }
 
 /// Every `ProtocolError` variant, in the order [`error_index`] numbers them.
-const ERRORS: [&str; 11] = [
+const ERRORS: [&str; 12] = [
     "Short",
     "Oversized",
     "LengthMismatch",
@@ -513,6 +515,7 @@ const ERRORS: [&str; 11] = [
     "ControlTruncated",
     "NotReading",
     "Unexpected",
+    "Flooding",
 ];
 
 /// The errors `Message::decode` itself can return (the others come from the channel
@@ -541,6 +544,7 @@ fn error_index(e: &ProtocolError) -> usize {
         ProtocolError::ControlTruncated => 8,
         ProtocolError::NotReading => 9,
         ProtocolError::Unexpected { .. } => 10,
+        ProtocolError::Flooding { .. } => 11,
     }
 }
 
@@ -654,6 +658,7 @@ fn check_decode(rec: &[u8], fds: usize, reencoded: &mut Vec<u8>, tally: &mut Tal
                 ProtocolError::Malformed { .. } => {}
                 ProtocolError::ControlTruncated
                 | ProtocolError::NotReading
+                | ProtocolError::Flooding { .. }
                 | ProtocolError::Unexpected { .. } => {
                     panic!("decode returned {e:?}, which only the channel or primary makes")
                 }

@@ -25,6 +25,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default [`Builder::prefetch`].
 pub const DEFAULT_PREFETCH: u32 = 1;
 
+/// The default [`Builder::message_limit`]: messages a second from one worker.
+pub const DEFAULT_MESSAGE_LIMIT: u32 = 5_000;
+
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 
@@ -61,6 +64,7 @@ pub struct Builder {
     scheduler: Box<dyn Scheduler>,
     prefetch: u32,
     allowed: Option<Vec<ListenAddr>>,
+    message_limit: u32,
 }
 
 impl Default for Builder {
@@ -85,6 +89,7 @@ impl Builder {
             scheduler: Box::new(FewestDispatched),
             prefetch: DEFAULT_PREFETCH,
             allowed: None,
+            message_limit: DEFAULT_MESSAGE_LIMIT,
         }
     }
 
@@ -150,6 +155,18 @@ impl Builder {
     /// privileged port, or create a Unix socket file where only root may.
     pub fn listen_only(mut self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
         self.allowed = Some(addrs.into_iter().collect());
+        self
+    }
+
+    /// The most messages one worker may send the primary in one second (default
+    /// [`DEFAULT_MESSAGE_LIMIT`]; 0 = no limit). A worker that sends more is taken for a
+    /// runaway: the primary reports it ([`Error::Protocol`] with
+    /// [`ProtocolError::Flooding`](crate::ProtocolError::Flooding)), kills it and
+    /// forks a replacement, so one worker stuck in a loop cannot starve the primary's
+    /// loop, and so every other worker. Counts everything a worker sends on its control
+    /// channel ([`Worker::send`] and the crate's own records, a handful a second).
+    pub fn message_limit(mut self, per_second: u32) -> Builder {
+        self.message_limit = per_second;
         self
     }
 
@@ -240,6 +257,7 @@ impl Builder {
                 scheduler: self.scheduler,
                 prefetch: self.prefetch,
                 allowed: self.allowed,
+                message_limit: self.message_limit,
             },
             worker_fn: f,
             workers: Default::default(),

@@ -97,6 +97,11 @@ impl Cluster {
             self.reap_due = false;
             self.reap(now);
         }
+        for h in &mut self.handles {
+            if let Handle::RoundRobin(rr) = &mut h.handle {
+                rr.check_stalls(now);
+            }
+        }
         self.pump(now);
         self.expire_deadlines(now);
         self.maintain(now);
@@ -178,6 +183,9 @@ impl Cluster {
                 if let Some(t) = rr.resume_at(now) {
                     consider(t);
                 }
+                if let Some(t) = rr.check_at() {
+                    consider(t);
+                }
             }
         }
         next
@@ -203,14 +211,20 @@ impl Cluster {
 
     fn read_control(&mut self, id: WorkerId) {
         let mut buf = std::mem::take(&mut self.buf);
+        let now = Instant::now();
+        let limit = self.config.message_limit;
         for _ in 0..MESSAGES_PER_TURN {
-            let Some(slot) = self.workers.get(&id) else {
+            let Some(slot) = self.workers.get_mut(&id) else {
                 break;
             };
             if slot.eof {
                 break;
             }
             match slot.control.recv(&mut buf, true) {
+                Ok(Incoming::Message(_, _)) if !slot.admit(now, limit) => {
+                    self.on_protocol_error(id, ProtocolError::Flooding { limit });
+                    break;
+                }
                 Ok(Incoming::Message(msg, _fd)) => {
                     // `_fd` is always None: the codec refuses a descriptor on every
                     // worker → primary kind.
@@ -307,6 +321,7 @@ impl Cluster {
             Message::ListenReply { .. }
             | Message::NewConn { .. }
             | Message::Ready { .. }
+            | Message::Probe
             | Message::Disconnect => {
                 return Err(ProtocolError::Unexpected { kind: msg.name() });
             }

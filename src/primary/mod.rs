@@ -61,7 +61,10 @@ use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
 use crate::worker::WorkerFn;
 
-pub use builder::{Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use builder::{
+    Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+};
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
@@ -99,6 +102,8 @@ struct Config {
     prefetch: u32,
     /// The only addresses workers may listen on, if restricted.
     allowed: Option<Vec<ListenAddr>>,
+    /// Messages a second one worker may send (0: any number).
+    message_limit: u32,
 }
 
 /// Where the cluster is in its life.

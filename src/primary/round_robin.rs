@@ -41,6 +41,14 @@
 //!   [`MAX_ATTEMPTS`] bounces it is closed rather than juggled forever.
 //! - **The listener lives as long as the cluster**, also while no worker is alive, so a
 //!   restart refuses nobody (Node closes it with its last worker).
+//! - **A worker that stops taking connections** (stopped with `SIGSTOP`, hung, swapped
+//!   out) cannot hold them hostage. A connection sent to a waiting thread is received
+//!   within microseconds, so one still unreceived after [`STALL_TIMEOUT`], with no credit
+//!   from that worker meanwhile, means the worker is not running: the primary takes back
+//!   everything queued for it, serves it elsewhere, and sends the worker nothing more
+//!   until it answers a `Probe` (or sends a credit of its own). The check costs one
+//!   zero-timeout `poll` of the workers' ends every [`STALL_CHECK`] while connections are
+//!   being handed out, and nothing while idle.
 //! - **Out of descriptors** (`EMFILE`, `ENFILE`): accepting pauses with a growing delay
 //!   instead of spinning on a readable listener (the libuv/Node trap), and resumes.
 
@@ -54,6 +62,7 @@ use crate::bind::Bound;
 use crate::connection::StreamKind;
 use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
+use crate::sys::poll::{self, PollFd};
 use crate::sys::scm::{BATCH, BATCH_RECORD};
 
 use super::scheduler::{ReadyWorker, Scheduler};
@@ -71,6 +80,14 @@ pub(crate) const MAX_LISTENERS_PER_WORKER: usize = 64;
 /// The most credits one hand-off channel may hold: more threads than this waiting in
 /// `accept` on one listener of one worker is taken for a protocol violation.
 pub(crate) const MAX_CREDITS: u32 = 4096;
+
+/// How long a connection may sit unreceived in the channel of a worker that sends no
+/// credit meanwhile before the worker counts as stalled.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the workers' channels are checked for unreceived connections, while
+/// connections are being handed out or a worker is stalled.
+pub(crate) const STALL_CHECK: Duration = Duration::from_millis(250);
 
 const PAUSE_START: Duration = Duration::from_millis(10);
 const PAUSE_MAX: Duration = Duration::from_millis(500);
@@ -99,6 +116,16 @@ struct Member {
     retired: bool,
     /// Its channel reported EOF or failed: to be removed.
     closed: bool,
+    /// Credits received from it so far: a change shows it is alive.
+    credits_seen: u64,
+    /// Since when its channel has held an unreceived record, and `credits_seen` then.
+    stuck_since: Option<(Instant, u64)>,
+    /// It left a connection unreceived for [`STALL_TIMEOUT`]: it gets nothing (its
+    /// credits are kept out of `free`) until a credit from it arrives.
+    stalled: bool,
+    /// A `Probe` was sent to it while stalled (some of its threads were waiting, so it
+    /// was not merely busy): reported when it runs again.
+    probed: bool,
 }
 
 /// A connection the primary accepted (or took back) and has not handed off yet.
@@ -146,6 +173,8 @@ pub(crate) struct RoundRobinHandle {
     scratch_at: Vec<(usize, u32)>,
     /// Where `pick_ahead` starts looking next.
     rotation: usize,
+    /// When the workers' channels are next checked for stalls (armed by a hand-off).
+    check_at: Option<Instant>,
     /// The listener was adopted (`fd:N`): it was made non-blocking here, a flag its
     /// original holder shares; it is made blocking again when this handle lets go.
     adopted: bool,
@@ -179,6 +208,7 @@ impl RoundRobinHandle {
             scratch_ready: Vec::new(),
             scratch_at: Vec::new(),
             rotation: 0,
+            check_at: None,
             adopted: bound.adopted,
         })
     }
@@ -215,6 +245,10 @@ impl RoundRobinHandle {
             blocked: false,
             retired: false,
             closed: false,
+            credits_seen: 0,
+            stuck_since: None,
+            stalled: false,
+            probed: false,
         });
         let last = self.members.len() - 1; // just pushed
         Ok((id, self.members[last].worker_end.as_fd()))
@@ -236,7 +270,7 @@ impl RoundRobinHandle {
     }
 
     fn may_queue(&self, m: &Member) -> bool {
-        !m.retired && !m.closed && m.queued < self.prefetch
+        !m.retired && !m.closed && !m.stalled && m.queued < self.prefetch
     }
 
     /// When the listener is polled again, if it is left alone for now (a pause after
@@ -304,7 +338,9 @@ impl RoundRobinHandle {
         let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
         let mut fresh: Vec<(u32, u32)> = Vec::with_capacity(self.members.len());
         for m in &mut self.members {
-            let before = m.credits;
+            // The credits already in `free` (a stalled member's are kept out of it).
+            let before = if m.stalled { 0 } else { m.credits };
+            let mut arrived = 0u32;
             loop {
                 let mut fault = None;
                 let mut eof = false;
@@ -328,6 +364,8 @@ impl RoundRobinHandle {
                 let absorbed = added.min(m.queued);
                 m.queued -= absorbed;
                 m.credits = m.credits.saturating_add(added - absorbed);
+                m.credits_seen += u64::from(added);
+                arrived = arrived.saturating_add(added);
                 if let Some(o) = open {
                     m.open = o;
                 }
@@ -356,9 +394,20 @@ impl RoundRobinHandle {
                     }
                 }
             }
+            if m.stalled && arrived > 0 && !m.closed {
+                // It runs again: its credits, old and new, go back into `free`.
+                m.stalled = false;
+                if std::mem::take(&mut m.probed) {
+                    crate::log::report!(
+                        "{}: worker {} takes connections again",
+                        self.local,
+                        m.worker
+                    );
+                }
+            }
             if m.retired {
                 m.credits = 0;
-            } else if m.credits > before {
+            } else if !m.stalled && m.credits > before {
                 fresh.push((m.id, m.credits - before));
             }
         }
@@ -422,23 +471,13 @@ impl RoundRobinHandle {
         };
         let m = self.members.swap_remove(i);
         self.free.retain(|&f| f != id);
-        // Take back every connection still queued at the worker's end, oldest first,
-        // and put them before the ones accepted since (they are older).
-        let mut back = Vec::new();
-        let mut buf = [0u8; 256];
-        loop {
-            match m.worker_end.recv(&mut buf, true) {
-                Ok(Incoming::Message(Message::NewConn { peer }, Some(fd))) => back.push(Pending {
-                    fd,
-                    peer,
-                    bounced_from: Some(m.worker),
-                    attempts: 0,
-                }),
-                Ok(Incoming::Message(..)) | Err(RecvError::Protocol(_)) => continue, // dropped (closes any fd)
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Incoming::Eof) | Err(RecvError::Io(_)) => break,
-            }
-        }
+        let (back, _) = take_back(&m);
+        self.requeue(back);
+    }
+
+    /// Puts connections taken back from a worker before the ones accepted since (they
+    /// are older), closing those that bounced too often.
+    fn requeue(&mut self, back: Vec<Pending>) {
         for mut p in back.into_iter().rev() {
             p.attempts += 1;
             if p.attempts > MAX_ATTEMPTS {
@@ -497,6 +536,7 @@ impl RoundRobinHandle {
                     m.dispatched += 1;
                     m.open = m.open.saturating_add(1); // until its next credit says better
                     on_dispatch(m.worker);
+                    self.check_at.get_or_insert(now + STALL_CHECK);
                     // `conn.fd` drops here: the descriptor in flight keeps the
                     // connection alive, and the worker's queue can be taken back.
                 }
@@ -548,7 +588,7 @@ impl RoundRobinHandle {
             let Some(m) = self.members.iter().find(|m| m.id == *id) else {
                 continue;
             };
-            if Some(m.worker) == avoid || m.blocked {
+            if Some(m.worker) == avoid || m.blocked || m.stalled {
                 continue;
             }
             at.push((pos, *id));
@@ -612,6 +652,7 @@ impl RoundRobinHandle {
             let m = &self.members[(self.rotation + k) % n];
             if m.retired
                 || m.closed
+                || m.stalled
                 || m.blocked
                 || m.queued >= self.prefetch
                 || Some(m.worker) == avoid
@@ -622,6 +663,113 @@ impl RoundRobinHandle {
             return Some(m.id);
         }
         None
+    }
+
+    /// When the workers' channels are next checked for stalls.
+    pub(crate) fn check_at(&self) -> Option<Instant> {
+        self.check_at
+    }
+
+    /// Checks, when due, whether a worker leaves connections unreceived (see the module
+    /// docs): one zero-timeout `poll` of every worker's end. A member whose end has held
+    /// something since the last checks, with no credit from it meanwhile, is stalled
+    /// after [`STALL_TIMEOUT`].
+    pub(crate) fn check_stalls(&mut self, now: Instant) {
+        if !self.check_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        self.check_at = None;
+        self.refill(); // fresh credit counts: a credit is a sign of life
+        let queued: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = self
+                .members
+                .iter()
+                .map(|m| PollFd::new(m.worker_end.as_fd(), false))
+                .collect();
+            match poll::poll(&mut fds, Some(Duration::ZERO)) {
+                Ok(_) => fds.iter().map(|f| f.readable()).collect(),
+                Err(_) => {
+                    self.check_at = Some(now + STALL_CHECK);
+                    return;
+                }
+            }
+        };
+        let mut watch = false;
+        let mut stalled = Vec::new();
+        for (m, queued) in self.members.iter_mut().zip(queued) {
+            if m.stalled {
+                watch = true; // its answer is read at the next check
+                continue;
+            }
+            if m.retired || m.closed || !queued {
+                m.stuck_since = None;
+                continue;
+            }
+            match m.stuck_since {
+                Some((since, seen)) if seen == m.credits_seen => {
+                    if now.saturating_duration_since(since) >= STALL_TIMEOUT {
+                        stalled.push(m.id);
+                    } else {
+                        watch = true;
+                    }
+                }
+                _ => {
+                    m.stuck_since = Some((now, m.credits_seen));
+                    watch = true;
+                }
+            }
+        }
+        for id in stalled {
+            self.stall(id);
+            watch = true;
+        }
+        if watch {
+            self.check_at = Some(now + STALL_CHECK);
+        }
+    }
+
+    /// Routes around a member that left a connection unreceived: takes back what is
+    /// queued for it (and un-counts those hand-offs), keeps its credits out of `free`,
+    /// and, if some of its threads wait with nothing to receive, sends one `Probe` that
+    /// such a thread answers with a credit once the worker runs again.
+    fn stall(&mut self, id: u32) {
+        self.free.retain(|&f| f != id);
+        let Some(m) = self.members.iter_mut().find(|m| m.id == id) else {
+            return;
+        };
+        m.stalled = true;
+        m.stuck_since = None;
+        let (back, records) = take_back(m);
+        for _ in 0..records {
+            // Un-send: the ledger as if the record had never gone out.
+            if m.queued > 0 {
+                m.queued -= 1;
+            } else {
+                m.credits = m.credits.saturating_add(1);
+            }
+        }
+        // Credits left after un-sending mean threads wait with nothing to receive: the
+        // worker is not running (stopped, hung). None left: every record taken back had
+        // been queued ahead for a worker whose threads are all busy — it is slow, not
+        // stuck, and gets work again with its next credit; nothing to report.
+        if m.credits > 0 {
+            match m.primary_end.try_send(&Message::Probe, None) {
+                Ok(()) => {
+                    m.credits -= 1;
+                    m.probed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => m.closed = true,
+            }
+            crate::log::report!(
+                "{}: worker {} left a connection unreceived for {} ms (stopped or hung?); {} connection(s) go to other workers, and nothing more to it until it answers",
+                self.local,
+                m.worker,
+                STALL_TIMEOUT.as_millis(),
+                back.len()
+            );
+        }
+        self.requeue(back);
     }
 
     /// Accepts one connection if the listener has one.
@@ -701,6 +849,32 @@ impl RoundRobinHandle {
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped + self.pending.len() as u64
     }
+}
+
+/// Receives, from the worker's end of a member's channel, every record the worker has
+/// not: the connections, oldest first, and how many records there were (probes
+/// included; a record that fails to decode is dropped, closing any descriptor it had).
+fn take_back(m: &Member) -> (Vec<Pending>, u32) {
+    let mut back = Vec::new();
+    let mut records = 0u32;
+    let mut buf = [0u8; 256];
+    loop {
+        match m.worker_end.recv(&mut buf, true) {
+            Ok(Incoming::Message(Message::NewConn { peer }, Some(fd))) => {
+                records += 1;
+                back.push(Pending {
+                    fd,
+                    peer,
+                    bounced_from: Some(m.worker),
+                    attempts: 0,
+                });
+            }
+            Ok(Incoming::Message(..)) | Err(RecvError::Protocol(_)) => records += 1,
+            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Incoming::Eof) | Err(RecvError::Io(_)) => break,
+        }
+    }
+    (back, records)
 }
 
 impl Drop for RoundRobinHandle {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
@@ -62,6 +62,8 @@ pub(crate) struct Slot {
     pub(crate) forked_at: Instant,
     /// Its setup (chdir, setuid, …) failed: a young death whatever its uptime.
     pub(crate) setup_failed: bool,
+    /// The current one-second window of its messages: its start, and the count.
+    window: (Instant, u32),
 }
 
 impl Slot {
@@ -81,7 +83,23 @@ impl Slot {
             listening: 0,
             forked_at: Instant::now(),
             setup_failed: false,
+            window: (Instant::now(), 0),
         }
+    }
+
+    /// Counts one message from the worker; false once it sent more than `limit` in the
+    /// current one-second window (`limit` 0: no limit).
+    pub(crate) fn admit(&mut self, now: Instant, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let (start, count) = &mut self.window;
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        *count = count.saturating_add(1);
+        *count <= limit
     }
 
     /// Sends without ever blocking the primary: what the worker's queue cannot take now

@@ -218,6 +218,11 @@ pub(crate) fn reset_in_child(signals: &[i32], mask: &SigMask) -> io::Result<()> 
     set_mask(&mask)
 }
 
+/// Ignores `signal` in this process (`SIG_IGN`).
+pub(crate) fn ignore(signal: i32) -> io::Result<()> {
+    set_action(signal, &sigaction_with(libc::SIG_IGN, 0)).map(drop)
+}
+
 /// Installs the no-op [`INTERRUPT_SIGNAL`] handler without `SA_RESTART`, once per
 /// process. Blocking calls of the receiving thread then fail with `EINTR`.
 pub(crate) fn install_interrupt_handler() -> io::Result<()> {
