@@ -16,6 +16,8 @@ mod util;
 mod core_modes;
 #[path = "scenarios/demo.rs"]
 mod demo;
+#[path = "scenarios/robust.rs"]
+mod robust;
 #[path = "scenarios/supervision.rs"]
 mod supervision;
 
@@ -34,6 +36,7 @@ fn main() {
     }
     use core_modes::*;
     use demo::*;
+    use robust::*;
     use supervision::*;
     // A scenario body run once per mode, named NAME_round_robin, NAME_shared, …
     let each =
@@ -91,6 +94,24 @@ fn main() {
     scenarios.push(("respawn_never", Box::new(respawn_never)));
     scenarios.push(("worker_settings", Box::new(worker_settings)));
     scenarios.push(("worker_api_and_scaling", Box::new(worker_api_and_scaling)));
+    // Issue 5: faults and bad input.
+    for how in ["garbage", "oversized", "unknown", "fd", "flood"] {
+        let name: &'static str = Box::leak(format!("rogue_worker_{how}").into_boxed_str());
+        scenarios.push((name, Box::new(move || rogue_worker(how))));
+    }
+    scenarios.extend(both("stopped_worker", stopped_worker));
+    scenarios.push(("silent_clients", Box::new(silent_clients)));
+    scenarios.extend(all("client_leaves_early", client_leaves_early));
+    scenarios.push((
+        "reaped_pid_not_signalled",
+        Box::new(reaped_pid_not_signalled),
+    ));
+    scenarios.push(("fork_failure", Box::new(fork_failure)));
+    scenarios.push(("primary_out_of_fds", Box::new(primary_out_of_fds)));
+    scenarios.push(("worker_out_of_fds", Box::new(worker_out_of_fds)));
+    scenarios.push(("worker_ctrunc", Box::new(worker_ctrunc)));
+    scenarios.extend(all("many_workers", many_workers));
+    scenarios.push(("hello_bad_input", Box::new(hello_bad_input)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -220,6 +220,72 @@ pub fn hello_errors() -> Outcome {
     })
 }
 
+/// Bad command lines and settings: each a clear error that names the value, exit
+/// status 2, and no worker started.
+pub fn hello_bad_input() -> Outcome {
+    let long = format!("unix:/tmp/{}", "a".repeat(200));
+    // (arguments, environment, what stderr must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--listen", "127.0.0.1:99999"],
+            vec![],
+            "\"127.0.0.1:99999\"",
+        ),
+        (vec!["--listen", "nonsense"], vec![], "\"nonsense\""),
+        (vec!["--listen", "[::1"], vec![], "\"[::1\""),
+        (
+            vec!["--listen", &long],
+            vec![],
+            "the Unix socket path is 205 bytes long",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--workers", "0"],
+            vec![],
+            "\"0\"",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--workers", "many"],
+            vec![],
+            "\"many\"",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--mode", "bogus"],
+            vec![],
+            "\"bogus\"",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--user", "no-such-user-xyz"],
+            vec![],
+            "\"no-such-user-xyz\"",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0"],
+            vec![("CLUSTER_SCHED_POLICY", "round-rubin")],
+            "round-rubin",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let mut srv = start_hello(&args, &env)?;
+        let status = srv.wait(Duration::from_secs(10))?;
+        let stderr = srv.stderr();
+        check(status.code() == Some(2), || {
+            format!("{args:?} {env:?}: exit {status}, stderr {stderr}")
+        })?;
+        check(
+            stderr.contains(needle) && !stderr.contains("panicked"),
+            || format!("{args:?} {env:?}: stderr does not name {needle}: {stderr}"),
+        )?;
+        check(!srv.seen.iter().any(|l| l.starts_with("ready")), || {
+            format!("{args:?}: started anyway")
+        })?;
+        check(proc::children_of(srv.pid()).is_empty(), || {
+            format!("{args:?}: left a child")
+        })?;
+    }
+    Ok(())
+}
+
 /// The demo's supervision: /pid, /crash and its respawn, SIGHUP reload, SIGTTIN and
 /// SIGTTOU, as reported on its stderr; then a clean SIGTERM.
 pub fn hello_supervision() -> Outcome {

@@ -45,14 +45,14 @@ fn all_ok(load: &client::Load, total: u64, what: &str) -> Outcome {
 /// primary's hygiene line).
 pub fn rogue_worker(how: &str) -> Outcome {
     let (mut srv, targets) = spec("round-robin", 2, 2, &[("SC_ROGUE", how)]).start()?;
-    let error = srv.expect_containing("worker 1 broke the protocol", T)?;
+    let error = srv.seen_or_expect_containing("worker 1 broke the protocol", T)?;
     println!("    {how}: {error}");
     let exit = srv.seen_or_expect("exit 1 ", T)?;
     check(
         exit.contains("signal 9") && exit.contains("requested=false"),
         || format!("{how}: the rogue's exit: {exit}"),
     )?;
-    srv.expect("listening 3 ", T)?;
+    srv.seen_or_expect("listening 3 ", T)?;
     let load = client::load(&targets[0], 200, 4, "hi", T);
     all_ok(&load, 200, how)?;
     check(served_by(&load) == [2, 3], || {
@@ -278,7 +278,11 @@ pub fn primary_out_of_fds() -> Outcome {
     all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
     let primary = srv.pid();
     let before = proc::soft_limit(primary, "nofile")?;
-    proc::set_soft_limit(primary, "nofile", &proc::lowest_free_fd(primary).to_string())?;
+    proc::set_soft_limit(
+        primary,
+        "nofile",
+        &proc::lowest_free_fd(primary).to_string(),
+    )?;
     let waiting = ask_later(&targets[0], "hi");
     let said = srv.expect_containing("Too many open files", T);
     let idle = proc::check_idle(primary, "primary out of descriptors");
@@ -329,9 +333,12 @@ pub fn worker_ctrunc() -> Outcome {
     proc::set_soft_limit(worker, "nofile", &before)?;
     println!("    {}", said?);
     idle?;
-    check(lost.as_ref().is_err_and(|e| e.contains("closed")), || {
-        format!("the undeliverable connection: {lost:?}")
-    })?;
+    // Closed (EOF) or reset, depending on the kernel's timing; not a hang (timeout).
+    check(
+        lost.as_ref()
+            .is_err_and(|e| e.contains("closed") || e.contains("reset")),
+        || format!("the undeliverable connection: {lost:?}"),
+    )?;
     check(primary_fds_after == primary_fds, || {
         format!("the primary's descriptors changed: {primary_fds:?} -> {primary_fds_after:?}")
     })?;

@@ -159,6 +159,36 @@ impl Server {
         }
     }
 
+    /// Reads lines (stdout, and stderr as `err: …`) until one contains `needle`.
+    pub fn expect_containing(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no line containing {needle:?} within {timeout:?}; seen: {:?}",
+                    self.seen
+                ));
+            }
+            let l = self.line(left)?;
+            if l.contains(needle) {
+                return Ok(l);
+            }
+        }
+    }
+
+    /// Like `expect_containing`, but a line already seen counts too.
+    pub fn seen_or_expect_containing(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        match self.seen.iter().find(|l| l.contains(needle)) {
+            Some(l) => Ok(l.clone()),
+            None => self.expect_containing(needle, timeout),
+        }
+    }
+
     /// Like `expect`, but a line already seen counts too (for a prefix that names one
     /// event, such as `exit 3 `, which may have come before the line last waited for).
     pub fn seen_or_expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
@@ -420,4 +450,80 @@ pub fn check_idle(pid: u32, what: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The descriptor numbers open in process `pid` (from /proc/PID/fd).
+pub fn fds_of(pid: u32) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// The lowest descriptor number free in `pid`: with `RLIMIT_NOFILE` set to it, the
+/// process can open nothing more (a new descriptor takes the lowest free number).
+pub fn lowest_free_fd(pid: u32) -> i32 {
+    let fds = fds_of(pid);
+    (0..).find(|n| !fds.contains(n)).unwrap_or(0)
+}
+
+/// prlimit(1) for process `pid`, run as the owner of `pid` when that is not us: without
+/// `CAP_SYS_RESOURCE` (which a container's root may lack) only a process of the same
+/// user may change another's limits.
+fn prlimit_for(pid: u32) -> Command {
+    match ids_of(pid) {
+        Some((uid, gid)) if is_root() && uid != 0 => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .args(["--clear-groups", "--", "prlimit"]);
+            c
+        }
+        _ => Command::new("prlimit"),
+    }
+}
+
+/// Sets the soft limit of `resource` (`nofile`, `nproc`) of a running process, with
+/// prlimit(1); the hard limit stays.
+pub fn set_soft_limit(pid: u32, resource: &str, soft: &str) -> Result<(), String> {
+    let st = prlimit_for(pid)
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--{resource}={soft}:"))
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("prlimit (util-linux): {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("prlimit --pid={pid} --{resource}={soft}: failed"))
+    }
+}
+
+/// The soft limit of `resource` (`nofile`, `nproc`) of a running process.
+pub fn soft_limit(pid: u32, resource: &str) -> Result<String, String> {
+    let out = prlimit_for(pid)
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--{resource}"))
+        .args(["--noheadings", "--output=SOFT"])
+        .output()
+        .map_err(|e| format!("prlimit (util-linux): {e}"))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !v.is_empty() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "prlimit --pid={pid} --{resource}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether this process runs as root (real uid 0).
+pub fn is_root() -> bool {
+    ids_of(std::process::id()).is_some_and(|(uid, _)| uid == 0)
 }

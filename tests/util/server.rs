@@ -6,13 +6,16 @@
 //! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
-//! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`).
+//! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
+//! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
+//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
 //! directory); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
-//! first, then answers after MS); `tell TEXT` (sends TEXT to the primary and answers
+//! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
+//! `tell TEXT` (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
 //! `workers N`, `broadcast TEXT`).
 //!
@@ -64,6 +67,17 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             );
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["stream", kib] => {
+            // KiB after KiB until done or the client is gone: a client that reads a
+            // little and closes makes a later write fail with EPIPE (SIGPIPE, were it
+            // not ignored) or ECONNRESET.
+            let chunk = [b'.'; 1024];
+            for _ in 0..kib.parse::<u32>().unwrap_or(0) {
+                if stream.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
         ["tell", rest @ ..] => {
             if let Some(w) = Worker::current() {
                 let _ = w.send(rest.join(" ").as_bytes());
@@ -82,6 +96,41 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
     let _ = stream.write_all(reply.as_bytes());
 }
 
+/// Worker 1 breaks the protocol, as `SC_ROGUE` says, then serves as usual (until the
+/// primary kills it).
+fn rogue(w: &Worker, how: &str, listener: &Listener) {
+    // Kinds: 1 = online, 8 = user (see `src/ipc/codec.rs`); headers are kind, three
+    // zero bytes, and the payload length (u32, little-endian).
+    let record = |kind: u8, payload: &[u8]| {
+        let mut r = vec![kind, 0, 0, 0];
+        r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        r.extend_from_slice(payload);
+        r
+    };
+    let sent = match how {
+        "garbage" => w.send_raw_record_for_tests(b"\x07\xffnot a record at all", None),
+        "oversized" => w.send_raw_record_for_tests(&record(8, &vec![b'x'; 100_000]), None),
+        "unknown" => w.send_raw_record_for_tests(&record(200, b""), None),
+        "fd" => w.send_raw_record_for_tests(&record(1, b""), Some(listener.as_fd())),
+        "flood" => {
+            // Valid messages, as fast as the channel takes them, until the primary
+            // has had enough (the send fails once it is killed... or after a bound).
+            let mut r = Ok(());
+            for _ in 0..2_000_000 {
+                if let Err(e) = w.send(b"flood") {
+                    r = Err(std::io::Error::other(e.to_string()));
+                    break;
+                }
+            }
+            r
+        }
+        other => Err(std::io::Error::other(format!("unknown SC_ROGUE {other:?}"))),
+    };
+    if let Err(e) = sent {
+        eprintln!("worker {}: rogue send: {e}", w.id());
+    }
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
@@ -91,6 +140,11 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         .map(Listener::bind)
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
+    if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
+        if let Some(l) = listeners.first() {
+            rogue(w, &how, l);
+        }
+    }
     std::thread::scope(|s| {
         for l in &listeners {
             let cloexec = proc::is_cloexec(l.as_fd().as_raw_fd());
@@ -225,6 +279,9 @@ pub fn main() -> i32 {
                 return 2;
             }
         }
+    }
+    if let Ok(n) = env("SC_MSG_LIMIT", "").parse() {
+        builder = builder.message_limit(n);
     }
     match env("SC_SCHEDULER", "default").as_str() {
         "least-connections" => builder = builder.scheduler(cluster::LeastConnections),
