@@ -70,8 +70,18 @@ pub fn stopped_worker(mode: &str) -> Outcome {
     proc::signal(w1, "STOP")?;
     proc::wait_stopped(w1, T)?;
     let load = client::load(&targets[0], 40, 2, "hi", Duration::from_secs(10));
+    // Messages for the stopped worker pile up in its channel, then in the primary's
+    // outbox: the primary never blocks on it and keeps answering.
+    let broadcasts = client::load(
+        &targets[0],
+        500,
+        2,
+        "tell broadcast for-everyone",
+        Duration::from_secs(10),
+    );
     let cont = proc::signal(w1, "CONT");
     all_ok(&load, 40, "while worker 1 is stopped")?;
+    all_ok(&broadcasts, 500, "broadcasts while worker 1 is stopped")?;
     cont?;
     check(served_by(&load) == [2], || {
         format!("while stopped: served by {:?}", served_by(&load))
