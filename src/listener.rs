@@ -9,8 +9,9 @@
 //!   first come first served, across every process that blocks on the socket.
 //! - **a hand-off channel** (round-robin mode): the primary accepts, and sends each
 //!   connection's descriptor over a `SOCK_SEQPACKET` channel. A thread that wants a
-//!   connection first sends the primary one credit (`Ready`), then blocks in `recvmsg`,
-//!   so the primary only ever hands a connection to a thread that is waiting for one.
+//!   connection first sends the primary one credit (`Ready`), then waits for the
+//!   channel to be readable and receives, so the primary only ever hands a connection
+//!   to a thread that is waiting for one.
 //!
 //! Outside a cluster it binds and listens by itself, so the same server code runs, and
 //! can be tested, without forking.
@@ -91,6 +92,9 @@ pub(crate) struct Shared {
     drained: AtomicBool,
     /// Timeouts to set on each accepted Unix connection (TCP ones inherit them).
     unix_timeouts: Option<(Option<Duration>, Option<Duration>)>,
+    /// Hand-off only: the epoll instances threads wait through (see `accept_handoff`),
+    /// kept between calls, one per thread waiting at once.
+    waits: Mutex<Vec<poll::ExclusiveWait>>,
 }
 
 /// Where connections come from.
@@ -217,6 +221,7 @@ impl Listener {
                 accepted: AtomicU64::new(0),
                 drained: AtomicBool::new(false),
                 unix_timeouts,
+                waits: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -429,7 +434,60 @@ impl Shared {
         Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
 
+    /// Round-robin: one credit, then wait for the connection sent against it.
+    ///
+    /// The thread waits through an [`ExclusiveWait`](poll::ExclusiveWait) and then
+    /// receives without blocking, rather than blocking in `recvmsg`: if the worker is
+    /// killed while a thread is being woken, the connection stays in the channel, where
+    /// the primary takes it back and serves it elsewhere, instead of being received by
+    /// the dying thread inside the kernel and lost (measured with the `chaos` example:
+    /// about one connection lost per `SIGKILL` under load before).
     fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
+        let pooled = self.lock_waits().pop();
+        let wait = match pooled {
+            Some(w) => w,
+            None => match self.new_wait(ch)? {
+                Some(w) => w,
+                None => return Ok(None), // closed meanwhile
+            },
+        };
+        let result = self.accept_handoff_with(ch, &wait);
+        self.lock_waits().push(wait);
+        result
+    }
+
+    /// A new wait instance for a thread that waits for the first time; out of
+    /// descriptors or memory, it backs off (as `accept` does) until it gets one or the
+    /// listener closes (`None`).
+    fn new_wait(&self, ch: &Channel) -> io::Result<Option<poll::ExclusiveWait>> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match poll::ExclusiveWait::new(ch.as_fd()) {
+                Ok(w) => return Ok(Some(w)),
+                Err(e) if matches!(classify(&e), AcceptFailure::Resources) => {
+                    if backoff == BACKOFF_START {
+                        crate::log::report!("{}: {e}; backing off", self.local);
+                    }
+                    poll::interruptible_sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if self.gate.is_closed() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn lock_waits(&self) -> MutexGuard<'_, Vec<poll::ExclusiveWait>> {
+        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn accept_handoff_with(
+        &self,
+        ch: &Channel,
+        wait: &poll::ExclusiveWait,
+    ) -> io::Result<Option<Connection>> {
         let mut backoff = BACKOFF_START;
         'credit: loop {
             if self.gate.is_closed() {
@@ -445,7 +503,12 @@ impl Shared {
             }
             let mut buf = [0u8; 256];
             loop {
-                match ch.recv(&mut buf, false) {
+                match wait.wait() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+                match ch.recv(&mut buf, true) {
                     Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
                         return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
                     }
@@ -462,7 +525,15 @@ impl Shared {
                             ),
                         ));
                     }
-                    Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Another thread took it, or the wake-up was spurious: wait again.
+                    Err(RecvError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
+                    }
                     Err(RecvError::Io(e)) => return Err(e),
                     // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
                     // connection's descriptor and closed it (the client sees the

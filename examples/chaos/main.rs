@@ -30,17 +30,18 @@
 //!
 //! A failure before ack is a connection the killed worker held but never acknowledged.
 //! Its code had it for at most the few instructions between `accept` returning and the
-//! ack's `write`, or never: a thread blocked in `accept(2)` or `recvmsg(2)` that a new
-//! connection has woken, but that has not run yet, completes that call inside the
-//! kernel when the kill (or the freeze) wakes it again, and the process dies holding
-//! the connection. Under load threads spend far longer in that state than in the
-//! window, so that is what this column mostly counts. In shared and reuse-port modes
-//! it comes with blocking `accept(2)`. In round-robin mode it must be 0: the primary
-//! accepted those connections and could have served them with another worker.
+//! ack's `write`, or never: a thread blocked in `accept(2)` that a new connection has
+//! woken, but that has not run yet, completes that call inside the kernel when the kill
+//! (or the freeze) wakes it again, and the process dies holding the connection. Under
+//! load threads spend far longer in that state than in the window, so in shared and
+//! reuse-port modes that is what this column mostly counts: it comes with blocking
+//! `accept(2)`. Round-robin workers wait for a hand-off in `epoll_wait` and then receive
+//! without blocking, so a connection is only taken by a thread that runs; what remains
+//! there is the window itself (a few per thousand kills).
 //!
-//! The exit status is 1 if in round-robin mode a connection failed before ack, was
-//! lost, or could not connect, or in any mode the worker count was not restored or the
-//! server did not exit cleanly; 2 for a bad command line.
+//! The exit status is 1 if in round-robin mode a connection was lost (failed, held by
+//! no killed worker) or could not connect, or in any mode the worker count was not
+//! restored or the server did not exit cleanly; 2 for a bad command line.
 
 mod clients;
 mod killer;

@@ -100,12 +100,6 @@ pub fn verdict(rows: &[Row], workers: usize) -> bool {
             continue;
         }
         if r.mode == Mode::RoundRobin.as_str() {
-            if r.before_ack > 0 {
-                fail(format!(
-                    "{} connections failed before any worker acknowledged them",
-                    r.before_ack
-                ));
-            }
             if let Some(n @ 1..) = r.lost {
                 fail(format!(
                     "{n} failed connections were held by no killed worker"

@@ -1,9 +1,10 @@
-//! `poll(2)`: the primary's one wait for everything.
+//! `poll(2)`: the primary's one wait for everything; and `epoll(7)` with
+//! `EPOLLEXCLUSIVE`: a worker thread's wait for its next hand-off.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// One entry of a `poll` set: a borrowed descriptor and the events of interest.
@@ -104,4 +105,47 @@ pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Res
 /// thread backing off can still be interrupted by its listener's close.
 pub(crate) fn interruptible_sleep(d: Duration) {
     let _ = poll(&mut [], Some(d));
+}
+
+/// A thread's wait for input on one descriptor that many threads wait on: an epoll
+/// instance holding that descriptor with `EPOLLIN | EPOLLEXCLUSIVE`. Each record that
+/// arrives wakes one thread waiting through such an instance (not all of them, as
+/// `poll` would); a hang-up or `shutdown(2)` wakes them all.
+///
+/// Waiting here rather than in a blocking `recvmsg` matters when a waiting process is
+/// killed: a thread woken by a record but not yet running completes a blocking
+/// `recvmsg` inside the kernel before it dies, and the record (a connection) dies with
+/// it; a thread woken from `epoll_wait` dies having taken nothing, so the record stays
+/// queued for someone else.
+#[derive(Debug)]
+pub(crate) struct ExclusiveWait {
+    ep: OwnedFd,
+}
+
+impl ExclusiveWait {
+    /// Corresponds to `epoll_create1(EPOLL_CLOEXEC)` and `epoll_ctl(EPOLL_CTL_ADD)` of
+    /// `fd` for `EPOLLIN | EPOLLEXCLUSIVE` (level-triggered).
+    pub(crate) fn new(fd: BorrowedFd<'_>) -> io::Result<ExclusiveWait> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        let raw = super::cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let ep = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open for the call; `ev` is a valid epoll_event.
+        super::cvt(unsafe {
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev)
+        })?;
+        Ok(ExclusiveWait { ep })
+    }
+
+    /// Corresponds to `epoll_wait` for one event, without timeout: returns once the
+    /// descriptor is readable (or hung up). `EINTR` is returned to the caller.
+    pub(crate) fn wait(&self) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: `ev` is valid for one event; the instance is open.
+        super::cvt(unsafe { libc::epoll_wait(self.ep.as_raw_fd(), &mut ev, 1, -1) }).map(drop)
+    }
 }
