@@ -284,38 +284,27 @@ fn ask_later(target: &Target, cmd: &str) -> std::thread::JoinHandle<Result<clien
 /// spinning on the readable listener, and serves the waiting client once descriptors
 /// are available again.
 pub fn primary_out_of_fds() -> Outcome {
-    let (mut srv, targets) = spec("round-robin", 1, 2, &[]).start()?;
-    all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
-    let primary = srv.pid();
-    let before = proc::soft_limit(primary, "nofile")?;
-    proc::set_soft_limit(
-        primary,
-        "nofile",
-        &proc::lowest_free_fd(primary).to_string(),
-    )?;
-    let waiting = ask_later(&targets[0], "hi");
-    let said = srv.expect_containing("Too many open files", T);
-    let idle = proc::check_idle(primary, "primary out of descriptors");
-    proc::set_soft_limit(primary, "nofile", &before)?;
-    println!("    {}", said?);
-    idle?;
-    let reply = waiting.join().map_err(|_| "client thread panicked")??;
-    check(reply.worker == 1, || format!("served by {}", reply.worker))?;
-    stop_and_check(&mut srv)
+    out_of_fds("round-robin", "primary", |srv| Ok(srv.pid()))
 }
 
 /// A shared-mode worker out of descriptors: its threads back off instead of spinning,
 /// say so, and serve the waiting client once descriptors are available again.
 pub fn worker_out_of_fds() -> Outcome {
-    let (mut srv, targets) = spec("shared", 1, 2, &[]).start()?;
+    out_of_fds("shared", "worker", |srv| proc::worker_pid(&srv.seen, 1))
+}
+
+/// One worker; the process `whose` picks runs out of descriptors while a client waits;
+/// it must report EMFILE, stay idle, and serve the client once the limit is lifted.
+fn out_of_fds(mode: &str, what: &str, whose: fn(&Server) -> Result<u32, String>) -> Outcome {
+    let (mut srv, targets) = spec(mode, 1, 2, &[]).start()?;
     all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
-    let worker = proc::worker_pid(&srv.seen, 1)?;
-    let before = proc::soft_limit(worker, "nofile")?;
-    proc::set_soft_limit(worker, "nofile", &proc::lowest_free_fd(worker).to_string())?;
+    let pid = whose(&srv)?;
+    let before = proc::soft_limit(pid, "nofile")?;
+    proc::set_soft_limit(pid, "nofile", &proc::lowest_free_fd(pid).to_string())?;
     let waiting = ask_later(&targets[0], "hi");
     let said = srv.expect_containing("Too many open files", T);
-    let idle = proc::check_idle(worker, "worker out of descriptors");
-    proc::set_soft_limit(worker, "nofile", &before)?;
+    let idle = proc::check_idle(pid, &format!("{what} out of descriptors"));
+    proc::set_soft_limit(pid, "nofile", &before)?;
     println!("    {}", said?);
     idle?;
     let reply = waiting.join().map_err(|_| "client thread panicked")??;

@@ -446,7 +446,7 @@ pub fn check_idle(pid: u32, what: &str) -> Result<(), String> {
     let used = cpu_ticks(pid).ok_or("no /proc stat")? - before;
     if used > 20 {
         return Err(format!(
-            "{what}: the idle primary used {used} ticks of CPU in 1 s (a busy loop?)"
+            "{what}: the idle process used {used} ticks of CPU in 1 s (a busy loop?)"
         ));
     }
     Ok(())
