@@ -442,7 +442,14 @@ impl Shared {
     /// the primary takes it back and serves it elsewhere, instead of being received by
     /// the dying thread inside the kernel and lost (measured with the `chaos` example:
     /// about one connection lost per `SIGKILL` under load before).
+    ///
+    /// On kernels before 5.7, where `EPOLLEXCLUSIVE` can leave a record unread while a
+    /// thread waits (see [`poll::exclusive_wakeups_reliable`]), threads block in
+    /// `recvmsg` instead, as before.
     fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
+        if !poll::exclusive_wakeups_reliable() {
+            return self.accept_handoff_with(ch, None);
+        }
         let pooled = self.lock_waits().pop();
         let wait = match pooled {
             Some(w) => w,
@@ -451,7 +458,7 @@ impl Shared {
                 None => return Ok(None), // closed meanwhile
             },
         };
-        let result = self.accept_handoff_with(ch, &wait);
+        let result = self.accept_handoff_with(ch, Some(&wait));
         self.lock_waits().push(wait);
         result
     }
@@ -464,7 +471,11 @@ impl Shared {
         loop {
             match poll::ExclusiveWait::new(ch.as_fd()) {
                 Ok(w) => return Ok(Some(w)),
-                Err(e) if matches!(classify(&e), AcceptFailure::Resources) => {
+                Err(e)
+                    if matches!(classify(&e), AcceptFailure::Resources)
+                        || e.raw_os_error() == Some(libc::ENOSPC) =>
+                {
+                    // ENOSPC: fs.epoll.max_user_watches reached.
                     if backoff == BACKOFF_START {
                         crate::log::report!("{}: {e}; backing off", self.local);
                     }
@@ -486,7 +497,7 @@ impl Shared {
     fn accept_handoff_with(
         &self,
         ch: &Channel,
-        wait: &poll::ExclusiveWait,
+        wait: Option<&poll::ExclusiveWait>,
     ) -> io::Result<Option<Connection>> {
         let mut backoff = BACKOFF_START;
         'credit: loop {
@@ -503,12 +514,14 @@ impl Shared {
             }
             let mut buf = [0u8; 256];
             loop {
-                match wait.wait() {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+                if let Some(wait) = wait {
+                    match wait.wait() {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
-                match ch.recv(&mut buf, true) {
+                match ch.recv(&mut buf, wait.is_some()) {
                     Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
                         return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
                     }

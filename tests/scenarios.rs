@@ -101,6 +101,10 @@ fn main() {
     }
     scenarios.extend(both("stopped_worker", stopped_worker));
     scenarios.push(("silent_clients", Box::new(silent_clients)));
+    scenarios.push((
+        "busy_worker_connection_moves",
+        Box::new(busy_worker_connection_moves),
+    ));
     scenarios.extend(all("client_leaves_early", client_leaves_early));
     scenarios.push((
         "reaped_pid_not_signalled",

@@ -26,7 +26,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PREFETCH: u32 = 1;
 
 /// The default [`Builder::message_limit`]: messages a second from one worker.
-pub const DEFAULT_MESSAGE_LIMIT: u32 = 5_000;
+pub const DEFAULT_MESSAGE_LIMIT: u32 = 100_000;
 
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);

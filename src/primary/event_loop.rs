@@ -100,6 +100,11 @@ impl Cluster {
         for h in &mut self.handles {
             if let Handle::RoundRobin(rr) = &mut h.handle {
                 rr.check_stalls(now);
+                for (worker, n) in rr.take_returned() {
+                    if let Some(s) = self.workers.get_mut(&worker) {
+                        s.dispatched = s.dispatched.saturating_sub(n);
+                    }
+                }
             }
         }
         self.pump(now);
@@ -448,7 +453,7 @@ impl Cluster {
                 self.config.accept_window,
                 self.config.prefetch,
             )
-            .map(Handle::RoundRobin),
+            .map(|h| Handle::RoundRobin(Box::new(h))),
         };
         let handle = handle.map_err(|e| {
             if let Some(f) = &socket_file {

@@ -118,7 +118,8 @@ enum State {
 #[derive(Debug)]
 enum Handle {
     Shared(SharedHandle),
-    RoundRobin(RoundRobinHandle),
+    // Boxed: by far the largest, and there are few handles.
+    RoundRobin(Box<RoundRobinHandle>),
     ReusePort(ReusePortHandle),
 }
 

@@ -46,9 +46,11 @@
 //!   within microseconds, so one still unreceived after [`STALL_TIMEOUT`], with no credit
 //!   from that worker meanwhile, means the worker is not running: the primary takes back
 //!   everything queued for it, serves it elsewhere, and sends the worker nothing more
-//!   until it answers a `Probe` (or sends a credit of its own). The check costs one
-//!   zero-timeout `poll` of the workers' ends every [`STALL_CHECK`] while connections are
-//!   being handed out, and nothing while idle.
+//!   until it answers a `Probe` (or sends a credit of its own). A connection queued
+//!   ahead for a worker whose threads are all busy that long goes to another worker if
+//!   one has a thread waiting. The check costs one zero-timeout `poll` of the workers'
+//!   ends every [`STALL_CHECK`] while connections are being handed out, and nothing
+//!   while idle.
 //! - **Out of descriptors** (`EMFILE`, `ENFILE`): accepting pauses with a growing delay
 //!   instead of spinning on a readable listener (the libuv/Node trap), and resumes.
 
@@ -167,6 +169,9 @@ pub(crate) struct RoundRobinHandle {
     dropped: u64,
     /// Workers that sent invalid records, for the primary to kill.
     faults: Vec<(WorkerId, ProtocolError)>,
+    /// Connections taken back from live workers since the last call of
+    /// [`take_returned`](Self::take_returned): not dispatched to them after all.
+    returned: Vec<(WorkerId, u64)>,
     /// Reused by `pick`: the scheduler's candidates, and each one's (position of its
     /// oldest credit in `free`, member id).
     scratch_ready: Vec<ReadyWorker>,
@@ -205,6 +210,7 @@ impl RoundRobinHandle {
             pending: VecDeque::new(),
             dropped: 0,
             faults: Vec::new(),
+            returned: Vec::new(),
             scratch_ready: Vec::new(),
             scratch_at: Vec::new(),
             rotation: 0,
@@ -436,6 +442,12 @@ impl RoundRobinHandle {
         std::mem::take(&mut self.faults)
     }
 
+    /// Connections taken back from live workers since the last call, per worker: the
+    /// primary un-counts them from the workers' dispatched counters.
+    pub(crate) fn take_returned(&mut self) -> Vec<(WorkerId, u64)> {
+        std::mem::take(&mut self.returned)
+    }
+
     /// The worker is disconnecting: no new connections for it, at once. Its channels
     /// stay until it shuts them down or dies, so nothing sent to it is lost.
     pub(crate) fn stop_routing(&mut self, worker: WorkerId) {
@@ -472,14 +484,15 @@ impl RoundRobinHandle {
         let m = self.members.swap_remove(i);
         self.free.retain(|&f| f != id);
         let (back, _) = take_back(&m);
-        self.requeue(back);
+        self.requeue(back, true);
     }
 
     /// Puts connections taken back from a worker before the ones accepted since (they
-    /// are older), closing those that bounced too often.
-    fn requeue(&mut self, back: Vec<Pending>) {
+    /// are older). `bounced`: the worker is gone or not running, and this counts as one
+    /// of a connection's [`MAX_ATTEMPTS`]; those that bounced too often are closed.
+    fn requeue(&mut self, back: Vec<Pending>, bounced: bool) {
         for mut p in back.into_iter().rev() {
-            p.attempts += 1;
+            p.attempts += u32::from(bounced);
             if p.attempts > MAX_ATTEMPTS {
                 self.dropped += 1;
                 continue; // dropping closes it: the client sees EOF, not a hang
@@ -672,8 +685,9 @@ impl RoundRobinHandle {
 
     /// Checks, when due, whether a worker leaves connections unreceived (see the module
     /// docs): one zero-timeout `poll` of every worker's end. A member whose end has held
-    /// something since the last checks, with no credit from it meanwhile, is stalled
-    /// after [`STALL_TIMEOUT`].
+    /// something since the last checks, with no credit from it meanwhile, is looked at
+    /// after [`STALL_TIMEOUT`] ([`unstick`](Self::unstick)). A stalled member whose probe
+    /// could not be sent is probed again.
     pub(crate) fn check_stalls(&mut self, now: Instant) {
         if !self.check_at.is_some_and(|t| t <= now) {
             return;
@@ -695,9 +709,12 @@ impl RoundRobinHandle {
             }
         };
         let mut watch = false;
-        let mut stalled = Vec::new();
+        let mut stuck = Vec::new();
         for (m, queued) in self.members.iter_mut().zip(queued) {
             if m.stalled {
+                if !m.probed && m.credits > 0 {
+                    probe(m);
+                }
                 watch = true; // its answer is read at the next check
                 continue;
             }
@@ -708,7 +725,7 @@ impl RoundRobinHandle {
             match m.stuck_since {
                 Some((since, seen)) if seen == m.credits_seen => {
                     if now.saturating_duration_since(since) >= STALL_TIMEOUT {
-                        stalled.push(m.id);
+                        stuck.push(m.id);
                     } else {
                         watch = true;
                     }
@@ -719,8 +736,8 @@ impl RoundRobinHandle {
                 }
             }
         }
-        for id in stalled {
-            self.stall(id);
+        for id in stuck {
+            self.unstick(id);
             watch = true;
         }
         if watch {
@@ -728,17 +745,25 @@ impl RoundRobinHandle {
         }
     }
 
-    /// Routes around a member that left a connection unreceived: takes back what is
-    /// queued for it (and un-counts those hand-offs), keeps its credits out of `free`,
-    /// and, if some of its threads wait with nothing to receive, sends one `Probe` that
-    /// such a thread answers with a credit once the worker runs again.
-    fn stall(&mut self, id: u32) {
-        self.free.retain(|&f| f != id);
+    /// A member's channel has held records for [`STALL_TIMEOUT`] with no credit from
+    /// it. Takes them back (un-counting those hand-offs in the ledger) and tells the
+    /// two cases apart by the ledger:
+    ///
+    /// - **More records than were queued ahead**: one was sent to a thread that waited
+    ///   for it and never received it, so the worker is not running (stopped, hung).
+    ///   The connections go to other workers; the member is stalled: its credits are
+    ///   kept out of `free`, and one `Probe` goes to it, which a thread answers with a
+    ///   credit once the worker runs again.
+    /// - **Only connections queued ahead waited**: the worker runs, its threads are all
+    ///   busy. If another worker has a thread waiting now, the connections go there
+    ///   (not counted as a bounce); otherwise they go back into this worker's channel,
+    ///   where they were, rather than wait in the primary.
+    fn unstick(&mut self, id: u32) {
         let Some(m) = self.members.iter_mut().find(|m| m.id == id) else {
             return;
         };
-        m.stalled = true;
         m.stuck_since = None;
+        let queued_ahead = m.queued;
         let (back, records) = take_back(m);
         for _ in 0..records {
             // Un-send: the ledger as if the record had never gone out.
@@ -748,28 +773,61 @@ impl RoundRobinHandle {
                 m.credits = m.credits.saturating_add(1);
             }
         }
-        // Credits left after un-sending mean threads wait with nothing to receive: the
-        // worker is not running (stopped, hung). None left: every record taken back had
-        // been queued ahead for a worker whose threads are all busy — it is slow, not
-        // stuck, and gets work again with its next credit; nothing to report.
-        if m.credits > 0 {
-            match m.primary_end.try_send(&Message::Probe, None) {
-                Ok(()) => {
-                    m.credits -= 1;
-                    m.probed = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => m.closed = true,
-            }
+        let worker = m.worker;
+        if records > queued_ahead {
+            m.stalled = true;
+            probe(m);
             crate::log::report!(
                 "{}: worker {} left a connection unreceived for {} ms (stopped or hung?); {} connection(s) go to other workers, and nothing more to it until it answers",
                 self.local,
-                m.worker,
+                worker,
                 STALL_TIMEOUT.as_millis(),
                 back.len()
             );
+            self.free.retain(|&f| f != id);
+            self.give_back(id, back, true);
+            return;
         }
-        self.requeue(back);
+        let elsewhere = self.free.iter().any(|&f| {
+            self.members
+                .iter()
+                .any(|o| o.id == f && o.worker != worker && !o.stalled)
+        });
+        if elsewhere {
+            self.give_back(id, back, false);
+            return;
+        }
+        // Nobody else is free: back where they were, in order.
+        let mut rest = Vec::new();
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            for p in back {
+                let msg = Message::NewConn {
+                    peer: p.peer.clone(),
+                };
+                if !rest.is_empty() || m.primary_end.try_send(&msg, Some(p.fd.as_fd())).is_err() {
+                    rest.push(p);
+                    continue;
+                }
+                m.queued += 1;
+            }
+        }
+        if !rest.is_empty() {
+            self.give_back(id, rest, false);
+        }
+    }
+
+    /// Connections taken back from a live member, to be handed out again: no longer
+    /// counted as dispatched to it.
+    fn give_back(&mut self, id: u32, back: Vec<Pending>, bounced: bool) {
+        let n = back.len() as u32;
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.dispatched = m.dispatched.saturating_sub(u64::from(n));
+            m.open = m.open.saturating_sub(n);
+            if n > 0 {
+                self.returned.push((m.worker, u64::from(n)));
+            }
+        }
+        self.requeue(back, bounced);
     }
 
     /// Accepts one connection if the listener has one.
@@ -848,6 +906,27 @@ impl RoundRobinHandle {
     /// and those still pending now (closed when the handle goes).
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped + self.pending.len() as u64
+    }
+}
+
+/// Sends a stalled member one `Probe` against one of its credits (a thread that waits
+/// with nothing to receive answers it). Retried at the next check if the channel has
+/// no room now.
+fn probe(m: &mut Member) {
+    if m.credits == 0 {
+        return; // no thread waits with nothing: its own next credit will come
+    }
+    match m.primary_end.try_send(&Message::Probe, None) {
+        Ok(()) => {
+            m.credits -= 1;
+            m.probed = true;
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM)
+            ) => {}
+        Err(_) => m.closed = true,
     }
 }
 

@@ -107,6 +107,36 @@ pub(crate) fn interruptible_sleep(d: Duration) {
     let _ = poll(&mut [], Some(d));
 }
 
+/// Whether `EPOLLEXCLUSIVE` wakes one waiter per event reliably: from Linux 5.7 on
+/// ("epoll: atomically remove wait entry on wake up"). Before, a thread woken but not
+/// yet running still counted as a waiter, so a second event could be "delivered" to it
+/// again while another thread slept on, leaving a record unread until some thread came
+/// back. Read once from `uname(2)`; an unparsable release counts as old.
+pub(crate) fn exclusive_wakeups_reliable() -> bool {
+    static RELIABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RELIABLE.get_or_init(|| {
+        // SAFETY: utsname is plain old data; all-zero is a valid value to overwrite.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a valid utsname for the call to fill.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return false;
+        }
+        let release: String = u
+            .release
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().ok());
+        match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(major), Some(minor)) => (major, minor) >= (5, 7),
+            _ => false,
+        }
+    })
+}
+
 /// A thread's wait for input on one descriptor that many threads wait on: an epoll
 /// instance holding that descriptor with `EPOLLIN | EPOLLEXCLUSIVE`. Each record that
 /// arrives wakes one thread waiting through such an instance (not all of them, as

@@ -44,7 +44,15 @@ fn all_ok(load: &client::Load, total: u64, what: &str) -> Outcome {
 /// killed and replaced; the other worker serves throughout; no descriptor leaks (the
 /// primary's hygiene line).
 pub fn rogue_worker(how: &str) -> Outcome {
-    let (mut srv, targets) = spec("round-robin", 2, 2, &[("SC_ROGUE", how)]).start()?;
+    // The flood: "thousands of messages a second", against a limit of 20,000 (the
+    // default, 100,000, is above what a worker that messages per request sends).
+    let (mut srv, targets) = spec(
+        "round-robin",
+        2,
+        2,
+        &[("SC_ROGUE", how), ("SC_MSG_LIMIT", "20000")],
+    )
+    .start()?;
     let error = srv.seen_or_expect_containing("worker 1 broke the protocol", T)?;
     println!("    {how}: {error}");
     let exit = srv.seen_or_expect("exit 1 ", T)?;
@@ -66,6 +74,12 @@ pub fn rogue_worker(how: &str) -> Outcome {
 /// stopped worker's threads are off the accept queue). After SIGCONT it serves again.
 pub fn stopped_worker(mode: &str) -> Outcome {
     let (mut srv, targets) = spec(mode, 2, 1, &[]).start()?;
+    // Both workers have taken connections (and so wait for more) before the stop.
+    let warm = client::load(&targets[0], 20, 2, "hi", T);
+    all_ok(&warm, 20, "warm-up")?;
+    check(served_by(&warm) == [1, 2], || {
+        format!("warm-up served by {:?}", served_by(&warm))
+    })?;
     let w1 = proc::worker_pid(&srv.seen, 1)?;
     proc::signal(w1, "STOP")?;
     proc::wait_stopped(w1, T)?;
@@ -108,7 +122,8 @@ pub fn stopped_worker(mode: &str) -> Outcome {
 /// Round-robin: clients that connect and send nothing, or trickle a byte now and then,
 /// cost the primary nothing: it holds none of their descriptors (it never reads from
 /// client sockets) and stays idle while they hang on, also with more of them than
-/// worker threads (the rest wait in the kernel's backlog, not in the primary).
+/// worker threads (the rest wait in the kernel's backlog, or queued ahead in a busy
+/// worker's channel, where they stay while no other worker is free).
 pub fn silent_clients() -> Outcome {
     let (mut srv, targets) = spec("round-robin", 2, 4, &[]).start()?;
     let Target::Tcp(addr) = targets[0] else {
@@ -144,11 +159,16 @@ pub fn silent_clients() -> Outcome {
 
 /// Clients that read a little of a long answer and close: the worker's next write
 /// fails (EPIPE or ECONNRESET), it never dies of SIGPIPE, and neither does the primary.
+/// (Rust's runtime already ignores SIGPIPE in this server; the crate ignores it in
+/// every worker too, for programs whose `main` is not Rust's, which this test cannot
+/// build without `unsafe`.)
 pub fn client_leaves_early(mode: &str) -> Outcome {
     let (mut srv, targets) = spec(mode, 2, 2, &[]).start()?;
     for _ in 0..40 {
         let mut c = Conn::connect(&targets[0], T).map_err(|e| e.to_string())?;
-        c.write_all(b"stream 4096\n").map_err(|e| e.to_string())?;
+        // 64 MiB: more than the loopback buffers hold, so the worker is still writing
+        // when the reset comes.
+        c.write_all(b"stream 65536\n").map_err(|e| e.to_string())?;
         let mut first = [0u8; 1024];
         c.read_exact(&mut first).map_err(|e| e.to_string())?;
         // Dropped with unread data: the kernel answers the worker's next segment with
@@ -166,6 +186,36 @@ pub fn client_leaves_early(mode: &str) -> Outcome {
     check(!srv.seen.iter().any(|l| l.starts_with("exit ")), || {
         format!("a worker exited: {:?}", srv.seen)
     })?;
+    stop_and_check(&mut srv)
+}
+
+/// Round-robin, every thread busy: a connection queued ahead for a worker whose only
+/// thread is busy for 3 s is served by the other worker as soon as that one is free
+/// (moved after about a second if it was queued behind the long request), and nobody
+/// is reported as stalled.
+pub fn busy_worker_connection_moves() -> Outcome {
+    let (mut srv, targets) = spec("round-robin", 2, 1, &[]).start()?;
+    let warm = client::load(&targets[0], 10, 2, "hi", T);
+    all_ok(&warm, 10, "warm-up")?;
+    let long = ask_later(&targets[0], "sleep 3000");
+    let busy_long = srv.expect_containing(" busy ", T)?;
+    let short = ask_later(&targets[0], "sleep 500");
+    srv.expect_containing(" busy ", T)?;
+    let next = client::ask(&targets[0], "hi", Duration::from_secs(10))?;
+    let long = long.join().map_err(|_| "client thread panicked")??;
+    short.join().map_err(|_| "client thread panicked")??;
+    check(next.worker != long.worker, || {
+        format!(
+            "the queued connection waited for worker {} ({busy_long}) instead of going to the free one",
+            long.worker
+        )
+    })?;
+    check(
+        !srv.seen
+            .iter()
+            .any(|l| l.contains("left a connection unreceived")),
+        || format!("a busy worker was reported as stalled: {:?}", srv.seen),
+    )?;
     stop_and_check(&mut srv)
 }
 
