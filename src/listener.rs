@@ -363,12 +363,32 @@ fn classify(e: &io::Error) -> AcceptFailure {
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
+/// A thread's back-off while out of descriptors or memory: 10 ms doubling to 500 ms,
+/// each wait cut short by a signal, so a close still wakes it.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(BACKOFF_START)
+    }
+
+    /// No wait yet: the moment to report the trouble (once, not on every retry).
+    fn first(&self) -> bool {
+        self.0 == BACKOFF_START
+    }
+
+    fn wait(&mut self) {
+        poll::interruptible_sleep(self.0);
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    }
+}
+
 impl Shared {
     fn accept_socket(&self, fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<Option<Connection>> {
         let Some(ticket) = self.gate.enter() else {
             return self.drain_one(fd, exclusive);
         };
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         loop {
             match socket::accept(fd) {
                 Ok((conn, peer)) => {
@@ -378,14 +398,13 @@ impl Shared {
                 Err(e) => match classify(&e) {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
                     AcceptFailure::Resources => {
-                        if backoff == BACKOFF_START {
+                        if backoff.first() {
                             crate::log::report!(
                                 "accept on {} failed: {e}; backing off",
                                 self.local
                             );
                         }
-                        poll::interruptible_sleep(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        backoff.wait();
                     }
                     AcceptFailure::Closed => {
                         drop(ticket);
@@ -467,7 +486,7 @@ impl Shared {
     /// descriptors or memory, it backs off (as `accept` does) until it gets one or the
     /// listener closes (`None`).
     fn new_wait(&self, ch: &Channel) -> io::Result<Option<poll::ExclusiveWait>> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         loop {
             match poll::ExclusiveWait::new(ch.as_fd()) {
                 Ok(w) => return Ok(Some(w)),
@@ -476,11 +495,10 @@ impl Shared {
                         || e.raw_os_error() == Some(libc::ENOSPC) =>
                 {
                     // ENOSPC: fs.epoll.max_user_watches reached.
-                    if backoff == BACKOFF_START {
+                    if backoff.first() {
                         crate::log::report!("{}: {e}; backing off", self.local);
                     }
-                    poll::interruptible_sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff.wait();
                     if self.gate.is_closed() {
                         return Ok(None);
                     }
@@ -499,7 +517,7 @@ impl Shared {
         ch: &Channel,
         wait: Option<&poll::ExclusiveWait>,
     ) -> io::Result<Option<Connection>> {
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::new();
         'credit: loop {
             if self.gate.is_closed() {
                 return Ok(None);
@@ -557,8 +575,7 @@ impl Shared {
                             "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
                             self.local
                         );
-                        poll::interruptible_sleep(backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        backoff.wait();
                         continue 'credit;
                     }
                     Err(RecvError::Protocol(e)) => {

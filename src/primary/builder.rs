@@ -56,15 +56,9 @@ pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 pub struct Builder {
     workers: Option<usize>,
     mode: Option<Mode>,
-    shutdown_timeout: Duration,
     signals: bool,
-    accept_window: Duration,
-    respawn: Respawn,
-    settings: WorkerSettings,
-    scheduler: Box<dyn Scheduler>,
-    prefetch: u32,
-    allowed: Option<Vec<ListenAddr>>,
-    message_limit: u32,
+    /// Everything else, as the cluster keeps it.
+    config: Config,
 }
 
 impl Default for Builder {
@@ -81,15 +75,17 @@ impl Builder {
         Builder {
             workers: None,
             mode: None,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             signals: true,
-            accept_window: DEFAULT_ACCEPT_WINDOW,
-            respawn: Respawn::default(),
-            settings: WorkerSettings::default(),
-            scheduler: Box::new(FewestDispatched),
-            prefetch: DEFAULT_PREFETCH,
-            allowed: None,
-            message_limit: DEFAULT_MESSAGE_LIMIT,
+            config: Config {
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                accept_window: DEFAULT_ACCEPT_WINDOW,
+                respawn: Respawn::default(),
+                settings: WorkerSettings::default(),
+                scheduler: Box::new(FewestDispatched),
+                prefetch: DEFAULT_PREFETCH,
+                allowed: None,
+                message_limit: DEFAULT_MESSAGE_LIMIT,
+            },
         }
     }
 
@@ -110,7 +106,7 @@ impl Builder {
     /// take to finish before it is killed; also how long a reload waits for a
     /// replacement to listen.
     pub fn shutdown_timeout(mut self, d: Duration) -> Builder {
-        self.shutdown_timeout = d;
+        self.config.shutdown_timeout = d;
         self
     }
 
@@ -121,7 +117,7 @@ impl Builder {
     /// at most this long; under light load nothing waits. `Duration::ZERO` turns it off.
     /// Default: [`DEFAULT_ACCEPT_WINDOW`].
     pub fn accept_window(mut self, d: Duration) -> Builder {
-        self.accept_window = d;
+        self.config.accept_window = d;
         self
     }
 
@@ -129,7 +125,7 @@ impl Builder {
     /// [`FewestDispatched`]; [`Fifo`](super::Fifo), Node's order, and
     /// [`LeastConnections`](super::LeastConnections) are built in too).
     pub fn scheduler(mut self, scheduler: impl Scheduler + 'static) -> Builder {
-        self.scheduler = Box::new(scheduler);
+        self.config.scheduler = Box::new(scheduler);
         self
     }
 
@@ -144,7 +140,7 @@ impl Builder {
     /// hand-off. The price: a connection queued ahead waits for that worker even if
     /// another becomes free first (at most this many per worker).
     pub fn prefetch(mut self, n: u32) -> Builder {
-        self.prefetch = n;
+        self.config.prefetch = n;
         self
     }
 
@@ -154,7 +150,7 @@ impl Builder {
     /// workers ask for, so otherwise a compromised worker could have it bind a
     /// privileged port, or create a Unix socket file where only root may.
     pub fn listen_only(mut self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
-        self.allowed = Some(addrs.into_iter().collect());
+        self.config.allowed = Some(addrs.into_iter().collect());
         self
     }
 
@@ -166,13 +162,13 @@ impl Builder {
     /// loop, and so every other worker. Counts everything a worker sends on its control
     /// channel ([`Worker::send`] and the crate's own records, a handful a second).
     pub fn message_limit(mut self, per_second: u32) -> Builder {
-        self.message_limit = per_second;
+        self.config.message_limit = per_second;
         self
     }
 
     /// When crashed workers are replaced (default: [`Respawn::default`]).
     pub fn respawn(mut self, policy: Respawn) -> Builder {
-        self.respawn = policy;
+        self.config.respawn = policy;
         self
     }
 
@@ -181,19 +177,19 @@ impl Builder {
     /// identity, so a root primary can bind port 80 and serve it from unprivileged
     /// workers. A worker that cannot switch exits and the failure is reported.
     pub fn user(mut self, user: User) -> Builder {
-        self.settings.user = Some(user);
+        self.config.settings.user = Some(user);
         self
     }
 
     /// The workers' working directory.
     pub fn working_directory(mut self, dir: impl Into<PathBuf>) -> Builder {
-        self.settings.directory = Some(dir.into());
+        self.config.settings.directory = Some(dir.into());
         self
     }
 
     /// Send the workers' stdin, stdout and stderr to `/dev/null`.
     pub fn silent(mut self, on: bool) -> Builder {
-        self.settings.silent = on;
+        self.config.settings.silent = on;
         self
     }
 
@@ -248,17 +244,8 @@ impl Builder {
         };
         let f: Rc<WorkerFn> = Rc::new(move |w: &Worker| worker(w).map_err(|e| e.to_string()));
         let mut cluster = Cluster {
-            config: Config {
-                mode,
-                shutdown_timeout: self.shutdown_timeout,
-                accept_window: self.accept_window,
-                respawn: self.respawn,
-                settings: self.settings,
-                scheduler: self.scheduler,
-                prefetch: self.prefetch,
-                allowed: self.allowed,
-                message_limit: self.message_limit,
-            },
+            mode,
+            config: self.config,
             worker_fn: f,
             workers: Default::default(),
             handles: Vec::new(),

@@ -429,7 +429,7 @@ impl Cluster {
         }
         // Reuse-port splits TCP listeners only: a Unix path or an adopted descriptor is
         // one socket, shared.
-        let mode = match (self.config.mode, key) {
+        let mode = match (self.mode, key) {
             (Mode::ReusePort, ListenAddr::Tcp(_)) => Mode::ReusePort,
             (Mode::ReusePort, _) => Mode::Shared,
             (m, _) => m,

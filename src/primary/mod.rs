@@ -90,10 +90,10 @@ const HANDLED_SIGNALS: &[i32] = &[
     libc::SIGTTOU,
 ];
 
-/// Settings fixed when the cluster starts.
+/// Settings fixed when the cluster starts: what the [`Builder`] collects, besides the
+/// worker count, the mode and signal handling, which it resolves at `start`.
 #[derive(Debug)]
 struct Config {
-    mode: Mode,
     shutdown_timeout: Duration,
     accept_window: Duration,
     respawn: Respawn,
@@ -189,6 +189,7 @@ pub struct ClusterStats {
 /// off connections, answers listen requests, reaps, respawns, reloads) inside that
 /// call. Dropping a cluster that has not stopped kills its workers and waits for them.
 pub struct Cluster {
+    mode: Mode,
     config: Config,
     worker_fn: Rc<WorkerFn>,
     workers: BTreeMap<WorkerId, Slot>,
@@ -214,7 +215,7 @@ pub struct Cluster {
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
-            .field("mode", &self.config.mode)
+            .field("mode", &self.mode)
             .field("state", &self.state)
             .field("target", &self.target)
             .field("workers", &self.workers.keys().collect::<Vec<_>>())
@@ -230,7 +231,7 @@ impl Cluster {
 
     /// The cluster's mode.
     pub fn mode(&self) -> Mode {
-        self.config.mode
+        self.mode
     }
 
     /// Waits for the next event; `None` once the cluster has stopped (after

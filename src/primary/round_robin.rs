@@ -176,6 +176,8 @@ pub(crate) struct RoundRobinHandle {
     /// oldest credit in `free`, member id).
     scratch_ready: Vec<ReadyWorker>,
     scratch_at: Vec<(usize, u32)>,
+    /// Reused by `refill`: each member's new credits, before interleaving.
+    scratch_fresh: Vec<(u32, u32)>,
     /// Where `pick_ahead` starts looking next.
     rotation: usize,
     /// When the workers' channels are next checked for stalls (armed by a hand-off).
@@ -213,6 +215,7 @@ impl RoundRobinHandle {
             returned: Vec::new(),
             scratch_ready: Vec::new(),
             scratch_at: Vec::new(),
+            scratch_fresh: Vec::new(),
             rotation: 0,
             check_at: None,
             adopted: bound.adopted,
@@ -342,7 +345,8 @@ impl RoundRobinHandle {
     /// for [`take_faults`](Self::take_faults). Returns whether a credit is free now.
     fn refill(&mut self) -> bool {
         let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
-        let mut fresh: Vec<(u32, u32)> = Vec::with_capacity(self.members.len());
+        let mut fresh = std::mem::take(&mut self.scratch_fresh);
+        fresh.clear();
         for m in &mut self.members {
             // The credits already in `free` (a stalled member's are kept out of it).
             let before = if m.stalled { 0 } else { m.credits };
@@ -425,6 +429,7 @@ impl RoundRobinHandle {
                 *n > 0
             });
         }
+        self.scratch_fresh = fresh;
         let closed: Vec<u32> = self
             .members
             .iter()

@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use crate::util::check::{check, check_hygiene, stop_and_check, Outcome, Spec};
+use crate::util::check::{check, clean_end, exited_ok, stop_and_check, Outcome, Spec};
 use crate::util::client::{self, Target};
 use crate::util::proc::{self, Server};
 
@@ -144,16 +144,12 @@ pub fn addr_in_use(mode: &str) -> Outcome {
         failed.contains(&addr.to_string()) && failed.contains("os error 98"),
         || format!("the report does not name the address and EADDRINUSE: {failed}"),
     )?;
-    let status = srv.wait(Duration::from_secs(10))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("primary exited with {status}"))?;
+    let end = exited_ok(&mut srv, Duration::from_secs(10))?;
     let expected = format!("cannot listen on {addr}: Address already in use (os error 98)");
-    check(stderr.contains(&expected), || {
-        format!("worker error not found ({expected}) in:\n{stderr}")
+    check(end.stderr.contains(&expected), || {
+        format!("worker error not found ({expected}) in:\n{}", end.stderr)
     })?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    clean_end(&srv, &end)
 }
 
 /// Round-robin: a worker is stopped (SIGSTOP) while connections are handed out, so the
@@ -397,13 +393,9 @@ pub fn listen_only_refuses_others() -> Outcome {
         failed.contains("127.0.0.1:0") && failed.contains("allowed listen addresses"),
         || failed.clone(),
     )?;
-    let status = srv.wait(Duration::from_secs(10))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("exit {status}"))?;
-    check(stderr.contains("Permission denied"), || {
-        format!("worker error: {stderr}")
+    let end = exited_ok(&mut srv, Duration::from_secs(10))?;
+    check(end.stderr.contains("Permission denied"), || {
+        format!("worker error: {}", end.stderr)
     })?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    clean_end(&srv, &end)
 }

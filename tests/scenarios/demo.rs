@@ -5,7 +5,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use crate::util::check::{check, Outcome};
+use crate::util::check::{check, exited_ok, Outcome};
 use crate::util::client::{self, Conn, Target};
 use crate::util::proc::{self, Server};
 
@@ -362,12 +362,8 @@ pub fn messages_example() -> Outcome {
     let mut cmd = std::process::Command::new(proc::example("messages")?);
     cmd.args(["--workers", "3"]);
     let mut srv = Server::spawn(cmd)?;
-    let status = srv.wait(Duration::from_secs(20))?;
-    let out = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || {
-        format!("exit {status}; stderr: {stderr}")
-    })?;
+    let end = exited_ok(&mut srv, Duration::from_secs(20))?;
+    let out = end.rest;
     let all = out.join("\n");
     for want in [
         "broadcast to 3 workers, acknowledged by 3",

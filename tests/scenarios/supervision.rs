@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::util::check::{check, check_hygiene, stop_and_check, Outcome, Spec};
+use crate::util::check::{
+    check, check_hygiene, clean_end, exited_ok, stop_and_check, Outcome, Spec,
+};
 use crate::util::client::{self, Target};
 use crate::util::proc::{self, Server};
 
@@ -95,12 +97,8 @@ pub fn crash_loop_backs_off() -> Outcome {
         format!("{crashes} crashes reported for {forks} forks")
     })?;
     srv.signal("TERM")?;
-    let status = srv.wait(Duration::from_secs(5))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("exit status {status}"))?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    let end = exited_ok(&mut srv, Duration::from_secs(5))?;
+    clean_end(&srv, &end)
 }
 
 /// SIGHUP under continuous load from 8 clients: every worker is replaced, one at a
@@ -195,12 +193,8 @@ pub fn graceful_shutdown_slow_request(mode: &str) -> Outcome {
         );
         Ok(())
     })?;
-    let status = srv.wait(Duration::from_secs(10))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("exit status {status}"))?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    let end = exited_ok(&mut srv, Duration::from_secs(10))?;
+    clean_end(&srv, &end)
 }
 
 /// kill -9 of the primary: every worker is gone within 2 s (PR_SET_PDEATHSIG, and EOF
@@ -280,12 +274,8 @@ pub fn setup_failure_reported() -> Outcome {
     )?;
     srv.expect("fork 2 ", Duration::from_secs(5))?;
     srv.signal("TERM")?;
-    let status = srv.wait(Duration::from_secs(5))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("exit status {status}"))?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    let end = exited_ok(&mut srv, Duration::from_secs(5))?;
+    clean_end(&srv, &end)
 }
 
 /// The primary's API from code (asked through worker messages): restart one worker,
@@ -446,13 +436,9 @@ pub fn worker_settings() -> Outcome {
         Duration::from_secs(5),
     )?;
     srv.signal("TERM")?;
-    let status = srv.wait(Duration::from_secs(10))?;
-    let rest = srv.rest(Duration::from_secs(2));
-    let stderr = srv.stderr();
-    check(status.success(), || format!("exit {status}"))?;
-    check(!stderr.contains("written-by-a-silenced-worker"), || {
+    let end = exited_ok(&mut srv, Duration::from_secs(10))?;
+    check(!end.stderr.contains("written-by-a-silenced-worker"), || {
         "a silenced worker's stderr got through".into()
     })?;
-    check_hygiene(&rest, &stderr)?;
-    srv.check_workers_gone(Duration::from_secs(2))
+    clean_end(&srv, &end)
 }

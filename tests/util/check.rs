@@ -49,13 +49,31 @@ impl Spec<'_> {
 /// every worker gone, no panic on stderr.
 pub fn stop_and_check(srv: &mut Server) -> Outcome {
     srv.signal("TERM")?;
-    let status = srv.wait(Duration::from_secs(10))?;
+    let end = exited_ok(srv, Duration::from_secs(10))?;
+    clean_end(srv, &end)
+}
+
+/// What a server printed after the last line a scenario read, once it exited.
+pub struct Ended {
+    pub rest: Vec<String>,
+    pub stderr: String,
+}
+
+/// Waits (bounded) for the server to exit with status 0; returns the rest of its
+/// output for the scenario's own checks.
+pub fn exited_ok(srv: &mut Server, timeout: Duration) -> Result<Ended, String> {
+    let status = srv.wait(timeout)?;
     let rest = srv.rest(Duration::from_secs(2));
     let stderr = srv.stderr();
     check(status.success(), || {
         format!("server exited with {status}; stderr:\n{stderr}")
     })?;
-    check_hygiene(&rest, &stderr)?;
+    Ok(Ended { rest, stderr })
+}
+
+/// After the server exited: its hygiene line clean, no panic, every worker gone.
+pub fn clean_end(srv: &Server, end: &Ended) -> Outcome {
+    check_hygiene(&end.rest, &end.stderr)?;
     srv.check_workers_gone(Duration::from_secs(2))
 }
 

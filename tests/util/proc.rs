@@ -141,61 +141,71 @@ impl Server {
         }
     }
 
+    /// Reads lines (stdout, and stderr as `err: …`) until one matches; returns it.
+    /// `what` describes the match for the error.
+    fn expect_where(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no line {what} within {timeout:?}; seen: {:?}",
+                    self.seen
+                ));
+            }
+            let l = self.line(left)?;
+            if matches(&l) {
+                return Ok(l);
+            }
+        }
+    }
+
+    /// Like `expect_where`, but a line already seen counts too (for a line that names
+    /// one event, such as `exit 3 `, which may have come before the line last waited
+    /// for).
+    fn seen_or_expect_where(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        match self.seen.iter().find(|l| matches(l)) {
+            Some(l) => Ok(l.clone()),
+            None => self.expect_where(what, timeout, matches),
+        }
+    }
+
     /// Reads lines until one starts with `prefix`; returns it.
     pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "no line starting with {prefix:?} within {timeout:?}; seen: {:?}",
-                    self.seen
-                ));
-            }
-            let l = self.line(left)?;
-            if l.starts_with(prefix) {
-                return Ok(l);
-            }
-        }
+        let what = format!("starting with {prefix:?}");
+        self.expect_where(&what, timeout, |l| l.starts_with(prefix))
     }
 
-    /// Reads lines (stdout, and stderr as `err: …`) until one contains `needle`.
+    /// Reads lines until one contains `needle`.
     pub fn expect_containing(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "no line containing {needle:?} within {timeout:?}; seen: {:?}",
-                    self.seen
-                ));
-            }
-            let l = self.line(left)?;
-            if l.contains(needle) {
-                return Ok(l);
-            }
-        }
+        let what = format!("containing {needle:?}");
+        self.expect_where(&what, timeout, |l| l.contains(needle))
     }
 
-    /// Like `expect_containing`, but a line already seen counts too.
+    /// `expect`, or a line already seen.
+    pub fn seen_or_expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let what = format!("starting with {prefix:?}");
+        self.seen_or_expect_where(&what, timeout, |l| l.starts_with(prefix))
+    }
+
+    /// `expect_containing`, or a line already seen.
     pub fn seen_or_expect_containing(
         &mut self,
         needle: &str,
         timeout: Duration,
     ) -> Result<String, String> {
-        match self.seen.iter().find(|l| l.contains(needle)) {
-            Some(l) => Ok(l.clone()),
-            None => self.expect_containing(needle, timeout),
-        }
-    }
-
-    /// Like `expect`, but a line already seen counts too (for a prefix that names one
-    /// event, such as `exit 3 `, which may have come before the line last waited for).
-    pub fn seen_or_expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
-        match self.seen.iter().find(|l| l.starts_with(prefix)) {
-            Some(l) => Ok(l.clone()),
-            None => self.expect(prefix, timeout),
-        }
+        let what = format!("containing {needle:?}");
+        self.seen_or_expect_where(&what, timeout, |l| l.contains(needle))
     }
 
     /// Every remaining stdout line until EOF (bounded).
@@ -221,24 +231,23 @@ impl Server {
 
     /// Waits for the process to exit (bounded); kills it by pid when the deadline passes.
     pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => return Ok(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!(
-                        "server pid {} did not exit within {timeout:?}; killed",
-                        self.pid()
-                    ));
-                }
-                Err(e) => return Err(format!("wait: {e}")),
-            }
-        }
+        let mut exited = None;
+        let child = &mut self.child;
+        let _ = wait_until("the server to exit", timeout, || {
+            exited = child
+                .try_wait()
+                .map_err(|e| format!("wait: {e}"))
+                .transpose();
+            exited.is_some()
+        });
+        exited.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            Err(format!(
+                "server pid {} did not exit within {timeout:?}; killed",
+                self.pid()
+            ))
+        })
     }
 
     /// The whole stderr (after the process exited).
@@ -252,22 +261,15 @@ impl Server {
     /// Every worker announced on stdout is gone (same pid and start time no longer
     /// exists), checked for up to `timeout`.
     pub fn check_workers_gone(&self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let alive: Vec<u32> = self
-                .workers
+        let alive = || -> Vec<u32> {
+            self.workers
                 .iter()
                 .filter(|(pid, start)| start_time(**pid) == Some(**start) && !is_zombie(**pid))
                 .map(|(pid, _)| *pid)
-                .collect();
-            if alive.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("worker processes left behind: {alive:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                .collect()
+        };
+        wait_until("the workers to exit", timeout, || alive().is_empty())
+            .map_err(|_| format!("worker processes left behind: {:?}", alive()))
     }
 }
 
@@ -317,10 +319,11 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// Waits (bounded) until every thread of `pid` is stopped (state `T`): `kill -STOP`
 /// returns before the threads have actually stopped.
 pub fn wait_stopped(pid: u32, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map_err(|e| format!("/proc/{pid}/task: {e}"))?
+    // The state letter of each thread (empty if the process is gone).
+    let states = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
             .flatten()
             .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
             .filter_map(|s| {
@@ -328,15 +331,13 @@ pub fn wait_stopped(pid: u32, timeout: Duration) -> Result<(), String> {
                     .and_then(|i| s.get(i + 2..i + 3))
                     .map(str::to_string)
             })
-            .collect();
-        if !states.is_empty() && states.iter().all(|s| s == "T" || s == "t") {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("pid {pid} did not stop: thread states {states:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+            .collect()
+    };
+    wait_until("every thread to stop", timeout, || {
+        let st = states();
+        !st.is_empty() && st.iter().all(|s| s == "T" || s == "t")
+    })
+    .map_err(|_| format!("pid {pid} did not stop: thread states {:?}", states()))
 }
 
 /// Whether the process is a zombie.
@@ -413,7 +414,8 @@ pub fn ids_of(pid: u32) -> Option<(u32, u32)> {
     Some((field("Uid:")?, field("Gid:")?))
 }
 
-/// Waits (bounded) until `cond` holds, checking every few milliseconds.
+/// Waits (bounded) until `cond` holds, checking every few milliseconds: the one place
+/// the tests pause, and always for a condition, never for a fixed time.
 pub fn wait_until(
     what: &str,
     timeout: Duration,
@@ -439,10 +441,9 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 /// over a 1 s idle window. A busy loop uses the whole second.
 pub fn check_idle(pid: u32, what: &str) -> Result<(), String> {
     let before = cpu_ticks(pid).ok_or("no /proc stat")?;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The measurement window itself (CPU used while nothing happens), not a wait for
+    // anything to happen.
+    std::thread::sleep(Duration::from_secs(1));
     let used = cpu_ticks(pid).ok_or("no /proc stat")? - before;
     if used > 20 {
         return Err(format!(
