@@ -6,22 +6,22 @@
 //!   `getsockname` right after `bind`, and the resolved address is what every worker
 //!   is told.
 //! - Unix: a socket file left behind by a dead server (connecting to it is refused) is
-//!   removed first; a live one, or a file that is not a socket, is `EADDRINUSE` and is
-//!   never deleted. The path length was checked when the address was parsed, and is
-//!   checked again by the kernel-format conversion.
+//!   removed first; a live one (its backlog full included), or a file that is not a
+//!   socket, is `EADDRINUSE` and is never deleted. The file `bind` creates is
+//!   remembered by directory handle and inode, so removing it later cannot reach
+//!   anything else (see `socket_file.rs`). The path length was checked when the
+//!   address was parsed, and is checked again by the kernel-format conversion.
 //! - An adopted descriptor (`fd:N`) is duplicated (the original stays where it was) and
 //!   must already be a listening stream socket.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 
 use crate::addr::ListenAddr;
 use crate::connection::StreamKind;
 use crate::error::ListenError;
 use crate::options::ListenOptions;
+use crate::socket_file::{SocketDir, SocketFile};
 use crate::sys::socket::{self, Domain, SockAddr};
 
 /// A bound socket and what a worker needs to know about it.
@@ -33,8 +33,8 @@ pub(crate) struct Bound {
     pub(crate) local: ListenAddr,
     /// What `accept` on it produces.
     pub(crate) kind: StreamKind,
-    /// Whether this call created a Unix socket file (to remove when done).
-    pub(crate) created_file: bool,
+    /// The Unix socket file this call created (to remove when done).
+    pub(crate) socket_file: Option<SocketFile>,
     /// Whether the socket was adopted (`fd:N`): its open file is shared with the
     /// original descriptor's holder, flags included.
     pub(crate) adopted: bool,
@@ -61,24 +61,14 @@ pub(crate) fn bind(
     opts: BindOptions,
     options: &ListenOptions,
 ) -> io::Result<Bound> {
-    let bound = bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))?;
+    let mut bound = bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))?;
     if let Err(e) = configure(bound.fd.as_fd(), bound.kind, options) {
-        if let Some(f) = bound.socket_file() {
-            let _ = std::fs::remove_file(f);
+        if let Some(f) = bound.socket_file.take() {
+            f.remove();
         }
         return Err(ListenError::io(addr, e));
     }
     Ok(bound)
-}
-
-impl Bound {
-    /// The Unix socket file this bind created, if any.
-    pub(crate) fn socket_file(&self) -> Option<std::path::PathBuf> {
-        match (&self.local, self.created_file) {
-            (ListenAddr::Unix(p), true) => Some(p.clone()),
-            _ => None,
-        }
-    }
 }
 
 fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
@@ -102,20 +92,21 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 fd,
                 local: ListenAddr::Tcp(local),
                 kind: StreamKind::Tcp,
-                created_file: false,
+                socket_file: None,
                 adopted: false,
             })
         }
         ListenAddr::Unix(path) => {
             let sockaddr = SockAddr::from_unix_path(path)?;
-            remove_stale_socket(path)?;
+            let dir = SocketDir::open(path)?;
+            dir.remove_stale(&sockaddr)?;
             let fd = socket::stream_socket(Domain::Unix, opts.nonblocking)?;
             socket::bind(fd.as_fd(), &sockaddr)?;
             Ok(Bound {
                 fd,
                 local: addr.clone(),
                 kind: StreamKind::Unix,
-                created_file: true,
+                socket_file: Some(dir.created()?),
                 adopted: false,
             })
         }
@@ -147,7 +138,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 fd,
                 local,
                 kind,
-                created_file: false,
+                socket_file: None,
                 adopted: true,
             })
         }
@@ -180,31 +171,6 @@ fn configure(
         socket::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)?;
     }
     Ok(())
-}
-
-/// Removes a Unix socket file nobody listens on; leaves everything else alone.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        // Never delete a file that is not a socket: someone else's data.
-        return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)), // somebody listens
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// The stream kind a bound address produces.

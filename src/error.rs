@@ -43,6 +43,15 @@ pub enum Error {
     /// A reload stopped early; the message says why (the workers not yet replaced keep
     /// running).
     Reload(String),
+    /// A worker asked to listen on an address the cluster does not allow
+    /// ([`Builder::listen_only`](crate::Builder::listen_only)); it was refused
+    /// (`EACCES`), nothing was bound.
+    ListenDenied {
+        /// The worker.
+        worker: WorkerId,
+        /// The address it asked for.
+        addr: ListenAddr,
+    },
     /// A worker broke the channel protocol; it was disconnected and killed.
     Protocol {
         /// The worker.
@@ -89,6 +98,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::Reload(reason) => write!(f, "reload stopped: {reason}"),
+            Error::ListenDenied { worker, addr } => write!(
+                f,
+                "worker {worker} asked to listen on {addr}, which is not one of the \
+                 cluster's allowed addresses (Builder::listen_only): refused"
+            ),
         }
     }
 }

@@ -74,6 +74,7 @@ mod mode;
 mod options;
 mod primary;
 mod settings;
+mod socket_file;
 pub(crate) mod sys;
 mod worker;
 

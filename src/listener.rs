@@ -41,7 +41,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -52,6 +51,7 @@ use crate::connection::{Connection, Stream, StreamKind};
 use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::options::ListenOptions;
+use crate::socket_file::SocketFile;
 use crate::sys::process::{self, Tid};
 use crate::sys::{poll, signal, socket};
 use crate::worker;
@@ -111,7 +111,7 @@ enum Source {
 #[derive(Debug)]
 enum Origin {
     /// Bound by this process; `unlink` is the Unix socket file it created.
-    Standalone { unlink: Option<PathBuf> },
+    Standalone { unlink: Option<SocketFile> },
     /// Granted by the primary as handle `handle`.
     Worker { handle: u32 },
 }
@@ -150,8 +150,8 @@ impl Listener {
     }
 
     fn bind_standalone(addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener> {
-        let bound = bind::bind(addr, BindOptions::default(), options)?;
-        let unlink = bound.socket_file();
+        let mut bound = bind::bind(addr, BindOptions::default(), options)?;
+        let unlink = bound.socket_file.take();
         let listener = Listener::new(
             bound.local.clone(),
             Source::Socket {
@@ -619,8 +619,10 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.close();
-        if let Origin::Standalone { unlink: Some(path) } = &self.origin {
-            let _ = std::fs::remove_file(path);
+        if let Origin::Standalone { unlink } = &mut self.origin {
+            if let Some(file) = unlink.take() {
+                file.remove();
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ mod demo;
 mod robust;
 #[path = "scenarios/supervision.rs"]
 mod supervision;
+#[path = "scenarios/trust.rs"]
+mod trust;
 
 use std::time::Instant;
 
@@ -38,6 +40,7 @@ fn main() {
     use demo::*;
     use robust::*;
     use supervision::*;
+    use trust::*;
     // A scenario body run once per mode, named NAME_round_robin, NAME_shared, …
     let each =
         |name: &'static str, f: fn(&str) -> Outcome, modes: &[&'static str]| -> Vec<Scenario> {
@@ -116,6 +119,22 @@ fn main() {
     scenarios.push(("worker_ctrunc", Box::new(worker_ctrunc)));
     scenarios.extend(all("many_workers", many_workers));
     scenarios.push(("hello_bad_input", Box::new(hello_bad_input)));
+    // Privilege separation: what the primary refuses a worker, what it never follows.
+    scenarios.push((
+        "untrusted_listen_requests",
+        Box::new(untrusted_listen_requests),
+    ));
+    scenarios.push(("user_needs_allowlist", Box::new(user_needs_allowlist)));
+    scenarios.extend(all("socket_file_not_followed", socket_file_not_followed));
+    scenarios.push((
+        "reuse_port_foreign_group",
+        Box::new(reuse_port_foreign_group),
+    ));
+    scenarios.push((
+        "stale_probe_full_backlog",
+        Box::new(stale_probe_full_backlog),
+    ));
+    scenarios.extend(all("unused_handle_released", unused_handle_released));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -17,7 +17,9 @@
 //! - Every response carries `X-Worker: ID`. `GET /pid` answers the worker's pid,
 //!   `GET /crash` makes the worker abort (to watch the primary report it).
 //! - `--user NAME`: the workers drop to that user (`setgroups`, `setgid`, `setuid`);
-//!   the primary keeps its own, so a root primary can serve port 80.
+//!   the primary keeps its own, so a root primary can serve port 80. The workers are
+//!   then untrusted: they may listen on `--listen`'s address only (see the README's
+//!   security model).
 //! - `SIGTERM` / `SIGINT`: stop accepting, finish what is in progress, print each
 //!   worker's count of served connections on stderr, exit 0.
 //! - `SIGHUP`: rolling restart, one worker at a time, no connection refused.

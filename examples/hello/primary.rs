@@ -127,7 +127,9 @@ pub fn run(opts: Options) -> ExitCode {
     }
     if let Some(name) = &opts.user {
         match User::named(name) {
-            Ok(u) => builder = builder.user(u),
+            // Workers that dropped privileges are untrusted: they may listen on the
+            // demo's address and nothing else.
+            Ok(u) => builder = builder.user(u).listen_only([opts.listen.clone()]),
             Err(e) => {
                 eprintln!("hello: --user: {e}");
                 return ExitCode::from(2);

@@ -144,11 +144,20 @@ impl Builder {
         self
     }
 
-    /// The only addresses workers may listen on (default: any). A listen request for
-    /// another gets `EACCES`, and the primary reports it. Worth setting whenever the
-    /// primary has privileges the workers do not (`user`): the primary binds what
-    /// workers ask for, so otherwise a compromised worker could have it bind a
-    /// privileged port, or create a Unix socket file where only root may.
+    /// The only addresses workers may listen on (default: any, unless [`user`] is
+    /// set). A listen request for another gets `EACCES` in the worker's
+    /// [`Listener::bind`](crate::Listener::bind), naming the address, and the primary
+    /// reports [`Event::ListenFailed`](crate::Event::ListenFailed) and
+    /// [`Error::ListenDenied`]; nothing is bound or created. Addresses match as written:
+    /// `127.0.0.1:0` allows exactly a request for `127.0.0.1:0` (one ephemeral port for
+    /// every worker), and an adopted descriptor is served only if its `fd:N` is listed.
+    ///
+    /// Required with [`user`]: the primary binds what workers ask for with its own
+    /// privileges, so a compromised worker could otherwise have a root primary bind a
+    /// privileged port, create a socket file in a directory only root may write, or
+    /// hand over any listening descriptor it holds.
+    ///
+    /// [`user`]: Builder::user
     pub fn listen_only(mut self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
         self.config.allowed = Some(addrs.into_iter().collect());
         self
@@ -176,6 +185,10 @@ impl Builder {
     /// `setgroups`, `setgid`, `setuid` (in that order). The primary keeps its own
     /// identity, so a root primary can bind port 80 and serve it from unprivileged
     /// workers. A worker that cannot switch exits and the failure is reported.
+    ///
+    /// Such workers are untrusted (see the README's security model): the cluster
+    /// must also be given [`listen_only`](Builder::listen_only), or
+    /// [`start`](Builder::start) fails with [`Error::Config`].
     pub fn user(mut self, user: User) -> Builder {
         self.config.settings.user = Some(user);
         self
@@ -235,6 +248,14 @@ impl Builder {
                 "the number of workers must be at least 1, not 0".into(),
             ));
         }
+        if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
+            return Err(Error::Config(format!(
+                "workers run as {:?}: name the addresses they may listen on with \
+                 Builder::listen_only (a worker that dropped privileges does not choose \
+                 what the primary binds)",
+                user.name()
+            )));
+        }
         let signals = if self.signals {
             let pipe = SignalPipe::install(HANDLED_SIGNALS)
                 .map_err(|e| Error::io("install signal handlers", e))?;
@@ -249,6 +270,7 @@ impl Builder {
             worker_fn: f,
             workers: Default::default(),
             handles: Vec::new(),
+            next_handle: 0,
             next_id: 1,
             target: count,
             backoff: Backoff::default(),

@@ -5,31 +5,19 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::reuse_port::ReusePortHandle;
-use super::round_robin::RoundRobinHandle;
-use super::shared::SharedHandle;
 use super::slot::Phase;
-use super::{Cluster, Handle, HandleEntry, State};
-use crate::addr::ListenAddr;
-use crate::bind::{self, BindOptions};
-use crate::error::{Error, ListenError};
+use super::{Cluster, Handle, State};
+use crate::error::Error;
 use crate::event::{Event, WorkerId};
 use crate::ipc::channel::{Incoming, RecvError};
-use crate::ipc::codec::{ListenGrant, Message, ProtocolError, Transport};
-use crate::mode::Mode;
-use crate::options::ListenOptions;
+use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll::{self, PollFd};
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
 /// (signal handling turned off, or the signal was coalesced).
 const REAP_POLL: Duration = Duration::from_millis(20);
-
-/// Listening handles (distinct addresses) a cluster keeps at most: a worker asking for
-/// more gets `ENFILE`, so a runaway worker cannot fill the primary's descriptor table.
-const MAX_HANDLES: usize = 256;
 
 /// Control messages read from one worker per turn, so one chatty worker cannot starve
 /// the others.
@@ -40,8 +28,8 @@ const MESSAGES_PER_TURN: usize = 64;
 enum Token {
     Signals,
     Control(WorkerId),
-    Listener(usize),
-    Member(usize),
+    Listener(u32),
+    Member(u32),
 }
 
 impl Cluster {
@@ -76,7 +64,10 @@ impl Cluster {
                     }
                 }
                 Token::Member(h) => {
-                    if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
+                    let Some(i) = self.handle_index(h) else {
+                        continue;
+                    };
+                    if let Handle::RoundRobin(rr) = &mut self.handles[i].handle {
                         if writable {
                             rr.on_member_writable();
                         }
@@ -86,7 +77,10 @@ impl Cluster {
                     }
                 }
                 Token::Listener(h) => {
-                    if let Handle::RoundRobin(rr) = &mut self.handles[h].handle {
+                    let Some(i) = self.handle_index(h) else {
+                        continue;
+                    };
+                    if let Handle::RoundRobin(rr) = &mut self.handles[i].handle {
                         rr.set_readable();
                     }
                 }
@@ -130,15 +124,15 @@ impl Cluster {
             fds.push(PollFd::new(s.control.as_fd(), s.wants_write()));
             tokens.push(Token::Control(s.id));
         }
-        for (i, h) in self.handles.iter().enumerate() {
+        for h in &self.handles {
             if let Handle::RoundRobin(rr) = &h.handle {
                 if let Some(fd) = rr.listener_to_poll(now) {
                     fds.push(PollFd::new(fd, false));
-                    tokens.push(Token::Listener(i));
+                    tokens.push(Token::Listener(h.id));
                 }
                 for (fd, read, write) in rr.member_fds() {
                     fds.push(PollFd::with(fd, read, write));
-                    tokens.push(Token::Member(i));
+                    tokens.push(Token::Member(h.id));
                 }
             }
         }
@@ -276,33 +270,8 @@ impl Cluster {
             Message::ListenRequest { seq, options, addr } => {
                 self.on_listen_request(id, seq, &options, addr)
             }
-            Message::Listening { handle } => {
-                let h = self
-                    .handles
-                    .get(handle as usize)
-                    .ok_or(ProtocolError::Malformed {
-                        kind: "listening",
-                        reason: "unknown handle",
-                    })?;
-                let addr = h.local().clone();
-                if let Some(s) = self.workers.get_mut(&id) {
-                    s.listening += 1;
-                }
-                self.events.push_back(Event::Listening { worker: id, addr });
-            }
-            Message::ListenerClosed { handle } => {
-                if self.handles.get(handle as usize).is_none() {
-                    return Err(ProtocolError::Malformed {
-                        kind: "listener-closed",
-                        reason: "unknown handle",
-                    });
-                }
-                if let Some(s) = self.workers.get_mut(&id) {
-                    s.listening = s.listening.saturating_sub(1);
-                }
-                // Round-robin: the hand-off channel's hang-up removes the worker from
-                // the handle. Shared: nothing to do, the socket was the worker's copy.
-            }
+            Message::Listening { handle } => self.on_listening(id, handle)?,
+            Message::ListenerClosed { handle } => self.on_listener_closed(id, handle)?,
             Message::User(data) => self.events.push_back(Event::Message {
                 worker: id,
                 data: data.to_vec(),
@@ -334,142 +303,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Node's `queryServer`: find or create the handle for the key, then grant it.
-    fn on_listen_request(
-        &mut self,
-        id: WorkerId,
-        seq: u32,
-        options: &ListenOptions,
-        addr: ListenAddr,
-    ) {
-        let idx = match self.handle_for(&addr, options) {
-            Ok(i) => i,
-            Err(error) => {
-                let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
-                self.reply(
-                    id,
-                    &Message::ListenReply {
-                        seq,
-                        result: Err(errno),
-                    },
-                    None,
-                );
-                self.events.push_back(Event::ListenFailed {
-                    worker: id,
-                    addr,
-                    error,
-                });
-                return;
-            }
-        };
-        // A replacement (reload, restart) takes over the reuse-port socket of the
-        // worker it replaces.
-        let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
-        let entry = &mut self.handles[idx];
-        let local = entry.local().clone();
-        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-        let (transport, granted) = match &mut entry.handle {
-            Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
-            Handle::RoundRobin(h) => (
-                Transport::Handoff,
-                h.add(id).map(|(_, fd)| fd).map_err(errno),
-            ),
-            Handle::ReusePort(h) => (Transport::Socket, h.grant(id, replacing).map_err(errno)),
-        };
-        let result = match &granted {
-            Ok(_) => Ok(ListenGrant {
-                handle: idx as u32,
-                transport,
-                local,
-            }),
-            Err(errno) => Err(*errno),
-        };
-        let fd = granted.ok();
-        let Some(slot) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if let Err(e) = slot.send(&Message::ListenReply { seq, result }, fd) {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                // It asks and asks and does not read the answers.
-                self.on_protocol_error(id, ProtocolError::NotReading);
-            } else {
-                self.events.push_back(Event::Error(Error::io(
-                    format!("send listen reply to worker {id}"),
-                    e,
-                )));
-            }
-        }
-    }
-
-    /// The handle for `key`, created on first use (bind once per key, so port 0 means
-    /// one port for every worker).
-    fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
-        if let Some(allowed) = &self.config.allowed {
-            if !allowed.contains(key) {
-                return Err(ListenError::io(
-                    key,
-                    io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        "not one of the cluster's allowed listen addresses (Builder::listen_only)",
-                    ),
-                ));
-            }
-        }
-        if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
-            return Ok(i);
-        }
-        if self.state != State::Running {
-            return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
-        }
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(ListenError::io(
-                key,
-                io::Error::from_raw_os_error(libc::ENFILE),
-            ));
-        }
-        // Reuse-port splits TCP listeners only: a Unix path or an adopted descriptor is
-        // one socket, shared.
-        let mode = match (self.mode, key) {
-            (Mode::ReusePort, ListenAddr::Tcp(_)) => Mode::ReusePort,
-            (Mode::ReusePort, _) => Mode::Shared,
-            (m, _) => m,
-        };
-        let bind_options = BindOptions {
-            // The round-robin listener is polled, never blocked on.
-            nonblocking: mode == Mode::RoundRobin,
-            reuse_port: mode == Mode::ReusePort,
-        };
-        let bound = bind::bind(key, bind_options, options)?;
-        let socket_file: Option<PathBuf> = bound.socket_file();
-        let handle = match mode {
-            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(
-                bound,
-                matches!(key, ListenAddr::Fd(_)),
-            ))),
-            Mode::ReusePort => Ok(Handle::ReusePort(ReusePortHandle::new(bound, options))),
-            Mode::RoundRobin => RoundRobinHandle::new(
-                bound,
-                options.backlog,
-                self.config.accept_window,
-                self.config.prefetch,
-            )
-            .map(|h| Handle::RoundRobin(Box::new(h))),
-        };
-        let handle = handle.map_err(|e| {
-            if let Some(f) = &socket_file {
-                let _ = std::fs::remove_file(f);
-            }
-            ListenError::io(key, e)
-        })?;
-        self.handles.push(HandleEntry {
-            key: key.clone(),
-            handle,
-            socket_file,
-        });
-        Ok(self.handles.len() - 1)
-    }
-
-    fn reply(&mut self, id: WorkerId, msg: &Message<'_>, fd: Option<BorrowedFd<'_>>) {
+    pub(super) fn reply(&mut self, id: WorkerId, msg: &Message<'_>, fd: Option<BorrowedFd<'_>>) {
         if let Some(slot) = self.workers.get_mut(&id) {
             if let Err(e) = slot.send(msg, fd) {
                 self.events

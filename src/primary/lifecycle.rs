@@ -296,6 +296,9 @@ impl Cluster {
                 rr.remove_worker(id);
             }
         }
+        // A crash is replaced (unless respawn is off); anything asked for is not.
+        let replaced = !slot.requested && self.config.respawn.enabled;
+        self.release_holder(id, &slot.granted, replaced);
         self.stats.exits += 1;
         if !slot.requested {
             self.stats.crashes += 1;
@@ -363,13 +366,8 @@ impl Cluster {
 
     /// Closes every handle and removes the socket files they created.
     pub(super) fn release_handles(&mut self) {
-        for h in self.handles.drain(..) {
-            if let Handle::RoundRobin(rr) = &h.handle {
-                self.stats.dropped_connections += rr.dropped();
-            }
-            if let Some(path) = &h.socket_file {
-                let _ = std::fs::remove_file(path);
-            }
+        for h in std::mem::take(&mut self.handles) {
+            self.retire_handle(h);
         }
     }
 }

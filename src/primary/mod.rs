@@ -36,6 +36,7 @@
 mod builder;
 mod event_loop;
 mod lifecycle;
+mod listen;
 mod reload;
 mod respawn;
 mod reuse_port;
@@ -47,7 +48,6 @@ mod slot;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ use crate::event::{Event, WorkerId};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::settings::WorkerSettings;
+use crate::socket_file::SocketFile;
 use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
 use crate::worker::WorkerFn;
@@ -125,11 +126,17 @@ enum Handle {
 
 #[derive(Debug)]
 struct HandleEntry {
+    /// The number workers name it by (listen replies, `Listening`, `ListenerClosed`):
+    /// never reused while the cluster runs, so a late message cannot name another.
+    id: u32,
     /// The address workers asked for (port 0 stays 0: one handle for all of them).
     key: ListenAddr,
     handle: Handle,
-    /// The Unix socket file this handle created, removed when the cluster stops.
-    socket_file: Option<PathBuf>,
+    /// The workers listening on it, and on how many listeners each (granted, not yet
+    /// closed): when the last lets go for good, the handle closes (see `listen.rs`).
+    holders: BTreeMap<WorkerId, u32>,
+    /// The Unix socket file this handle created, removed when the handle closes.
+    socket_file: Option<SocketFile>,
 }
 
 impl HandleEntry {
@@ -194,6 +201,8 @@ pub struct Cluster {
     worker_fn: Rc<WorkerFn>,
     workers: BTreeMap<WorkerId, Slot>,
     handles: Vec<HandleEntry>,
+    /// The id the next handle gets.
+    next_handle: u32,
     next_id: u32,
     /// How many workers to keep running.
     target: usize,

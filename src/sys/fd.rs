@@ -1,8 +1,14 @@
-//! Plain file-descriptor calls: `pipe2`, `fcntl`, `read`, `write`, `dup`, `open`.
+//! Plain file-descriptor calls: `pipe2`, `fcntl`, `read`, `write`, `dup`, `open`, and the
+//! directory-relative `fstatat`/`unlinkat` that remove a socket file without following
+//! a path twice.
 #![allow(unsafe_code)]
 
+use std::ffi::{CStr, CString};
 use std::io;
+use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use super::{cvt, cvt_r};
 
@@ -95,4 +101,78 @@ pub(crate) fn dup_number(n: i32) -> io::Result<OwnedFd> {
     let new = cvt_r(|| unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: the fd was just created and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Corresponds to `open(2)` with `O_PATH | O_DIRECTORY | O_CLOEXEC`: a handle on a
+/// directory that names it for the `*at` calls below, without the right to read it.
+///
+/// Whatever later happens to the path (a component renamed, replaced by a symlink), the
+/// handle keeps naming the directory it named when it was opened.
+///
+/// # Errors
+///
+/// `InvalidInput` for a path with a NUL byte; the OS error (`ENOENT`, `ENOTDIR`, …).
+pub(crate) fn open_directory(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a NUL-terminated string; open returns a new fd or -1.
+    let fd = cvt_r(|| unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which file a name referred to: its device and inode, the time its inode last
+/// changed (an inode number freed by a removal is soon given to a new file: the
+/// change time tells the two apart), and whether it was a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) changed: (i64, i64),
+    pub(crate) is_socket: bool,
+}
+
+/// Corresponds to `fstatat(2)` with `AT_SYMLINK_NOFOLLOW`: the file `name` names in
+/// `dir`, never a symlink's target (a symlink is reported as itself: not a socket).
+///
+/// # Errors
+///
+/// `ENOENT` when nothing has that name; `InvalidInput` for a name with a NUL byte.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<FileId> {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value to be filled in.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is writable; `dir` is an open fd.
+    cvt_r(|| unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(FileId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        changed: (st.st_ctime, st.st_ctime_nsec),
+        is_socket: st.st_mode & libc::S_IFMT == libc::S_IFSOCK,
+    })
+}
+
+/// Corresponds to `unlinkat(2)` (flags 0): removes the entry `name` of `dir`. The last
+/// component is never followed (a symlink is removed as itself) and `dir` is a handle,
+/// not a path, so nothing outside that directory can be reached.
+pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `dir` is an open fd.
+    cvt_r(|| unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// A path as a C string.
+pub(crate) fn c_path(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path"))
 }

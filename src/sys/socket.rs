@@ -254,6 +254,17 @@ pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SockAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// Corresponds to `connect(2)`, retried on `EINTR`.
+///
+/// On a non-blocking Unix stream socket it never waits: a listener whose backlog is
+/// full gives `EAGAIN` (where a blocking `connect` would wait for room, for good if
+/// nobody accepts), a path nobody listens on `ECONNREFUSED`.
+pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &SockAddr) -> io::Result<()> {
+    // SAFETY: `addr` points to `addr.len` valid bytes of a sockaddr.
+    cvt_r(|| unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len) })?;
+    Ok(())
+}
+
 /// Corresponds to `listen(2)`.
 pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     // SAFETY: listen() takes an fd and an int.

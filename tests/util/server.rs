@@ -6,14 +6,19 @@
 //! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
-//! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
+//! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for
+//! `listen_only`; with `SC_USER` and no `SC_ALLOW`, the `SC_LISTEN` addresses, unless
+//! `SC_NO_ALLOW` is set),
+//! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
+//! these addresses too once it listens, see `ask_more`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
 //! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
-//! directory); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
+//! directory); `stderr TEXT` (writes TEXT to stderr); `unlisten N` (closes the worker's listener
+//! number N); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
@@ -67,6 +72,17 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             );
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["unlisten", n] => {
+            // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
+            let l = n
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| LISTENERS.get()?.get(n));
+            match l {
+                Some(l) => l.close(),
+                None => extra = " no-such-listener".into(),
+            }
+        }
         ["stream", kib] => {
             // KiB after KiB until done or the client is gone: a client that reads a
             // little and closes makes a later write fail with EPIPE (SIGPIPE, were it
@@ -131,6 +147,26 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
     }
 }
 
+/// The worker's listeners, for `unlisten N`.
+static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
+
+/// Worker 1 asks for more addresses (`SC_ASK`, comma-separated; `admin` stands for the
+/// primary's private listener, `fd:N` of `SC_ADMIN`) and says on stderr what it got:
+/// `ask ADDR: ok` or `ask ADDR: ERROR`.
+fn ask_more(asks: &str) {
+    for a in asks.split(',') {
+        let addr = if a == "admin" {
+            format!("fd:{}", env("SC_ADMIN_FD", "-1"))
+        } else {
+            a.to_string()
+        };
+        match Listener::bind(addr.as_str()) {
+            Ok(l) => eprintln!("ask {addr}: ok {}", l.local_addr()),
+            Err(e) => eprintln!("ask {addr}: {e}"),
+        }
+    }
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
@@ -140,6 +176,10 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         .map(Listener::bind)
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
+    let _ = LISTENERS.set(listeners.clone());
+    if let (1, Ok(asks)) = (id, std::env::var("SC_ASK")) {
+        ask_more(&asks);
+    }
     if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
         if let Some(l) = listeners.first() {
             rogue(w, &how, l);
@@ -227,6 +267,23 @@ pub fn main() -> i32 {
         }
     };
 
+    // `SC_ADMIN`: a private listener of the primary's own (an admin port, say), which
+    // no worker is meant to get; its descriptor number goes to the workers as
+    // `SC_ADMIN_FD` for `SC_ASK=admin`.
+    let _admin = if std::env::var_os("SC_ADMIN").is_some() {
+        match std::net::TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => {
+                std::env::set_var("SC_ADMIN_FD", l.as_raw_fd().to_string());
+                Some(l)
+            }
+            Err(e) => {
+                eprintln!("server: admin listener: {e}");
+                return 2;
+            }
+        }
+    } else {
+        None
+    };
     let fds_before = proc::open_fds();
     let out = std::io::stdout();
     let say = |s: String| {
@@ -278,6 +335,12 @@ pub fn main() -> i32 {
                 eprintln!("server: SC_ALLOW: {e}");
                 return 2;
             }
+        }
+    } else if std::env::var_os("SC_USER").is_some() {
+        // Workers run as another user: the cluster needs its allowlist (`SC_NO_ALLOW`
+        // leaves it out, to see `start` refuse).
+        if std::env::var_os("SC_NO_ALLOW").is_none() {
+            builder = builder.listen_only(addrs.clone());
         }
     }
     if let Ok(n) = env("SC_MSG_LIMIT", "").parse() {
@@ -333,7 +396,10 @@ pub fn main() -> i32 {
                 error,
             }) => {
                 say(format!("listen-failed {worker} {addr} {error}"));
-                cluster.shutdown();
+                // The extra addresses of `SC_ASK` are expected to fail, and say so.
+                if std::env::var_os("SC_ASK").is_none() {
+                    cluster.shutdown();
+                }
             }
             Some(Event::Disconnect { worker }) => say(format!("disconnect {worker}")),
             Some(Event::Exit {

@@ -1,0 +1,327 @@
+//! Workers' listen requests, seen from the primary (Node's `queryServer` in
+//! `primary.js`, and its `removeWorker`/`remove` when a worker lets go): authorise the
+//! address, find or create the handle for it, grant it; count who holds each handle,
+//! and close a handle when its last worker let go of it for good.
+//!
+//! # Authorisation
+//!
+//! The primary binds what workers ask for, with its own privileges. A worker that
+//! dropped privileges ([`Builder::user`](super::Builder::user)) is not trusted to choose:
+//! a cluster with `user` must name its addresses with
+//! [`Builder::listen_only`](super::Builder::listen_only) (`start` refuses otherwise), and
+//! a request for anything else (a TCP address, a Unix path, an `fd:N` descriptor number)
+//! is refused with `EACCES` before anything is created: the worker's `Listener::bind`
+//! fails naming the address, and the application sees [`Event::ListenFailed`] and
+//! [`Error::ListenDenied`]. Without `user`, workers run as the primary's own user and
+//! could do whatever the primary does; any address is served unless `listen_only` says
+//! otherwise.
+//!
+//! # A handle's life
+//!
+//! A handle is created by the first request for its key and keeps its id (the number
+//! workers name it by) for its whole life; ids are never reused while the cluster
+//! runs. It stays open while any worker holds it, and also while none does but one is
+//! coming back: a crashed worker that will be respawned, a reload's replacement (the
+//! old worker leaves only once the new one listens). It is closed (listeners refuse
+//! new clients, a Unix socket file is removed) when the last holder lets go for good:
+//! a live worker closes its listener, or a worker that will not be replaced (scaled
+//! down, disconnected, killed, crashed with respawn off) exits. Node closes a handle
+//! with its last worker whatever the reason, so a crash refuses clients until the
+//! respawn listens again; here only a deliberate end does.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use super::reuse_port::ReusePortHandle;
+use super::round_robin::RoundRobinHandle;
+use super::shared::SharedHandle;
+use super::slot::Phase;
+use super::{Cluster, Handle, HandleEntry, State};
+use crate::addr::ListenAddr;
+use crate::bind::{self, BindOptions};
+use crate::error::{Error, ListenError};
+use crate::event::{Event, WorkerId};
+use crate::ipc::codec::{ListenGrant, Message, ProtocolError, Transport};
+use crate::mode::Mode;
+use crate::options::ListenOptions;
+
+/// Listening handles (distinct addresses) a cluster keeps at most: a worker asking for
+/// more gets `ENFILE`, so a runaway worker cannot fill the primary's descriptor table.
+const MAX_HANDLES: usize = 256;
+
+impl Cluster {
+    /// Node's `queryServer`: authorise, find or create the handle for the key, grant it.
+    pub(super) fn on_listen_request(
+        &mut self,
+        id: WorkerId,
+        seq: u32,
+        options: &ListenOptions,
+        addr: ListenAddr,
+    ) {
+        let found = self
+            .authorise(id, &addr)
+            .and_then(|()| self.handle_for(&addr, options));
+        let idx = match found {
+            Ok(i) => i,
+            Err(error) => {
+                let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
+                self.reply(
+                    id,
+                    &Message::ListenReply {
+                        seq,
+                        result: Err(errno),
+                    },
+                    None,
+                );
+                self.events.push_back(Event::ListenFailed {
+                    worker: id,
+                    addr,
+                    error,
+                });
+                return;
+            }
+        };
+        // A replacement (reload, restart) takes over the reuse-port socket of the
+        // worker it replaces.
+        let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
+        let entry = &mut self.handles[idx];
+        let local = entry.local().clone();
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let (transport, granted) = match &mut entry.handle {
+            Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
+            Handle::RoundRobin(h) => (
+                Transport::Handoff,
+                h.add(id).map(|(_, fd)| fd).map_err(errno),
+            ),
+            Handle::ReusePort(h) => (Transport::Socket, h.grant(id, replacing).map_err(errno)),
+        };
+        let handle = entry.id;
+        let result = match &granted {
+            Ok(_) => Ok(ListenGrant {
+                handle,
+                transport,
+                local,
+            }),
+            Err(errno) => Err(*errno),
+        };
+        let fd = granted.ok();
+        let granted = fd.is_some();
+        let Some(slot) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match slot.send(&Message::ListenReply { seq, result }, fd) {
+            Ok(()) if granted => {
+                slot.granted.insert(handle);
+                *self.handles[idx].holders.entry(id).or_insert(0) += 1;
+            }
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // It asks and asks and does not read the answers.
+                self.on_protocol_error(id, ProtocolError::NotReading);
+            }
+            Err(e) => {
+                self.events.push_back(Event::Error(Error::io(
+                    format!("send listen reply to worker {id}"),
+                    e,
+                )));
+            }
+        }
+    }
+
+    /// Whether worker `id` may listen on `key` (see the module docs); `EACCES` naming
+    /// the address, and an [`Error::ListenDenied`] event, when not.
+    fn authorise(&mut self, id: WorkerId, key: &ListenAddr) -> io::Result<()> {
+        let Some(allowed) = &self.config.allowed else {
+            return Ok(());
+        };
+        if allowed.contains(key) {
+            return Ok(());
+        }
+        self.events.push_back(Event::Error(Error::ListenDenied {
+            worker: id,
+            addr: key.clone(),
+        }));
+        Err(ListenError::io(
+            key,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not one of the cluster's allowed listen addresses (Builder::listen_only)",
+            ),
+        ))
+    }
+
+    /// The handle for `key`, created on first use (bind once per key, so port 0 means
+    /// one port for every worker).
+    fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
+        if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
+            return Ok(i);
+        }
+        if self.state != State::Running {
+            return Err(io::Error::from_raw_os_error(libc::ESHUTDOWN));
+        }
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(ListenError::io(
+                key,
+                io::Error::from_raw_os_error(libc::ENFILE),
+            ));
+        }
+        // Reuse-port splits TCP listeners only: a Unix path or an adopted descriptor is
+        // one socket, shared.
+        let mode = match (self.mode, key) {
+            (Mode::ReusePort, ListenAddr::Tcp(_)) => Mode::ReusePort,
+            (Mode::ReusePort, _) => Mode::Shared,
+            (m, _) => m,
+        };
+        let bind_options = BindOptions {
+            // The round-robin listener is polled, never blocked on.
+            nonblocking: mode == Mode::RoundRobin,
+            // Reuse-port: the first socket (the anchor) is bound *without*
+            // SO_REUSEPORT, so binding fails if anyone else already holds the port,
+            // rather than joining their group; the workers' sockets join it after.
+            reuse_port: false,
+        };
+        let mut bound = bind::bind(key, bind_options, options)?;
+        let socket_file = bound.socket_file.take();
+        let handle = match mode {
+            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(
+                bound,
+                matches!(key, ListenAddr::Fd(_)),
+            ))),
+            Mode::ReusePort => Ok(Handle::ReusePort(ReusePortHandle::new(bound, options))),
+            Mode::RoundRobin => RoundRobinHandle::new(
+                bound,
+                options.backlog,
+                self.config.accept_window,
+                self.config.prefetch,
+            )
+            .map(|h| Handle::RoundRobin(Box::new(h))),
+        };
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(f) = socket_file {
+                    f.remove();
+                }
+                return Err(ListenError::io(key, e));
+            }
+        };
+        let id = self.new_handle_id();
+        self.handles.push(HandleEntry {
+            id,
+            key: key.clone(),
+            handle,
+            holders: Default::default(),
+            socket_file,
+        });
+        Ok(self.handles.len() - 1)
+    }
+
+    /// An id no open handle has; ids grow, and wrap only after 2³² handles.
+    fn new_handle_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_handle;
+            self.next_handle = self.next_handle.wrapping_add(1);
+            if !self.handles.iter().any(|h| h.id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// The position of the handle with wire id `id`.
+    pub(super) fn handle_index(&self, id: u32) -> Option<usize> {
+        self.handles.iter().position(|h| h.id == id)
+    }
+
+    /// `Listening`: worker `id` listens on `handle` (reported as an event).
+    pub(super) fn on_listening(&mut self, id: WorkerId, handle: u32) -> Result<(), ProtocolError> {
+        let i = self.handle_index(handle).ok_or(ProtocolError::Malformed {
+            kind: "listening",
+            reason: "unknown handle",
+        })?;
+        let addr = self.handles[i].local().clone();
+        if let Some(s) = self.workers.get_mut(&id) {
+            s.listening += 1;
+        }
+        self.events.push_back(Event::Listening { worker: id, addr });
+        Ok(())
+    }
+
+    /// `ListenerClosed`: worker `id` let go of one listener on `handle`. A live worker
+    /// that was its last holder closes the handle (see the module docs).
+    pub(super) fn on_listener_closed(
+        &mut self,
+        id: WorkerId,
+        handle: u32,
+    ) -> Result<(), ProtocolError> {
+        // A handle closed meanwhile is not an error: the worker's close may cross the
+        // release its own earlier close caused.
+        let Some(i) = self.handle_index(handle) else {
+            return if handle < self.next_handle {
+                Ok(())
+            } else {
+                Err(ProtocolError::Malformed {
+                    kind: "listener-closed",
+                    reason: "unknown handle",
+                })
+            };
+        };
+        let holders = &mut self.handles[i].holders;
+        let Some(n) = holders.get_mut(&id) else {
+            return Ok(()); // not one of its listeners: nothing to count
+        };
+        *n -= 1;
+        if *n == 0 {
+            holders.remove(&id);
+        }
+        let last = holders.is_empty();
+        let Some(slot) = self.workers.get_mut(&id) else {
+            return Ok(());
+        };
+        slot.listening = slot.listening.saturating_sub(1);
+        // Round-robin: the hand-off channel's hang-up removes the worker from the
+        // handle. Shared and reuse-port: the socket was the worker's copy.
+        let on_purpose = !slot.requested && !matches!(slot.phase, Phase::Disconnecting { .. });
+        if last && on_purpose && self.state == State::Running {
+            self.close_handle(i);
+        }
+        Ok(())
+    }
+
+    /// Worker `id` exited: it holds nothing any more. Handles it held that nobody holds
+    /// now are closed if no replacement is coming (`replaced` false).
+    pub(super) fn release_holder(&mut self, id: WorkerId, held: &BTreeSet<u32>, replaced: bool) {
+        for h in &mut self.handles {
+            h.holders.remove(&id);
+        }
+        if replaced || self.state != State::Running {
+            return;
+        }
+        for &handle in held {
+            if let Some(i) = self.handle_index(handle) {
+                if self.handles[i].holders.is_empty() {
+                    self.close_handle(i);
+                }
+            }
+        }
+    }
+
+    /// Closes one handle while the cluster runs (Node's `handle.close()` after
+    /// `remove` emptied it): its listeners stop (clients are refused), its socket file
+    /// goes.
+    fn close_handle(&mut self, i: usize) {
+        let entry = self.handles.remove(i);
+        self.retire_handle(entry);
+    }
+
+    /// The end of one handle: stop listening, count what it dropped, remove its file.
+    pub(super) fn retire_handle(&mut self, mut entry: HandleEntry) {
+        match &mut entry.handle {
+            Handle::Shared(h) => h.close(),
+            Handle::ReusePort(h) => h.close(),
+            Handle::RoundRobin(h) => self.stats.dropped_connections += h.dropped(),
+        }
+        if let Some(f) = entry.socket_file.take() {
+            f.remove();
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The file of a Unix listening socket: finding a stale one before `bind`, and removing
+//! the one this process created, never anything else.
+//!
+//! A socket file is a name in a directory. Removing it by path at shutdown would
+//! resolve the path again, long after it was bound, and a path can change meaning in
+//! between: a worker that may write to `/srv/run/d` can replace `d` with a symlink to
+//! `/etc`, and a root primary's `unlink("/srv/run/d/passwd")` would then follow it. So
+//! the directory is opened once, before the socket is bound (`O_PATH`, a handle that
+//! keeps naming that directory whatever happens to the path), the file's inode is
+//! recorded right after `bind`, and removal is `unlinkat(dir, name)` (which never
+//! follows the last component) only while `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`
+//! still shows that inode. A file someone else put there later is left alone.
+//!
+//! A stale file (a socket nobody listens on, left by a dead server) is probed with a
+//! *non-blocking* `connect`: a live listener whose backlog is full answers `EAGAIN`,
+//! which counts as in use. A blocking probe would wait for room in that backlog, for
+//! good if its owner does not accept.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::sys::fd::{self, FileId};
+use crate::sys::socket::{self, Domain, SockAddr};
+
+/// The directory a Unix socket path lives in, held open, and the socket's name in it.
+#[derive(Debug)]
+pub(crate) struct SocketDir {
+    dir: OwnedFd,
+    name: CString,
+}
+
+/// A socket file this process created: removed by [`SocketFile::remove`] only while it
+/// is still the same file.
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    at: SocketDir,
+    id: FileId,
+}
+
+impl SocketDir {
+    /// Opens the directory of `path` (following the path as it is now, once).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a path without a file name; the OS error of `open`.
+    pub(crate) fn open(path: &Path) -> io::Result<SocketDir> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok(SocketDir {
+            dir: fd::open_directory(parent)?,
+            name: fd::c_path(name.as_bytes())?,
+        })
+    }
+
+    /// Removes a stale socket file (nobody listens on it); leaves everything else
+    /// alone: `EADDRINUSE` for a live socket (its backlog full included) and for a file
+    /// that is not a socket (someone else's data, or a symlink).
+    pub(crate) fn remove_stale(&self, addr: &SockAddr) -> io::Result<()> {
+        let before = match self.stat() {
+            Ok(id) => id,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !before.is_socket {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        let probe = socket::stream_socket(Domain::Unix, true)?;
+        match socket::connect(probe.as_fd(), addr) {
+            // Somebody accepts, or will: in use. EAGAIN: a listener with a full backlog.
+            Ok(()) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                // Stale. Remove it if the name still means the file probed.
+                if self.stat().ok() == Some(before) {
+                    match fd::unlink_at(self.dir.as_fd(), &self.name) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After `bind` created the file: remembers which file it is.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `fstatat`; `EADDRINUSE` if the name no longer shows a socket (it
+    /// was replaced between `bind` and now: the file is not ours to remove).
+    pub(crate) fn created(self) -> io::Result<SocketFile> {
+        let id = self.stat()?;
+        if !id.is_socket {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        Ok(SocketFile { at: self, id })
+    }
+
+    fn stat(&self) -> io::Result<FileId> {
+        fd::stat_at(self.dir.as_fd(), &self.name)
+    }
+}
+
+impl SocketFile {
+    /// Removes the file if the name in its directory still shows it; says nothing when
+    /// it is already gone or was replaced (then it is not ours any more).
+    pub(crate) fn remove(self) {
+        if self.at.stat().ok() == Some(self.id) {
+            let _ = fd::unlink_at(self.at.dir.as_fd(), &self.at.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cluster-sf-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn removes_only_the_file_it_created_through_the_directory_it_opened() {
+        let root = scratch("swap");
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::create_dir(root.join("victim")).unwrap();
+        let path = root.join("d/s.sock");
+        let dir = SocketDir::open(&path).unwrap();
+        let _l = UnixListener::bind(&path).unwrap();
+        let file = dir.created().unwrap();
+        // The directory is swapped for a symlink to another one holding a file of the
+        // same name: removing must not reach through the symlink.
+        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(root.join("victim"), root.join("d")).unwrap();
+        std::fs::write(root.join("victim/s.sock"), b"keep").unwrap();
+        file.remove();
+        assert!(root.join("victim/s.sock").exists(), "followed the symlink");
+        assert!(
+            !root.join("d.old/s.sock").exists(),
+            "did not remove its own file"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_file_is_left_alone() {
+        let root = scratch("replaced");
+        let path = root.join("s.sock");
+        let dir = SocketDir::open(&path).unwrap();
+        let l = UnixListener::bind(&path).unwrap();
+        let file = dir.created().unwrap();
+        drop(l);
+        std::fs::remove_file(&path).unwrap();
+        let _other = UnixListener::bind(&path).unwrap(); // someone else's now
+        file.remove();
+        assert!(path.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_and_live_files() {
+        let root = scratch("stale");
+        let path = root.join("s.sock");
+        let addr = SockAddr::from_unix_path(&path).unwrap();
+        // A live listener whose backlog is full: in use, and no wait.
+        let live = UnixListener::bind(&path).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let c = socket::stream_socket(Domain::Unix, true).unwrap();
+            match socket::connect(c.as_fd(), &addr) {
+                Ok(()) => queued.push(c),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(queued.len() < 10_000);
+        }
+        let dir = SocketDir::open(&path).unwrap();
+        let e = dir.remove_stale(&addr).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+        // Dead: removed.
+        drop(live);
+        drop(queued);
+        dir.remove_stale(&addr).unwrap();
+        assert!(!path.exists());
+        // Not a socket: never removed.
+        std::fs::write(&path, b"data").unwrap();
+        let e = dir.remove_stale(&addr).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+        assert!(path.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
