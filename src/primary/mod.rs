@@ -21,9 +21,22 @@
 //! # Files
 //!
 //! `builder.rs` (settings and start), `event_loop.rs` (the turn: poll, signals,
-//! messages, listen requests), `lifecycle.rs` (fork, reap, keep the worker count,
+//! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
+//! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `round_robin.rs` and `shared.rs` (the listening handles).
+//! `slot.rs` (one worker), `shared.rs`, `round_robin.rs` (with `scheduler.rs`) and
+//! `reuse_port.rs` (the listening handles, one per mode).
+//!
+//! # Trust
+//!
+//! A worker that dropped privileges ([`Builder::user`]) is treated as hostile, as
+//! OpenSSH's privileged monitor treats its unprivileged child: every record it sends may
+//! be malicious. The primary binds only addresses it allowed (`listen.rs`), removes only
+//! socket files it created, by directory handle and inode (`socket_file.rs`), never
+//! joins a reuse-port group it did not create (`reuse_port.rs`), never waits on anything
+//! a worker controls, and refuses malformed or unexpected records by killing the
+//! sender (`event_loop.rs`). The README's "Security model" lists what a compromised
+//! worker can and cannot do, with the scenarios that show it.
 //!
 //! # Reaping
 //!

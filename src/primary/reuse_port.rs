@@ -29,6 +29,19 @@
 //! - the first socket bound is also kept as an *anchor*, bound and never listening: it
 //!   holds the port for the cluster's life even if every worker socket is gone (a
 //!   socket that does not listen is not in the group the kernel picks from).
+//!
+//! # Never someone else's group
+//!
+//! The kernel lets any socket of the same user with `SO_REUSEPORT` join a port's group,
+//! and spreads connections over all of them. A root primary asked for a port that
+//! another root service already serves with `SO_REUSEPORT` would join that service's
+//! group and take a share of its clients (measured before the fix: 97 of 200). So the
+//! anchor is bound *without* `SO_REUSEPORT`: if anyone listens on the port, that bind
+//! fails with `EADDRINUSE`, as in the other modes, and no group is joined. The workers'
+//! sockets then bind with `SO_REUSEPORT` beside the anchor (a bound socket that does not
+//! listen does not conflict with them under `SO_REUSEADDR`). A service that binds the
+//! port with `SO_REUSEPORT` *later*, as the same user, can still join the cluster's
+//! group: the kernel offers no way to close a group to its own user.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
