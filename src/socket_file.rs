@@ -9,7 +9,12 @@
 //! keeps naming that directory whatever happens to the path), the file's inode is
 //! recorded right after `bind`, and removal is `unlinkat(dir, name)` (which never
 //! follows the last component) only while `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`
-//! still shows that inode. A file someone else put there later is left alone.
+//! still shows that inode. A file someone else put there later is left alone. An
+//! inode number freed by a removal is soon reused, so the identity includes the
+//! inode's change time: a file created later differs in it (since Linux 6.13, ext4,
+//! xfs, btrfs and tmpfs give a fine-grained time to a change after a `stat`, which is
+//! exactly this case; on older kernels two files made within one clock tick of a few
+//! milliseconds could look the same, and the later one would be removed).
 //!
 //! A stale file (a socket nobody listens on, left by a dead server) is probed with a
 //! *non-blocking* `connect`: a live listener whose backlog is full answers `EAGAIN`,
