@@ -140,10 +140,21 @@ pub fn reuse_port_foreign_group() -> Outcome {
     let Target::Tcp(addr) = targets[0] else {
         return Err("not TCP".into());
     };
+    address_in_use("reuse-port", &addr.to_string())?;
+    // The service keeps all of its connections.
+    let load = client::load(&targets[0], 50, 2, "hi", Duration::from_secs(10));
+    check(load.ok == 50, || {
+        format!("{} ok, {:?}", load.ok, load.errors.first())
+    })?;
+    stop_and_check(&mut other)
+}
+
+/// A one-worker cluster asked for `listen` reports it in use, then stops cleanly.
+fn address_in_use(mode: &str, listen: &str) -> Outcome {
     let cmd = proc::self_command(&[
-        ("SC_MODE", "reuse-port".into()),
+        ("SC_MODE", mode.into()),
         ("SC_WORKERS", "1".into()),
-        ("SC_LISTEN", addr.to_string()),
+        ("SC_LISTEN", listen.into()),
         ("SC_RESPAWN", "never".into()),
     ]);
     let mut srv = Server::spawn(cmd)?;
@@ -151,13 +162,7 @@ pub fn reuse_port_foreign_group() -> Outcome {
     println!("    {failed}");
     check(failed.contains("Address already in use"), || failed.clone())?;
     let end = exited_ok(&mut srv, Duration::from_secs(10))?;
-    clean_end(&srv, &end)?;
-    // The service keeps all of its connections.
-    let load = client::load(&targets[0], 50, 2, "hi", Duration::from_secs(10));
-    check(load.ok == 50, || {
-        format!("{} ok, {:?}", load.ok, load.errors.first())
-    })?;
-    stop_and_check(&mut other)
+    clean_end(&srv, &end)
 }
 
 /// The stale-socket probe never waits: a live listener whose backlog is full is "in
@@ -170,17 +175,7 @@ pub fn stale_probe_full_backlog() -> Outcome {
         .map_err(|e| e.to_string())?;
     // With a backlog of 0 the kernel queues one connection; the next would wait.
     let queued = std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.to_string())?;
-    let cmd = proc::self_command(&[
-        ("SC_WORKERS", "1".into()),
-        ("SC_LISTEN", format!("unix:{}", path.display())),
-        ("SC_RESPAWN", "never".into()),
-    ]);
-    let mut srv = Server::spawn(cmd)?;
-    let failed = srv.expect("listen-failed ", Duration::from_secs(10))?;
-    println!("    {failed}");
-    check(failed.contains("Address already in use"), || failed.clone())?;
-    let end = exited_ok(&mut srv, Duration::from_secs(10))?;
-    clean_end(&srv, &end)?;
+    address_in_use("round-robin", &format!("unix:{}", path.display()))?;
     check(path.exists(), || {
         "the live socket's file was removed".into()
     })?;
