@@ -3,7 +3,9 @@
 //!
 //! Order in the child, and why:
 //! 1. `chdir`, while still privileged (the directory may be readable by root only);
-//! 2. stdio to `/dev/null`, if asked;
+//! 2. stdio to `/dev/null`, if asked; with a [`User`] and no silencing, stdin alone: a
+//!    worker that dropped privileges reads nothing from the terminal or pipe the
+//!    primary was started from;
 //! 3. `setgroups`, `setgid`, `setuid`, in that order: groups and gid can only be changed
 //!    while still root, and once `setuid` has dropped root nothing else can be changed.
 //!    `setuid` from root to another user drops every capability, so a worker cannot
@@ -107,6 +109,10 @@ pub enum SetupStage {
     Signals,
     /// Starting the worker runtime (handler, control thread).
     Runtime,
+    /// Closing the descriptors the worker was not meant to inherit (`close_range`).
+    Descriptors,
+    /// `setsid`: leaving the primary's session and its controlling terminal.
+    Session,
 }
 
 impl SetupStage {
@@ -120,6 +126,8 @@ impl SetupStage {
             SetupStage::DeathSignal => 6,
             SetupStage::Signals => 7,
             SetupStage::Runtime => 8,
+            SetupStage::Descriptors => 9,
+            SetupStage::Session => 10,
         }
     }
 
@@ -133,6 +141,8 @@ impl SetupStage {
             6 => SetupStage::DeathSignal,
             7 => SetupStage::Signals,
             8 => SetupStage::Runtime,
+            9 => SetupStage::Descriptors,
+            10 => SetupStage::Session,
             _ => return None,
         })
     }
@@ -149,6 +159,8 @@ impl fmt::Display for SetupStage {
             SetupStage::DeathSignal => "PR_SET_PDEATHSIG",
             SetupStage::Signals => "reset signals",
             SetupStage::Runtime => "start the worker runtime",
+            SetupStage::Descriptors => "close inherited descriptors",
+            SetupStage::Session => "setsid",
         })
     }
 }
@@ -167,10 +179,14 @@ impl WorkerSettings {
         if let Some(dir) = &self.directory {
             std::env::set_current_dir(dir).map_err(|e| (SetupStage::Directory, e))?;
         }
-        if self.silent {
+        if self.silent || self.user.is_some() {
             use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
             let null = fd::open_dev_null().map_err(|e| (SetupStage::Stdio, e))?;
-            fd::redirect_stdio(null.as_fd()).map_err(|e| (SetupStage::Stdio, e))?;
+            if self.silent {
+                fd::redirect_stdio(null.as_fd()).map_err(|e| (SetupStage::Stdio, e))?;
+            } else {
+                fd::redirect_stdin(null.as_fd()).map_err(|e| (SetupStage::Stdio, e))?;
+            }
             if null.as_raw_fd() <= 2 {
                 // The primary ran with a standard descriptor closed, so /dev/null came
                 // back as 0, 1 or 2, which is now stdio: keep it open.

@@ -44,6 +44,7 @@ impl Cluster {
                     let f = self.worker_fn.clone();
                     let settings = self.config.settings.clone();
                     let primary = self.pid;
+                    let kept = std::mem::take(&mut self.config.kept);
                     self.release_in_child();
                     let start = ChildStart {
                         id,
@@ -52,6 +53,7 @@ impl Cluster {
                         reset_signals: HANDLED_SIGNALS,
                         mask,
                         settings,
+                        kept,
                     };
                     worker::run_child(start, &*f)
                 }))
