@@ -1,11 +1,12 @@
 //! The worker side: what runs in a forked child (Node's `lib/internal/cluster/child.js`).
 //!
 //! Order of operations in the child, right after `fork` returns 0 (the primary forked
-//! with every signal blocked, and has already dropped its own structures in this copy
-//! of the process, which closed every descriptor the crate owned except this worker's
-//! end of its control channel and restored the signal handlers from before the
-//! cluster; a panic anywhere before `_exit` is caught, so the child can never return
-//! into the primary's code):
+//! with every signal blocked; in this copy of the process it has already let go of its
+//! own structures *without dropping them*, so none of the primary's teardown runs here
+//! — nothing shared with the primary, such as an open file description's flags, is
+//! touched — and restored the signal handlers from before the cluster; a panic
+//! anywhere before `_exit` is caught, so the child can never return into the primary's
+//! code):
 //!
 //! 1. every descriptor is closed except 0, 1, 2, this worker's control channel and the
 //!    ones the application named with [`Builder::keep_fd`](crate::Builder::keep_fd)
@@ -461,7 +462,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let mut keep: Vec<BorrowedFd<'_>> = kept.iter().map(|k| k.as_fd()).collect();
     keep.push(control.as_fd());
     // Every other descriptor belongs to no live object here: the primary's structures
-    // in this copy were let go of (see `Cluster::release_in_child`).
+    // in this copy were forgotten, not dropped (see `Cluster::release_in_child`).
     if let Err(e) = fd::close_all_except(&keep) {
         return setup_failed(&control, id, SetupStage::Descriptors, &e);
     }

@@ -131,6 +131,10 @@ fn main() {
         scenarios.push(("iso_inherit_nothing", Box::new(iso_inherit_nothing)));
         scenarios.push(("iso_no_controlling_tty", Box::new(iso_no_controlling_tty)));
         scenarios.push(("iso_keep_fd", Box::new(iso_keep_fd)));
+        scenarios.push((
+            "iso_adopted_rr_survives_respawn",
+            Box::new(iso_adopted_rr_survives_respawn),
+        ));
     }
     let filters: Vec<String> = std::env::args()
         .skip(1)

@@ -41,6 +41,13 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `O_NONBLOCK` is set on the open file description (`fcntl(F_GETFL)`).
+pub(crate) fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: F_GETFL on a borrowed (open) fd reads its status flags.
+    let flags = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
 /// Whether `FD_CLOEXEC` is set on the descriptor (`fcntl(F_GETFD)`).
 #[cfg(test)]
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {

@@ -180,6 +180,69 @@ pub fn iso_no_controlling_tty() -> Outcome {
     clean_end(&srv, &end)
 }
 
+/// Round-robin on an adopted listener (fd:0, as systemd passes one): a worker is killed
+/// and replaced. The replacement's fork must not touch the listener's shared file
+/// status flags: the primary's listener stays non-blocking, the primary keeps serving,
+/// and a SIGTERM still stops it (a primary blocked in `accept` would not). Then the
+/// other holder of the description (here the driver, as systemd would be) clears
+/// `O_NONBLOCK` itself: the primary sets it again before accepting, and says so.
+pub fn iso_adopted_rr_survives_respawn() -> Outcome {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let cmd = proc::self_command(&[
+        ("SC_MODE", "round-robin".into()),
+        ("SC_WORKERS", "2".into()),
+        ("SC_THREADS", "1".into()),
+        ("SC_LISTEN", "fd:0".into()),
+        ("SC_RESPAWN", "10:100:0".into()),
+    ]);
+    // The driver keeps a descriptor of the same open file description, as systemd does.
+    let ours = listener.try_clone().map_err(|e| e.to_string())?;
+    let stdin = Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let mut srv = Server::spawn_with_stdin(cmd, stdin)?;
+    let t = targets(&mut srv)?;
+    let primary = srv.pid();
+    let flags = || proc::fd_flags(primary, 0).unwrap_or(0);
+    let nonblocking = |f: u32| f & 0o4000 != 0;
+    let before = flags();
+    client::ask(&t[0], "hi", Duration::from_secs(5))?;
+    let victim = proc::worker_pid(&srv.seen, 1)?;
+    proc::signal(victim, "KILL")?;
+    srv.expect("exit 1 ", Duration::from_secs(10))?;
+    srv.expect("listening 3 ", Duration::from_secs(10))?;
+    let after = flags();
+    println!(
+        "    fd:0 ({addr}) flags in the primary: {before:o} before, {after:o} after worker 1 \
+         was killed and replaced"
+    );
+    check(nonblocking(before) && nonblocking(after), || {
+        format!("the adopted listener lost O_NONBLOCK: flags {before:o} -> {after:o}")
+    })?;
+    let load = client::load(&t[0], 50, 2, "hi", Duration::from_secs(5));
+    println!("    after the respawn: {} ok", load.ok);
+    check(load.errors.is_empty() && load.ok == 50, || {
+        format!("{} ok, errors {:?}", load.ok, load.errors.first())
+    })?;
+    ours.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let cleared = flags();
+    let load = client::load(&t[0], 50, 2, "hi", Duration::from_secs(5));
+    let report = srv.expect_containing("O_NONBLOCK", Duration::from_secs(5))?;
+    let restored = flags();
+    println!(
+        "    the driver cleared O_NONBLOCK (flags {cleared:o}): {} ok, flags {restored:o}, \
+         reported: {report}",
+        load.ok
+    );
+    check(load.errors.is_empty() && load.ok == 50, || {
+        format!("{} ok, errors {:?}", load.ok, load.errors.first())
+    })?;
+    check(nonblocking(restored), || {
+        format!("the primary accepts on a blocking listener: flags {restored:o}")
+    })?;
+    drop(ours);
+    stop_and_check(&mut srv)
+}
+
 /// nginx's log files: the primary (root, when the scenarios run as root) opens a 0600
 /// log and names it with `keep_fd`; workers (nobody) cannot open it but write to it
 /// through the kept descriptor, which is the only one they start with beyond stdio and
