@@ -21,7 +21,8 @@
 //! 2. the signals the primary handles go back to `SIG_DFL` (ignored ones stay ignored,
 //!    as across `execve`), and the mask the primary had before the fork is restored;
 //! 3. the worker settings: working directory, silenced stdio (stdin alone from
-//!    `/dev/null` with a user), then `setgroups`, `setgid`, `setuid` (see `settings.rs`);
+//!    `/dev/null` with a user), then `setgroups`, `setgid`, `setuid` and the rest of the
+//!    privilege drop, verified (see `settings.rs`);
 //! 4. `PR_SET_PDEATHSIG(SIGTERM)` — after step 3, because a change of credentials clears
 //!    it — then a check that the primary is still the parent (it may have died between
 //!    `fork` and `prctl`, and then nobody would send the signal);

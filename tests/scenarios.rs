@@ -132,6 +132,10 @@ fn main() {
         scenarios.push(("iso_no_controlling_tty", Box::new(iso_no_controlling_tty)));
         scenarios.push(("iso_keep_fd", Box::new(iso_keep_fd)));
         scenarios.push((
+            "iso_capabilities_dropped",
+            Box::new(iso_capabilities_dropped),
+        ));
+        scenarios.push((
             "iso_adopted_rr_survives_respawn",
             Box::new(iso_adopted_rr_survives_respawn),
         ));

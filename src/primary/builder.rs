@@ -175,9 +175,18 @@ impl Builder {
     }
 
     /// Run workers as this user: in each worker, before the worker function runs,
-    /// `setgroups`, `setgid`, `setuid` (in that order). The primary keeps its own
-    /// identity, so a root primary can bind port 80 and serve it from unprivileged
-    /// workers. A worker that cannot switch exits and the failure is reported.
+    /// `setgroups`, `setgid`, `setuid` (in that order), and a complete drop of every
+    /// other privilege: the bounding set (when the primary may drop it), the ambient,
+    /// permitted, effective and inheritable capabilities, then `PR_SET_NO_NEW_PRIVS`.
+    /// The drop is verified (`getresuid`, `getresgid`, `getgroups`, `capget`, and
+    /// `setuid(0)` must fail): a worker with anything left never runs the worker
+    /// function, it exits 78 and the step is reported ([`Error::WorkerSetup`]). Its
+    /// stdin is `/dev/null`. The order and the reasons are in the `settings` module.
+    ///
+    /// The primary keeps its own identity, so a root primary (or one given
+    /// `CAP_NET_BIND_SERVICE`, `CAP_SETUID` and `CAP_SETGID`, as a systemd unit's
+    /// `AmbientCapabilities=` does) can bind port 80 and serve it from unprivileged
+    /// workers.
     pub fn user(mut self, user: User) -> Builder {
         self.config.settings.user = Some(user);
         self

@@ -12,6 +12,8 @@ use crate::util::check::{check, clean_end, exited_ok, stop_and_check, Outcome};
 use crate::util::client::{self, Target};
 use crate::util::proc::{self, Server};
 
+const NOBODY: u32 = 65534;
+
 /// A file only root may read, for a primary to hold open.
 struct Secret {
     path: std::path::PathBuf,
@@ -178,6 +180,84 @@ pub fn iso_no_controlling_tty() -> Outcome {
     proc::signal(primary, "TERM")?;
     let end = exited_ok(&mut srv, Duration::from_secs(10))?;
     clean_end(&srv, &end)
+}
+
+/// A non-root primary with the ambient capabilities of a systemd unit's
+/// `AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID` (started with
+/// setpriv(1)), workers `--user nobody`: every id is nobody's, every capability set is
+/// empty, `NoNewPrivs` is 1, and the workers serve.
+pub fn iso_capabilities_dropped() -> Outcome {
+    if !proc::is_root() {
+        println!("    skipped: not root (setpriv needs root to start a user with capabilities; CI runs as root)");
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let caps = "+net_bind_service,+setuid,+setgid";
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=4242",
+        "--regid=4242",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+        "--",
+    ])
+    .arg(&exe)
+    .env("CLUSTER_SCENARIO_SERVER", "1")
+    .env("SC_MODE", "round-robin")
+    .env("SC_WORKERS", "2")
+    .env("SC_THREADS", "1")
+    .env("SC_USER", "nobody");
+    let mut srv = Server::spawn(cmd)?;
+    let t = targets(&mut srv)?;
+    let primary = srv.pid();
+    let field = |pid: u32, name: &str| proc::status_field(pid, name).unwrap_or_default();
+    println!(
+        "    primary {primary}: Uid {}, CapEff {}, CapAmb {}",
+        field(primary, "Uid"),
+        field(primary, "CapEff"),
+        field(primary, "CapAmb")
+    );
+    check(field(primary, "CapAmb") == "00000000000004c0", || {
+        format!(
+            "setpriv did not give the primary its ambient capabilities: {}",
+            field(primary, "CapAmb")
+        )
+    })?;
+    let answers = ask_every_worker(&t[0], "hi", 2)?;
+    for (&pid, r) in &answers {
+        let show: Vec<String> = [
+            "Uid",
+            "Gid",
+            "CapInh",
+            "CapPrm",
+            "CapEff",
+            "CapAmb",
+            "NoNewPrivs",
+        ]
+        .iter()
+        .map(|n| format!("{n} {}", field(pid, n)))
+        .collect();
+        println!("    worker {} (pid {pid}): {}", r.worker, show.join(", "));
+        let nobody = format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}");
+        check(
+            field(pid, "Uid") == nobody && field(pid, "Gid") == nobody,
+            || format!("worker {} ids: {}", r.worker, show.join(", ")),
+        )?;
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            check(field(pid, set) == "0000000000000000", || {
+                format!("worker {} kept capabilities: {}", r.worker, show.join(", "))
+            })?;
+        }
+        check(field(pid, "NoNewPrivs") == "1", || {
+            format!(
+                "worker {} may gain privileges: {}",
+                r.worker,
+                show.join(", ")
+            )
+        })?;
+    }
+    stop_and_check(&mut srv)
 }
 
 /// Round-robin on an adopted listener (fd:0, as systemd passes one): a worker is killed
