@@ -128,15 +128,26 @@ pub(crate) fn close_all_except(keep: &[BorrowedFd<'_>]) -> io::Result<()> {
 /// `close_range(first, last, 0)` over each gap between the sorted numbers of `kept`,
 /// and from the last of them to the end of the descriptor space.
 fn close_gaps(kept: &[RawFd]) -> io::Result<()> {
+    for (first, last) in gaps(kept) {
+        close_range(first, last)?;
+    }
+    Ok(())
+}
+
+/// The ranges (inclusive) of descriptor numbers not in `kept` (sorted, no duplicates,
+/// none negative): the gaps between them, and the rest up to `u32::MAX`.
+fn gaps(kept: &[RawFd]) -> Vec<(u32, u32)> {
+    let mut out = Vec::with_capacity(kept.len() + 1);
     let mut first: u32 = 0;
     for &k in kept {
         let k = k as u32;
         if k > first {
-            close_range(first, k - 1)?;
+            out.push((first, k - 1));
         }
         first = k + 1;
     }
-    close_range(first, u32::MAX)
+    out.push((first, u32::MAX));
+    out
 }
 
 fn close_range(first: u32, last: u32) -> io::Result<()> {
@@ -185,4 +196,19 @@ pub(crate) fn dup_number(n: i32) -> io::Result<OwnedFd> {
     let new = cvt_r(|| unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 3) })?;
     // SAFETY: the fd was just created and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gaps;
+
+    #[test]
+    fn gaps_between_kept_descriptors() {
+        assert_eq!(gaps(&[0, 1, 2]), vec![(3, u32::MAX)]);
+        assert_eq!(
+            gaps(&[0, 1, 2, 5, 6, 9]),
+            vec![(3, 4), (7, 8), (10, u32::MAX)]
+        );
+        assert_eq!(gaps(&[1, 2]), vec![(0, 0), (3, u32::MAX)]);
+    }
 }
