@@ -448,7 +448,9 @@ pub(crate) struct ChildStart {
 
 /// A setup step failed: tell the primary which, say it on stderr, and give the exit code.
 fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Error) -> i32 {
-    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+    // A failed verification carries no OS errno, only its kind (EACCES) and text,
+    // which goes to stderr below.
+    let errno = crate::error::errno_of(e).unwrap_or(libc::EINVAL);
     let _ = control.send(&Message::SetupFailed { stage, errno }, None);
     crate::log::report!("worker {id}: {stage} failed: {e}");
     SETUP_FAILED_EXIT
