@@ -1,37 +1,48 @@
 //! The worker side: what runs in a forked child (Node's `lib/internal/cluster/child.js`).
 //!
 //! Order of operations in the child, right after `fork` returns 0 (the primary forked
-//! with every signal blocked, and has already dropped its own structures in this copy
-//! of the process, which closed every descriptor the crate owned except this worker's
-//! end of its control channel and restored the signal handlers from before the
-//! cluster; a panic anywhere before `_exit` is caught, so the child can never return
-//! into the primary's code):
+//! with every signal blocked; in this copy of the process it has already let go of its
+//! own structures *without dropping them*, so none of the primary's teardown runs here
+//! — nothing shared with the primary, such as an open file description's flags, is
+//! touched — and restored the signal handlers from before the cluster; a panic
+//! anywhere before `_exit` is caught, so the child can never return into the primary's
+//! code):
 //!
-//! 1. the signals the primary handles go back to `SIG_DFL` (ignored ones stay ignored,
+//! 1. every descriptor is closed except 0, 1, 2, this worker's control channel and the
+//!    ones the application named with [`Builder::keep_fd`](crate::Builder::keep_fd)
+//!    (`close_range(2)` over the gaps between them): whatever else the primary had
+//!    open — a private key, a database connection, another service's socket, the
+//!    descriptors its own parent leaked to it — a worker cannot use, even once it is
+//!    compromised. Descriptors a worker closure captured are closed too, unless named;
+//!    then `setsid(2)`: the worker leads a session of its own, without the primary's
+//!    controlling terminal (a worker that dropped privileges could otherwise push input
+//!    into a root shell with `TIOCSTI`, or be hung up with it). Ctrl-C in that terminal
+//!    reaches only the primary, which then shuts its workers down gracefully;
+//! 2. the signals the primary handles go back to `SIG_DFL` (ignored ones stay ignored,
 //!    as across `execve`), and the mask the primary had before the fork is restored;
-//! 2. the worker settings: working directory, silenced stdio, then `setgroups`,
-//!    `setgid`, `setuid` (see `settings.rs`);
-//! 3. `PR_SET_PDEATHSIG(SIGTERM)` — after step 2, because a change of credentials clears
+//! 3. the worker settings: working directory, silenced stdio (stdin alone from
+//!    `/dev/null` with a user), then `setgroups`, `setgid`, `setuid` and the rest of the
+//!    privilege drop, verified (see `settings.rs`);
+//! 4. `PR_SET_PDEATHSIG(SIGTERM)` — after step 3, because a change of credentials clears
 //!    it — then a check that the primary is still the parent (it may have died between
 //!    `fork` and `prctl`, and then nobody would send the signal);
-//! 4. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
+//! 5. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
 //!    and one small thread that reads the control channel (listen replies, messages,
 //!    disconnect, EOF when the primary is gone) and reports the worker's counters about
 //!    once a second;
 //!
-//! A failure in steps 1–4 is reported to the primary (`SetupFailed`, with the step and
+//! A failure in steps 1–5 is reported to the primary (`SetupFailed`, with the step and
 //! `errno`) and the worker exits with code 78. Then:
 //!
-//! 5. `Online` goes to the primary, and the worker function runs;
-//! 6. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
+//! 6. `Online` goes to the primary, and the worker function runs;
+//! 7. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
 //!    flushed, and the process leaves with `_exit`: it never returns into the primary's
 //!    code path, whose copy of the stack it still carries.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -44,7 +55,7 @@ use crate::listener::{self, Listener};
 use crate::options::ListenOptions;
 use crate::settings::{SetupStage, WorkerSettings, SETUP_FAILED_EXIT};
 use crate::sys::process::{self, Pid};
-use crate::sys::{signal, socket};
+use crate::sys::{fd, signal, socket};
 use crate::WorkerId;
 
 /// The worker function's type, after [`Builder::start`](crate::Builder::start) erased
@@ -107,6 +118,15 @@ impl Worker {
             .control
             .send(&Message::User(data), None)
             .map_err(|e| Error::io("send a message to the primary", e))
+    }
+
+    /// The descriptor the application named with the `index`-th call of
+    /// [`Builder::keep_fd`](crate::Builder::keep_fd) (0 for the first), at the same
+    /// number as in the primary; `None` past the last. The worker holds it for its whole
+    /// life: borrow it, or duplicate it
+    /// ([`try_clone_to_owned`](BorrowedFd::try_clone_to_owned)) for a `File` of your own.
+    pub fn kept_fd(&self, index: usize) -> Option<BorrowedFd<'_>> {
+        self.rt.kept.get(index).map(|fd| fd.as_fd())
     }
 
     /// Not part of the API: writes `record` to the control channel as it is, with `fd`
@@ -180,6 +200,8 @@ impl Worker {
 pub(crate) struct Runtime {
     id: WorkerId,
     control: Channel,
+    /// The descriptors the application kept for its workers (`Builder::keep_fd`).
+    kept: Vec<OwnedFd>,
     state: Mutex<State>,
     changed: Condvar,
     /// Connections this worker's listeners returned.
@@ -420,11 +442,15 @@ pub(crate) struct ChildStart {
     /// The primary's signal mask before the fork (the child starts with all blocked).
     pub(crate) mask: signal::SigMask,
     pub(crate) settings: WorkerSettings,
+    /// The descriptors the application named with `Builder::keep_fd`.
+    pub(crate) kept: Vec<OwnedFd>,
 }
 
 /// A setup step failed: tell the primary which, say it on stderr, and give the exit code.
 fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Error) -> i32 {
-    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+    // A failed verification carries no OS errno, only its kind (EACCES) and text,
+    // which goes to stderr below.
+    let errno = crate::error::errno_of(e).unwrap_or(libc::EINVAL);
     let _ = control.send(&Message::SetupFailed { stage, errno }, None);
     crate::log::report!("worker {id}: {stage} failed: {e}");
     SETUP_FAILED_EXIT
@@ -435,6 +461,18 @@ fn setup_failed(control: &Channel, id: WorkerId, stage: SetupStage, e: &io::Erro
 pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let id = start.id;
     let control = start.control;
+    let kept = start.kept;
+    let mut keep: Vec<BorrowedFd<'_>> = kept.iter().map(|k| k.as_fd()).collect();
+    keep.push(control.as_fd());
+    // Every other descriptor belongs to no live object here: the primary's structures
+    // in this copy were forgotten, not dropped (see `Cluster::release_in_child`).
+    if let Err(e) = fd::close_all_except(&keep) {
+        return setup_failed(&control, id, SetupStage::Descriptors, &e);
+    }
+    drop(keep);
+    if let Err(e) = process::new_session() {
+        return setup_failed(&control, id, SetupStage::Session, &e);
+    }
     // SIGPIPE ignored, as in Node and in any Rust `main`, but also when the program
     // embedding the cluster restored its default: a client that closes early is an
     // `EPIPE` from `write`, never a dead worker.
@@ -467,6 +505,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     let rt = Arc::new(Runtime {
         id,
         control,
+        kept,
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         accepted: AtomicU64::new(0),

@@ -16,6 +16,8 @@ mod util;
 mod core_modes;
 #[path = "scenarios/demo.rs"]
 mod demo;
+#[path = "scenarios/isolation.rs"]
+mod isolation;
 #[path = "scenarios/robust.rs"]
 mod robust;
 #[path = "scenarios/supervision.rs"]
@@ -142,6 +144,21 @@ fn main() {
     scenarios.push(("hello_errors", Box::new(hello_errors)));
     scenarios.push(("hello_supervision", Box::new(hello_supervision)));
     scenarios.push(("messages_example", Box::new(messages_example)));
+    // Issue 8: what a worker starts with, and the primary's state left alone in it.
+    {
+        use isolation::*;
+        scenarios.push(("iso_inherit_nothing", Box::new(iso_inherit_nothing)));
+        scenarios.push(("iso_no_controlling_tty", Box::new(iso_no_controlling_tty)));
+        scenarios.push(("iso_keep_fd", Box::new(iso_keep_fd)));
+        scenarios.push((
+            "iso_capabilities_dropped",
+            Box::new(iso_capabilities_dropped),
+        ));
+        scenarios.push((
+            "iso_adopted_rr_survives_respawn",
+            Box::new(iso_adopted_rr_survives_respawn),
+        ));
+    }
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -85,6 +86,7 @@ impl Builder {
                 prefetch: DEFAULT_PREFETCH,
                 allowed: None,
                 message_limit: DEFAULT_MESSAGE_LIMIT,
+                kept: Vec::new(),
             },
         }
     }
@@ -182,15 +184,66 @@ impl Builder {
     }
 
     /// Run workers as this user: in each worker, before the worker function runs,
-    /// `setgroups`, `setgid`, `setuid` (in that order). The primary keeps its own
-    /// identity, so a root primary can bind port 80 and serve it from unprivileged
-    /// workers. A worker that cannot switch exits and the failure is reported.
+    /// `setgroups`, `setgid`, `setuid` (in that order), and a complete drop of every
+    /// other privilege: the bounding set (when the primary may drop it), the ambient,
+    /// permitted, effective and inheritable capabilities, then `PR_SET_NO_NEW_PRIVS`.
+    /// The drop is verified (`getresuid`, `getresgid`, `getgroups`, `capget`, and
+    /// `setuid(0)` must fail): a worker with anything left never runs the worker
+    /// function, it exits 78 and the step is reported ([`Error::WorkerSetup`]). Its
+    /// stdin is `/dev/null`. The order and the reasons are in the `settings` module.
+    ///
+    /// The primary keeps its own identity, so a root primary (or one given
+    /// `CAP_NET_BIND_SERVICE`, `CAP_SETUID` and `CAP_SETGID`, as a systemd unit's
+    /// `AmbientCapabilities=` does) can bind port 80 and serve it from unprivileged
+    /// workers.
     ///
     /// Such workers are untrusted (see the README's security model): the cluster
     /// must also be given [`listen_only`](Builder::listen_only), or
     /// [`start`](Builder::start) fails with [`Error::Config`].
     pub fn user(mut self, user: User) -> Builder {
         self.config.settings.user = Some(user);
+        self
+    }
+
+    /// A descriptor every worker keeps, at the same number as in the primary; find it in
+    /// the worker with [`Worker::kept_fd`], by the order of the `keep_fd` calls.
+    ///
+    /// Each worker starts with descriptors 0, 1, 2 and its channel to the primary and
+    /// nothing else: before the worker function runs, `close_range(2)` closes every
+    /// descriptor the primary had open that is not named here — including those the
+    /// worker closure captured (a `File` moved into it is closed in the worker, and
+    /// using it would touch whatever later gets that number). Name here what workers
+    /// are *meant* to have, typically what root opens before the workers drop to
+    /// [`user`](Builder::user), as nginx opens its log files: the worker can write to
+    /// the file without being allowed to open it.
+    ///
+    /// The cluster owns the descriptor from now on and keeps it open, in the primary
+    /// and in every worker, for its whole life (the primary itself does not use it);
+    /// it closes when the [`Cluster`] is dropped.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// // As root, before the workers drop to nobody: a log only root may open.
+    /// let log = std::fs::OpenOptions::new()
+    ///     .append(true)
+    ///     .create(true)
+    ///     .open("/var/log/myserver.log")?;
+    /// let mut cluster = cluster::Cluster::builder()
+    ///     .user(cluster::User::named("nobody")?)
+    ///     .keep_fd(OwnedFd::from(log))
+    ///     .start(|worker| -> std::io::Result<()> {
+    ///         let fd = worker.kept_fd(0).expect("the log kept with keep_fd");
+    ///         let mut log = std::fs::File::from(fd.try_clone_to_owned()?);
+    ///         writeln!(log, "worker {} up", worker.id())?;
+    ///         Ok(())
+    ///     })?;
+    /// # while cluster.next_event()?.is_some() {}
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn keep_fd(mut self, fd: impl Into<OwnedFd>) -> Builder {
+        self.config.kept.push(fd.into());
         self
     }
 

@@ -44,6 +44,7 @@ impl Cluster {
                     let f = self.worker_fn.clone();
                     let settings = self.config.settings.clone();
                     let primary = self.pid;
+                    let kept = std::mem::take(&mut self.config.kept);
                     self.release_in_child();
                     let start = ChildStart {
                         id,
@@ -52,6 +53,7 @@ impl Cluster {
                         reset_signals: HANDLED_SIGNALS,
                         mask,
                         settings,
+                        kept,
                     };
                     worker::run_child(start, &*f)
                 }))
@@ -78,16 +80,24 @@ impl Cluster {
         }
     }
 
-    /// In a freshly forked child: closes this copy of everything the primary owns
-    /// (channels, listeners, the signal pipe) by dropping it. Nothing of the primary's
-    /// teardown runs: no worker is signalled, no socket file removed, because the child
-    /// never drops the `Cluster` itself (it leaves with `_exit`).
+    /// In a freshly forked child: lets go of this copy of everything the primary owns
+    /// *without running any of its teardown*. A `Drop` here would act on state the
+    /// child shares with the primary: a file status flag belongs to the open file
+    /// description, which both hold (dropping a round-robin handle made an adopted
+    /// listener blocking again, and the primary then sat in `accept4` for good); a
+    /// shutdown would signal workers or remove socket files. So the structures are
+    /// forgotten (`mem::forget`), their descriptors are closed by the worker's sweep
+    /// (`close_range`, step 1 in `worker.rs`), and the only thing undone is
+    /// process-local: the signal handlers from before the cluster come back. The child
+    /// never drops the `Cluster` itself either: it leaves with `_exit`.
     fn release_in_child(&mut self) {
-        self.workers.clear();
-        self.handles.clear();
-        self.events.clear();
-        self.reload = None;
-        self.signals = None; // restores the handlers from before the cluster
+        std::mem::forget(std::mem::take(&mut self.workers));
+        std::mem::forget(std::mem::take(&mut self.handles));
+        std::mem::forget(std::mem::take(&mut self.events));
+        std::mem::forget(self.reload.take());
+        if let Some(pipe) = self.signals.take() {
+            pipe.leave_in_child();
+        }
     }
 
     /// Workers counted against the target: forked, not asked to go, not reaped.

@@ -118,6 +118,9 @@ struct Config {
     allowed: Option<Vec<ListenAddr>>,
     /// Messages a second one worker may send (0: any number).
     message_limit: u32,
+    /// Descriptors every worker keeps (`Builder::keep_fd`), held open by the primary
+    /// for the cluster's life; every other descriptor is closed in a worker.
+    kept: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Where the cluster is in its life.

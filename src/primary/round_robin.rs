@@ -53,6 +53,19 @@
 //!   while idle.
 //! - **Out of descriptors** (`EMFILE`, `ENFILE`): accepting pauses with a growing delay
 //!   instead of spinning on a readable listener (the libuv/Node trap), and resumes.
+//! - **Never blocked in `accept`.** Each time `poll` reports the listener readable the
+//!   primary calls `accept4` at most [`ACCEPT_BATCH`] times, then lets `poll` say again
+//!   (level-triggered: a backlog that is still full is reported at once), so a flood of
+//!   connections cannot keep it from its other work. An adopted listener (`fd:N`, as
+//!   systemd passes one) shares its open file description, and so its `O_NONBLOCK`,
+//!   with whoever passed it; anyone holding it may clear the flag, and a blocking
+//!   `accept` with an empty backlog would then stop the whole primary (signals
+//!   included, with `SA_RESTART`). So before each batch the primary checks the flag
+//!   (`F_GETFL`) and sets it again if it was cleared, reporting it once. A child of
+//!   the primary never clears it: a forked worker runs none of the primary's teardown
+//!   (see `Cluster::release_in_child`). What remains is the window between that check
+//!   and the `accept`s of the batch, in which only another process's `fcntl` could
+//!   clear the flag.
 
 use std::collections::VecDeque;
 use std::io;
@@ -64,6 +77,7 @@ use crate::bind::Bound;
 use crate::connection::StreamKind;
 use crate::ipc::channel::{Channel, Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
+use crate::sys::fd;
 use crate::sys::poll::{self, PollFd};
 use crate::sys::scm::{BATCH, BATCH_RECORD};
 
@@ -74,6 +88,11 @@ use crate::WorkerId;
 /// How often a connection may come back (its worker died or closed before receiving
 /// it) before the primary gives up on it and closes it.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
+
+/// The most `accept4` calls per report of the listener's readiness (see the module
+/// docs): large enough that a burst is taken in few turns, small enough that one turn
+/// stays short.
+pub(crate) const ACCEPT_BATCH: u32 = 64;
 
 /// Listeners one worker may hold on one address (each is a channel with two
 /// descriptors in the primary); more get `EMFILE`.
@@ -148,6 +167,9 @@ pub(crate) struct RoundRobinHandle {
     listener: Option<OwnedFd>,
     /// `poll` reported the listener readable and `accept` has not yet said `EAGAIN`.
     readable: bool,
+    /// `accept4` calls since `poll` last reported the listener readable (at most
+    /// [`ACCEPT_BATCH`]).
+    batch: u32,
     /// Accepting is paused until then (out of descriptors).
     paused_until: Option<Instant>,
     pause: Duration,
@@ -185,6 +207,8 @@ pub(crate) struct RoundRobinHandle {
     /// The listener was adopted (`fd:N`): it was made non-blocking here, a flag its
     /// original holder shares; it is made blocking again when this handle lets go.
     adopted: bool,
+    /// Someone cleared the adopted listener's `O_NONBLOCK` and it was reported (once).
+    flag_restored: bool,
 }
 
 impl RoundRobinHandle {
@@ -201,6 +225,7 @@ impl RoundRobinHandle {
             kind: bound.kind,
             listener: Some(bound.fd),
             readable: false,
+            batch: 0,
             paused_until: None,
             pause: PAUSE_START,
             window,
@@ -219,6 +244,7 @@ impl RoundRobinHandle {
             rotation: 0,
             check_at: None,
             adopted: bound.adopted,
+            flag_restored: false,
         })
     }
 
@@ -326,6 +352,7 @@ impl RoundRobinHandle {
     /// `poll` reported the listener readable.
     pub(crate) fn set_readable(&mut self) {
         self.readable = true;
+        self.batch = 0;
     }
 
     /// Whether `pump` has something to do.
@@ -835,13 +862,25 @@ impl RoundRobinHandle {
         self.requeue(back, bounced);
     }
 
-    /// Accepts one connection if the listener has one.
+    /// Accepts one connection if the listener has one, without ever blocking: at most
+    /// [`ACCEPT_BATCH`] calls per readiness, the first after checking that the listener
+    /// is still non-blocking (see the module docs).
     fn accept_one(&mut self, now: Instant) -> Option<Pending> {
         if !self.readable || self.resume_at(now).is_some() {
             return None;
         }
+        if self.batch == 0 && !self.ensure_nonblocking() {
+            self.readable = false;
+            return None;
+        }
         let listener = self.listener.as_ref()?;
         loop {
+            if self.batch >= ACCEPT_BATCH {
+                // Enough for this readiness: `poll` says again if more are waiting.
+                self.readable = false;
+                return None;
+            }
+            self.batch += 1;
             match socket::accept(listener.as_fd()) {
                 Ok((fd, peer)) => {
                     self.pause = PAUSE_START;
@@ -881,6 +920,39 @@ impl RoundRobinHandle {
         }
     }
 
+    /// For an adopted listener: checks `O_NONBLOCK` on its shared open file description
+    /// (`F_GETFL`) and sets it again if someone cleared it. Returns whether accepting is
+    /// safe (the flag is set); a listener the primary created itself is shared with
+    /// nobody and is not checked.
+    fn ensure_nonblocking(&mut self) -> bool {
+        if !self.adopted {
+            return true;
+        }
+        let Some(listener) = self.listener.as_ref() else {
+            return false;
+        };
+        if let Ok(true) = fd::is_nonblocking(listener.as_fd()) {
+            return true;
+        }
+        let restored = fd::set_nonblocking(listener.as_fd(), true);
+        if !self.flag_restored {
+            self.flag_restored = true;
+            match &restored {
+                Ok(()) => crate::log::report!(
+                    "{}: someone cleared O_NONBLOCK on the adopted listener (its open file \
+                     description is shared with whoever passed it); set it again",
+                    self.local
+                ),
+                Err(e) => crate::log::report!(
+                    "{}: the adopted listener lost O_NONBLOCK and cannot get it back: {e}; \
+                     not accepting on it",
+                    self.local
+                ),
+            }
+        }
+        restored.is_ok()
+    }
+
     /// Stops accepting for good (shutdown): closes the listening socket, hands what is
     /// pending to free credits, and closes the rest. Returns how many were closed.
     pub(crate) fn close_listener(
@@ -900,9 +972,9 @@ impl RoundRobinHandle {
 
     /// Lets go of the listening socket (an adopted one back to blocking first).
     fn release_listener(&mut self) {
-        if let Some(fd) = self.listener.take() {
+        if let Some(listener) = self.listener.take() {
             if self.adopted {
-                let _ = crate::sys::fd::set_nonblocking(fd.as_fd(), false);
+                let _ = fd::set_nonblocking(listener.as_fd(), false);
             }
         }
     }
@@ -963,7 +1035,9 @@ fn take_back(m: &Member) -> (Vec<Pending>, u32) {
 
 impl Drop for RoundRobinHandle {
     /// Restores an adopted listener's blocking flag (closes nothing itself: the fields
-    /// do that).
+    /// do that). Only ever in the primary: a forked worker forgets its copy of the
+    /// handles without dropping them, since the flag it would clear belongs to the
+    /// open file description the primary is still accepting on.
     fn drop(&mut self) {
         self.release_listener();
     }

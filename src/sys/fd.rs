@@ -1,6 +1,6 @@
-//! Plain file-descriptor calls: `pipe2`, `fcntl`, `read`, `write`, `dup`, `open`, and the
-//! directory-relative `fstatat`/`unlinkat` that remove a socket file without following
-//! a path twice.
+//! Plain file-descriptor calls: `pipe2`, `fcntl`, `read`, `write`, `dup`, `open`,
+//! `close_range`, and the directory-relative `fstatat`/`unlinkat` that remove a socket
+//! file without following a path twice.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -46,6 +46,13 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `O_NONBLOCK` is set on the open file description (`fcntl(F_GETFL)`).
+pub(crate) fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: F_GETFL on a borrowed (open) fd reads its status flags.
+    let flags = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
 /// Whether `FD_CLOEXEC` is set on the descriptor (`fcntl(F_GETFD)`).
 #[cfg(test)]
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
@@ -85,6 +92,99 @@ pub(crate) fn redirect_stdio(src: BorrowedFd<'_>) -> io::Result<()> {
     for target in 0..=2 {
         // SAFETY: dup2 onto 0, 1 or 2, which no OwnedFd of this process claims.
         cvt_r(|| unsafe { libc::dup2(src.as_raw_fd(), target) })?;
+    }
+    Ok(())
+}
+
+/// Makes standard input a copy of `src` with `dup2(2)` (see [`redirect_stdio`]).
+pub(crate) fn redirect_stdin(src: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: dup2 onto 0, which no OwnedFd of this process claims.
+    cvt_r(|| unsafe { libc::dup2(src.as_raw_fd(), 0) })?;
+    Ok(())
+}
+
+/// Corresponds to `close_range(2)` (Linux 5.9) over every gap between 0, 1, 2 and the
+/// descriptors in `keep`: afterwards this process has open only stdio and `keep`.
+/// Without `close_range` (`ENOSYS` on an older kernel, `EPERM` from a seccomp filter
+/// that does not know it), each number listed in `/proc/self/fd` is closed instead.
+///
+/// Only for a freshly forked worker that has *forgotten* the primary's structures
+/// (`std::mem::forget`, never dropped): the descriptors closed here must belong to no
+/// live `OwnedFd`, or that owner would later close a number that by then means
+/// something else. `keep` borrows the owners of what stays.
+///
+/// # Errors
+///
+/// The OS error of `close_range` (other than `ENOSYS`/`EPERM`) or of reading
+/// `/proc/self/fd` when the fallback cannot list the descriptors.
+pub(crate) fn close_all_except(keep: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut kept: Vec<RawFd> = keep.iter().map(|fd| fd.as_raw_fd()).collect();
+    kept.extend([0, 1, 2]);
+    kept.sort_unstable();
+    kept.dedup();
+    match close_gaps(&kept) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            close_listed(&kept)
+        }
+        other => other,
+    }
+}
+
+/// `close_range(first, last, 0)` over each gap between the sorted numbers of `kept`,
+/// and from the last of them to the end of the descriptor space.
+fn close_gaps(kept: &[RawFd]) -> io::Result<()> {
+    for (first, last) in gaps(kept) {
+        close_range(first, last)?;
+    }
+    Ok(())
+}
+
+/// The ranges (inclusive) of descriptor numbers not in `kept` (sorted, no duplicates,
+/// none negative): the gaps between them, and the rest up to `u32::MAX`.
+fn gaps(kept: &[RawFd]) -> Vec<(u32, u32)> {
+    let mut out = Vec::with_capacity(kept.len() + 1);
+    let mut first: u32 = 0;
+    for &k in kept {
+        let k = k as u32;
+        if k > first {
+            out.push((first, k - 1));
+        }
+        first = k + 1;
+    }
+    out.push((first, u32::MAX));
+    out
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; the descriptors it closes belong to no
+    // live owner (the caller's contract, see `close_all_except`). Not retried: like
+    // close, it releases the descriptors even when interrupted.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_long::from(first),
+            libc::c_long::from(last),
+            0 as libc::c_long,
+        )
+    })?;
+    Ok(())
+}
+
+/// The fallback: every number `/proc/self/fd` lists, except `kept` (and the directory's
+/// own descriptor, which the listing closes itself).
+fn close_listed(kept: &[RawFd]) -> io::Result<()> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed now, and was listed: closing that number
+    // again gives EBADF, ignored below.
+    for n in open {
+        if kept.binary_search(&n).is_err() {
+            // SAFETY: `n` belongs to no live owner (the caller's contract); close is
+            // never retried (see the EINTR policy) and EBADF (a number that closed
+            // meanwhile, as the listing's own) is harmless.
+            unsafe { libc::close(n) };
+        }
     }
     Ok(())
 }
@@ -175,4 +275,19 @@ pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 pub(crate) fn c_path(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gaps;
+
+    #[test]
+    fn gaps_between_kept_descriptors() {
+        assert_eq!(gaps(&[0, 1, 2]), vec![(3, u32::MAX)]);
+        assert_eq!(
+            gaps(&[0, 1, 2, 5, 6, 9]),
+            vec![(3, 4), (7, 8), (10, u32::MAX)]
+        );
+        assert_eq!(gaps(&[1, 2]), vec![(0, 0), (3, u32::MAX)]);
+    }
 }

@@ -24,8 +24,10 @@
 //! # Linux
 //!
 //! Linux is the target. Calls that are Linux-only say so in their docs: `accept4`,
-//! `SOCK_SEQPACKET` on Unix sockets, `MSG_CMSG_CLOEXEC`, `PR_SET_PDEATHSIG`, `tgkill`.
+//! `SOCK_SEQPACKET` on Unix sockets, `MSG_CMSG_CLOEXEC`, `PR_SET_PDEATHSIG`, `tgkill`,
+//! `close_range`, and everything in `caps`.
 
+pub(crate) mod caps;
 pub(crate) mod fd;
 pub(crate) mod poll;
 pub(crate) mod process;

@@ -1,4 +1,4 @@
-//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, ids.
+//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, `setsid`, ids.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -162,6 +162,21 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes an integer signal number.
     cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
+}
+
+/// Corresponds to `setsid(2)`: this process leads a new session and process group, with
+/// no controlling terminal. A terminal's job-control signals (`SIGINT` from Ctrl-C,
+/// `SIGHUP` on hang-up) then no longer reach it, and it cannot use a terminal it
+/// inherited as its own (`TIOCSTI` into it needs it as controlling terminal, or
+/// `CAP_SYS_ADMIN`).
+///
+/// # Errors
+///
+/// `EPERM` when the process already leads a process group (a freshly forked child
+/// never does: it is in its parent's group).
+pub(crate) fn new_session() -> io::Result<Pid> {
+    // SAFETY: setsid takes no arguments.
+    cvt(unsafe { libc::setsid() })
 }
 
 /// A user id (`uid_t`).

@@ -149,6 +149,22 @@ impl SignalPipe {
     }
 }
 
+impl SignalPipe {
+    /// In a freshly forked child (signals still blocked): restores the handlers from
+    /// before the pipe was installed, as dropping it would, but leaves the pipe's
+    /// descriptors to the child's sweep instead of closing them here: the child forgets
+    /// the primary's structures rather than dropping them (see
+    /// `Cluster::release_in_child`). Everything this changes is the child's own.
+    pub(crate) fn leave_in_child(mut self) {
+        for (signal, old) in self.previous.drain(..).rev() {
+            let _ = set_action(signal, &old.0);
+        }
+        WAKE_FD.store(-1, Ordering::SeqCst);
+        INSTALLED.store(false, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for SignalPipe {
     fn drop(&mut self) {
         for (signal, old) in self.previous.drain(..).rev() {

@@ -528,3 +528,45 @@ pub fn soft_limit(pid: u32, resource: &str) -> Result<String, String> {
 pub fn is_root() -> bool {
     ids_of(std::process::id()).is_some_and(|(uid, _)| uid == 0)
 }
+
+/// Each open descriptor of `pid` and what it refers to (the `/proc/PID/fd` link:
+/// a path, `pipe:[…]`, `socket:[…]`).
+pub fn fd_targets(pid: u32) -> Vec<(i32, String)> {
+    fds_of(pid)
+        .into_iter()
+        .filter_map(|n| {
+            let link = std::fs::read_link(format!("/proc/{pid}/fd/{n}")).ok()?;
+            Some((n, link.display().to_string()))
+        })
+        .collect()
+}
+
+/// The file status flags of descriptor `fd` of `pid` (octal `flags:` in fdinfo).
+pub fn fd_flags(pid: u32, fd: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+}
+
+/// The session id and controlling terminal (`tty_nr`, 0 for none) of a process, from
+/// fields 6 and 7 of /proc/PID/stat.
+pub fn session_and_tty(pid: u32) -> Option<(u32, u64)> {
+    let f = stat_fields(pid)?;
+    Some((f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
+}
+
+/// The parent pid of a process (field 4 of /proc/PID/stat).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// A field of /proc/PID/status (`Uid`, `CapEff`, `NoNewPrivs`, …), without its name.
+pub fn status_field(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+}

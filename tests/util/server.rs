@@ -12,13 +12,18 @@
 //! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
-//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`).
+//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`),
+//! `SC_SECRET` (a file the primary opens for reading before `start` and holds, as a
+//! program's private key or configuration would be), `SC_KEEP` (a log file the primary
+//! opens for appending, created 0600, and gives every worker with `keep_fd`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
-//! directory); `stderr TEXT` (writes TEXT to stderr); `unlisten N` (closes the worker's listener
-//! number N); `sleep MS` (tells the primary `busy`
+//! directory); `fds` (answers the descriptors the worker had open when its function
+//! started, comma-separated); `log TEXT` (appends `TEXT` to the `SC_KEEP` log through
+//! the kept descriptor); `stderr TEXT` (writes TEXT to stderr); `unlisten N` (closes the
+//! worker's listener number N); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
@@ -34,11 +39,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use cluster::{Cluster, Event, ListenAddr, Listener, Mode, Respawn, Stream, User, Worker};
 
 use super::proc;
+
+/// The descriptors open when the worker function started (see `fds`).
+static ENTRY_FDS: OnceLock<String> = OnceLock::new();
+
+/// The descriptor numbers open in this process, found with `lstat` on
+/// `/proc/self/fd/N` (which opens nothing, so the answer does not count itself, and
+/// works for a worker that dropped privileges: a process may always look at its own).
+fn own_fds() -> String {
+    (0..1024)
+        .filter(|n| std::fs::symlink_metadata(format!("/proc/self/fd/{n}")).is_ok())
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -62,6 +82,24 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 let _ = w.send(format!("busy {id}").as_bytes());
             }
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+        ["fds"] => {
+            extra = format!(" {}", ENTRY_FDS.get().map_or("?", String::as_str));
+        }
+        ["log", rest @ ..] => {
+            let written = Worker::current()
+                .and_then(|w| w.kept_fd(0).map(|fd| fd.try_clone_to_owned()))
+                .map(|fd| {
+                    fd.and_then(|fd| {
+                        std::fs::File::from(fd)
+                            .write_all(format!("{}\n", rest.join(" ")).as_bytes())
+                    })
+                });
+            extra = match written {
+                Some(Ok(())) => " logged".into(),
+                Some(Err(e)) => format!(" log-error {e}"),
+                None => " no-kept-fd".into(),
+            };
         }
         ["cwd"] => {
             extra = format!(
@@ -168,6 +206,7 @@ fn ask_more(asks: &str) {
 }
 
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
+    let _ = ENTRY_FDS.set(own_fds());
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
     }
@@ -284,6 +323,17 @@ pub fn main() -> i32 {
     } else {
         None
     };
+    // Opened before the hygiene count: it stays open for the primary's whole life.
+    let _secret = match std::env::var("SC_SECRET") {
+        Ok(path) => match std::fs::File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("server: SC_SECRET {path}: {e}");
+                return 2;
+            }
+        },
+        Err(_) => None,
+    };
     let fds_before = proc::open_fds();
     let out = std::io::stdout();
     let say = |s: String| {
@@ -317,6 +367,21 @@ pub fn main() -> i32 {
             Ok(u) => builder = builder.user(u),
             Err(e) => {
                 eprintln!("server: {e}");
+                return 2;
+            }
+        }
+    }
+    if let Ok(path) = std::env::var("SC_KEEP") {
+        use std::os::unix::fs::OpenOptionsExt;
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path);
+        match log {
+            Ok(f) => builder = builder.keep_fd(std::os::fd::OwnedFd::from(f)),
+            Err(e) => {
+                eprintln!("server: SC_KEEP {path}: {e}");
                 return 2;
             }
         }
