@@ -232,6 +232,7 @@ impl Builder {
     ///     .open("/var/log/myserver.log")?;
     /// let mut cluster = cluster::Cluster::builder()
     ///     .user(cluster::User::named("nobody")?)
+    ///     .listen_only(["0.0.0.0:80".parse()?])
     ///     .keep_fd(OwnedFd::from(log))
     ///     .start(|worker| -> std::io::Result<()> {
     ///         let fd = worker.kept_fd(0).expect("the log kept with keep_fd");
