@@ -44,13 +44,16 @@ pub enum Error {
     /// running).
     Reload(String),
     /// A worker asked to listen on an address the cluster does not allow
-    /// ([`Builder::listen_only`](crate::Builder::listen_only)); it was refused
-    /// (`EACCES`), nothing was bound.
+    /// ([`Builder::listen_only`](crate::Builder::listen_only)), or, run as another user,
+    /// with options the cluster does not allow for it; it was refused (`EACCES`),
+    /// nothing was bound.
     ListenDenied {
         /// The worker.
         worker: WorkerId,
         /// The address it asked for.
         addr: ListenAddr,
+        /// Why: the address is not allowed, or the options are not those allowed.
+        reason: &'static str,
     },
     /// A worker broke the channel protocol; it was disconnected and killed.
     Protocol {
@@ -98,10 +101,13 @@ impl fmt::Display for Error {
                 )
             }
             Error::Reload(reason) => write!(f, "reload stopped: {reason}"),
-            Error::ListenDenied { worker, addr } => write!(
+            Error::ListenDenied {
+                worker,
+                addr,
+                reason,
+            } => write!(
                 f,
-                "worker {worker} asked to listen on {addr}, which is not one of the \
-                 cluster's allowed addresses (Builder::listen_only): refused"
+                "worker {worker} asked to listen on {addr}: refused, {reason}"
             ),
         }
     }

@@ -129,7 +129,11 @@ pub fn run(opts: Options) -> ExitCode {
         match User::named(name) {
             // Workers that dropped privileges are untrusted: they may listen on the
             // demo's address and nothing else.
-            Ok(u) => builder = builder.user(u).listen_only([opts.listen.clone()]),
+            Ok(u) => {
+                builder = builder
+                    .user(u)
+                    .listen_only_with([(opts.listen.clone(), crate::http::listen_options())])
+            }
             Err(e) => {
                 eprintln!("hello: --user: {e}");
                 return ExitCode::from(2);

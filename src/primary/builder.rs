@@ -15,6 +15,7 @@ use crate::addr::ListenAddr;
 use crate::error::Error;
 use crate::ipc::codec::MAX_RECORD_LEN;
 use crate::mode::Mode;
+use crate::options::ListenOptions;
 use crate::settings::{User, WorkerSettings};
 use crate::sys::process;
 use crate::sys::signal::SignalPipe;
@@ -160,8 +161,42 @@ impl Builder {
     /// hand over any listening descriptor it holds.
     ///
     /// [`user`]: Builder::user
-    pub fn listen_only(mut self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
-        self.config.allowed = Some(addrs.into_iter().collect());
+    pub fn listen_only(self, addrs: impl IntoIterator<Item = ListenAddr>) -> Builder {
+        self.listen_only_with(addrs.into_iter().map(|a| (a, ListenOptions::new())))
+    }
+
+    /// Like [`listen_only`](Builder::listen_only), with the [`ListenOptions`] of each
+    /// address. They matter with [`user`](Builder::user): untrusted workers do not choose
+    /// the options of a listener either (the first to ask would impose, say, a 1 ms read
+    /// timeout on every worker's connections), so a request whose options differ from
+    /// those given here is refused with `EACCES`, like an address not listed. Without
+    /// `user`, the options of the first worker that asks for an address set it up.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use cluster::{Cluster, ListenOptions, Listener, User};
+    ///
+    /// let options = ListenOptions::new().read_timeout(Some(Duration::from_secs(30)));
+    /// let worker_options = options.clone();
+    /// let cluster = Cluster::builder()
+    ///     .user(User::named("nobody")?)
+    ///     .listen_only_with([("0.0.0.0:80".parse()?, options)])
+    ///     .start(move |_worker| -> std::io::Result<()> {
+    ///         let listener = Listener::bind_with("0.0.0.0:80", &worker_options)?;
+    ///         while let Some(conn) = listener.accept()? {
+    ///             // serve conn
+    /// #           drop(conn);
+    ///         }
+    ///         Ok(())
+    ///     })?;
+    /// # drop(cluster);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen_only_with(
+        mut self,
+        allowed: impl IntoIterator<Item = (ListenAddr, ListenOptions)>,
+    ) -> Builder {
+        self.config.allowed = Some(allowed.into_iter().collect());
         self
     }
 

@@ -12,7 +12,11 @@
 //! a request for anything else (a TCP address, a Unix path, an `fd:N` descriptor number)
 //! is refused with `EACCES` before anything is created: the worker's `Listener::bind`
 //! fails naming the address, and the application sees [`Event::ListenFailed`] and
-//! [`Error::ListenDenied`]. Without `user`, workers run as the primary's own user and
+//! [`Error::ListenDenied`]. Nor do such workers choose a listener's options (timeouts
+//! and `TCP_DEFER_ACCEPT` are inherited by every worker's connections, the backlog is
+//! everyone's): a request must carry the options the allowlist gives the address
+//! ([`Builder::listen_only_with`](super::Builder::listen_only_with); the defaults
+//! with `listen_only`). Without `user`, workers run as the primary's own user and
 //! could do whatever the primary does; any address is served unless `listen_only` says
 //! otherwise.
 //!
@@ -59,7 +63,7 @@ impl Cluster {
         addr: ListenAddr,
     ) {
         let found = self
-            .authorise(id, &addr)
+            .authorise(id, &addr, options)
             .and_then(|()| self.handle_for(&addr, options));
         let idx = match found {
             Ok(i) => i,
@@ -128,25 +132,33 @@ impl Cluster {
         }
     }
 
-    /// Whether worker `id` may listen on `key` (see the module docs); `EACCES` naming
-    /// the address, and an [`Error::ListenDenied`] event, when not.
-    fn authorise(&mut self, id: WorkerId, key: &ListenAddr) -> io::Result<()> {
+    /// Whether worker `id` may listen on `key` with `options` (see the module docs);
+    /// `EACCES` naming the address, and an [`Error::ListenDenied`] event, when not.
+    fn authorise(
+        &mut self,
+        id: WorkerId,
+        key: &ListenAddr,
+        options: &ListenOptions,
+    ) -> io::Result<()> {
         let Some(allowed) = &self.config.allowed else {
             return Ok(());
         };
-        if allowed.contains(key) {
-            return Ok(());
-        }
+        let untrusted = self.config.settings.user.is_some();
+        let reason = match allowed.iter().find(|(a, _)| a == key) {
+            None => "not one of the cluster's allowed listen addresses (Builder::listen_only)",
+            Some((_, o)) if untrusted && o != options => {
+                "options other than those the cluster allows for it (Builder::listen_only_with)"
+            }
+            Some(_) => return Ok(()),
+        };
         self.events.push_back(Event::Error(Error::ListenDenied {
             worker: id,
             addr: key.clone(),
+            reason,
         }));
         Err(ListenError::io(
             key,
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "not one of the cluster's allowed listen addresses (Builder::listen_only)",
-            ),
+            io::Error::new(io::ErrorKind::PermissionDenied, reason),
         ))
     }
 

@@ -69,6 +69,7 @@ use crate::error::Error;
 use crate::event::{Event, WorkerId};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
+use crate::options::ListenOptions;
 use crate::settings::WorkerSettings;
 use crate::socket_file::SocketFile;
 use crate::sys::process::{self, Pid};
@@ -115,7 +116,9 @@ struct Config {
     scheduler: Box<dyn Scheduler>,
     prefetch: u32,
     /// The only addresses workers may listen on, if restricted.
-    allowed: Option<Vec<ListenAddr>>,
+    /// With each, the options a listener on it is created with when workers are
+    /// untrusted (`user` set): then a request with other options is refused.
+    allowed: Option<Vec<(ListenAddr, ListenOptions)>>,
     /// Messages a second one worker may send (0: any number).
     message_limit: u32,
     /// Descriptors every worker keeps (`Builder::keep_fd`), held open by the primary

@@ -35,8 +35,9 @@ fn mode_env(mode: &str) -> (&'static str, String) {
 
 /// Workers run as `nobody` ask the root primary for what it must not give: its
 /// private admin listener (`fd:N`), a Unix socket in a directory only root may write,
-/// a privileged port. Each is refused with `EACCES` naming the address, reported as an
-/// error, and nothing is created; the allowed address is served.
+/// a privileged port, an allowed address with options of their own choosing. Each is
+/// refused with `EACCES` naming the address, reported as an error, and nothing is
+/// created; the allowed address is served.
 pub fn untrusted_listen_requests() -> Outcome {
     if !proc::is_root() {
         println!("    skipped: not root (workers run as nobody; CI runs as root)");
@@ -46,19 +47,25 @@ pub fn untrusted_listen_requests() -> Outcome {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| e.to_string())?;
     let sock = dir.join("planted.sock");
-    let asks = format!("admin,unix:{},127.0.0.1:1", sock.display());
+    // 127.0.0.2:0 is allowed, with the default options: asked for with others, it is
+    // refused (a worker would impose them on every worker's connections).
+    let asks = format!(
+        "admin,unix:{},127.0.0.1:1,timeouts@127.0.0.2:0",
+        sock.display()
+    );
     let s = spec(
         "round-robin",
         "127.0.0.1:0".into(),
         vec![
             ("SC_USER", "nobody".into()),
+            ("SC_ALLOW", "127.0.0.1:0,127.0.0.2:0".into()),
             ("SC_ADMIN", "1".into()),
             ("SC_ASK", asks),
             ("SC_RESPAWN", "never".into()),
         ],
     );
     let (mut srv, targets) = s.start()?;
-    for what in ["fd:", "unix:", "127.0.0.1:1"] {
+    for what in ["fd:", "unix:", "127.0.0.1:1", "127.0.0.2:0"] {
         let line =
             srv.seen_or_expect_containing(&format!("ask {what}"), Duration::from_secs(10))?;
         check(

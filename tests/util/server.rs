@@ -189,16 +189,27 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
 
 /// Worker 1 asks for more addresses (`SC_ASK`, comma-separated; `admin` stands for the
-/// primary's private listener, `fd:N` of `SC_ADMIN`) and says on stderr what it got:
-/// `ask ADDR: ok` or `ask ADDR: ERROR`.
+/// primary's private listener, `fd:N` of `SC_ADMIN`; `timeouts@ADDR` asks with 1 ms
+/// read and write timeouts) and says on stderr what it got: `ask ADDR: ok` or
+/// `ask ADDR: ERROR`.
 fn ask_more(asks: &str) {
     for a in asks.split(',') {
+        let (options, a) = match a.strip_prefix("timeouts@") {
+            Some(rest) => {
+                let ms = Some(Duration::from_millis(1));
+                let o = cluster::ListenOptions::new()
+                    .read_timeout(ms)
+                    .write_timeout(ms);
+                (o, rest)
+            }
+            None => (cluster::ListenOptions::new(), a),
+        };
         let addr = if a == "admin" {
             format!("fd:{}", env("SC_ADMIN_FD", "-1"))
         } else {
             a.to_string()
         };
-        match Listener::bind(addr.as_str()) {
+        match Listener::bind_with(addr.as_str(), &options) {
             Ok(l) => eprintln!("ask {addr}: ok {}", l.local_addr()),
             Err(e) => eprintln!("ask {addr}: {e}"),
         }
