@@ -100,7 +100,15 @@ fn main() {
     scenarios.push(("worker_settings", Box::new(worker_settings)));
     scenarios.push(("worker_api_and_scaling", Box::new(worker_api_and_scaling)));
     // Issue 5: faults and bad input.
-    for how in ["garbage", "oversized", "unknown", "fd", "flood"] {
+    for how in [
+        "garbage",
+        "oversized",
+        "unknown",
+        "fd",
+        "flood",
+        "relisten",
+        "late_setup",
+    ] {
         let name: &'static str = Box::leak(format!("rogue_worker_{how}").into_boxed_str());
         scenarios.push((name, Box::new(move || rogue_worker(how))));
     }

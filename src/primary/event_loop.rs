@@ -261,6 +261,12 @@ impl Cluster {
         match msg {
             Message::Online => {
                 if let Some(s) = self.workers.get_mut(&id) {
+                    if std::mem::replace(&mut s.said_online, true) {
+                        return Err(ProtocolError::Malformed {
+                            kind: "online",
+                            reason: "said twice",
+                        });
+                    }
                     if s.phase == Phase::Starting {
                         s.phase = Phase::Online;
                     }
@@ -284,6 +290,14 @@ impl Cluster {
             }
             Message::SetupFailed { stage, errno } => {
                 if let Some(s) = self.workers.get_mut(&id) {
+                    // Setup ends before `Online`: a failure reported after it is forged
+                    // (it would count as a young death for the whole cluster's back-off).
+                    if s.said_online {
+                        return Err(ProtocolError::Malformed {
+                            kind: "setup-failed",
+                            reason: "after online",
+                        });
+                    }
                     s.setup_failed = true;
                 }
                 self.events.push_back(Event::Error(Error::WorkerSetup {

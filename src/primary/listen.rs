@@ -116,7 +116,7 @@ impl Cluster {
         match slot.send(&Message::ListenReply { seq, result }, fd) {
             Ok(()) if granted => {
                 slot.granted.insert(handle);
-                *self.handles[idx].holders.entry(id).or_insert(0) += 1;
+                self.handles[idx].holders.entry(id).or_default().granted += 1;
             }
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -244,12 +244,20 @@ impl Cluster {
         self.handles.iter().position(|h| h.id == id)
     }
 
-    /// `Listening`: worker `id` listens on `handle` (reported as an event).
+    /// `Listening`: worker `id` listens on `handle` (reported as an event). Only for
+    /// a listener it was granted and has not announced yet: anything else is a forged
+    /// record (it would count the worker listening, which a reload waits for).
     pub(super) fn on_listening(&mut self, id: WorkerId, handle: u32) -> Result<(), ProtocolError> {
-        let i = self.handle_index(handle).ok_or(ProtocolError::Malformed {
+        let forged = ProtocolError::Malformed {
             kind: "listening",
-            reason: "unknown handle",
-        })?;
+            reason: "no such listener was granted to this worker",
+        };
+        let i = self.handle_index(handle).ok_or(forged.clone())?;
+        let hold = self.handles[i].holders.get_mut(&id).ok_or(forged.clone())?;
+        if hold.listening >= hold.granted {
+            return Err(forged);
+        }
+        hold.listening += 1;
         let addr = self.handles[i].local().clone();
         if let Some(s) = self.workers.get_mut(&id) {
             s.listening += 1;
@@ -278,18 +286,24 @@ impl Cluster {
             };
         };
         let holders = &mut self.handles[i].holders;
-        let Some(n) = holders.get_mut(&id) else {
+        let Some(hold) = holders.get_mut(&id) else {
             return Ok(()); // not one of its listeners: nothing to count
         };
-        *n -= 1;
-        if *n == 0 {
+        hold.granted -= 1;
+        // A listener whose `listen` failed in the worker closes without having
+        // announced itself.
+        let was_listening = hold.listening > hold.granted;
+        hold.listening = hold.listening.min(hold.granted);
+        if hold.granted == 0 {
             holders.remove(&id);
         }
         let last = holders.is_empty();
         let Some(slot) = self.workers.get_mut(&id) else {
             return Ok(());
         };
-        slot.listening = slot.listening.saturating_sub(1);
+        if was_listening {
+            slot.listening = slot.listening.saturating_sub(1);
+        }
         // Round-robin: the hand-off channel's hang-up removes the worker from the
         // handle. Shared and reuse-port: the socket was the worker's copy.
         let on_purpose = !slot.requested && !matches!(slot.phase, Phase::Disconnecting { .. });

@@ -151,11 +151,21 @@ struct HandleEntry {
     /// The address workers asked for (port 0 stays 0: one handle for all of them).
     key: ListenAddr,
     handle: Handle,
-    /// The workers listening on it, and on how many listeners each (granted, not yet
-    /// closed): when the last lets go for good, the handle closes (see `listen.rs`).
-    holders: BTreeMap<WorkerId, u32>,
+    /// The workers listening on it, and what each holds: when the last lets go for
+    /// good, the handle closes (see `listen.rs`).
+    holders: BTreeMap<WorkerId, Hold>,
     /// The Unix socket file this handle created, removed when the handle closes.
     socket_file: Option<SocketFile>,
+}
+
+/// What one worker holds of one handle.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hold {
+    /// Listeners granted and not yet closed.
+    granted: u32,
+    /// Of those, how many the worker said listen (`Listening`): never more than
+    /// granted, so a worker cannot count itself listening on what it was not given.
+    listening: u32,
 }
 
 impl HandleEntry {

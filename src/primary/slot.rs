@@ -65,6 +65,8 @@ pub(crate) struct Slot {
     pub(crate) forked_at: Instant,
     /// Its setup (chdir, setuid, …) failed: a young death whatever its uptime.
     pub(crate) setup_failed: bool,
+    /// It sent `Online` (once; setup failures come before it).
+    pub(crate) said_online: bool,
     /// The current one-second window of its messages: its start, and the count.
     window: (Instant, u32),
 }
@@ -87,6 +89,7 @@ impl Slot {
             granted: BTreeSet::new(),
             forked_at: Instant::now(),
             setup_failed: false,
+            said_online: false,
             window: (Instant::now(), 0),
         }
     }

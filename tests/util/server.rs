@@ -12,7 +12,8 @@
 //! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
-//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`),
+//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`, `relisten`, `late_setup`;
+//! see `rogue`),
 //! `SC_SECRET` (a file the primary opens for reading before `start` and holds, as a
 //! program's private key or configuration would be), `SC_KEEP` (a log file the primary
 //! opens for appending, created 0600, and gives every worker with `keep_fd`).
@@ -153,7 +154,8 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
 /// Worker 1 breaks the protocol, as `SC_ROGUE` says, then serves as usual (until the
 /// primary kills it).
 fn rogue(w: &Worker, how: &str, listener: &Listener) {
-    // Kinds: 1 = online, 8 = user (see `src/ipc/codec.rs`); headers are kind, three
+    // Kinds: 1 = online, 4 = listening, 8 = user, 10 = setup-failed (see
+    // `src/ipc/codec.rs`); headers are kind, three
     // zero bytes, and the payload length (u32, little-endian).
     let record = |kind: u8, payload: &[u8]| {
         let mut r = vec![kind, 0, 0, 0];
@@ -165,6 +167,12 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
         "garbage" => w.send_raw_record_for_tests(b"\x07\xffnot a record at all", None),
         "oversized" => w.send_raw_record_for_tests(&record(8, &vec![b'x'; 100_000]), None),
         "unknown" => w.send_raw_record_for_tests(&record(200, b""), None),
+        // `Listening` again for the listener it has (handle 0, the first), as if it had
+        // two: a reload would count it ready.
+        "relisten" => w.send_raw_record_for_tests(&record(4, &0u32.to_le_bytes()), None),
+        // A setup failure (chdir, errno EPERM) after `Online`: a young death for the
+        // whole cluster's back-off, if believed.
+        "late_setup" => w.send_raw_record_for_tests(&record(10, &[1, 1, 0, 0, 0]), None),
         "fd" => w.send_raw_record_for_tests(&record(1, b""), Some(listener.as_fd())),
         "flood" => {
             // Valid messages, as fast as the channel takes them, until the primary
