@@ -42,6 +42,15 @@
 //! listen does not conflict with them under `SO_REUSEADDR`). A service that binds the
 //! port with `SO_REUSEPORT` *later*, as the same user, can still join the cluster's
 //! group: the kernel offers no way to close a group to its own user.
+//!
+//! # What a worker can do to the group
+//!
+//! Each worker holds a real socket of the group, and any member may attach a program
+//! that steers the whole group's connections (`SO_ATTACH_REUSEPORT_CBPF`/`EBPF`, no
+//! privilege needed): a compromised worker can draw every connection to itself. The
+//! primary cannot stop a live worker from doing so, but detaches any program when a
+//! worker that held a socket exits, so a replaced worker's program does not outlive it.
+//! With untrusted workers, round-robin keeps the listener away from them altogether.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -125,10 +134,20 @@ impl ReusePortHandle {
         Ok(self.sockets[i].fd.as_fd())
     }
 
-    /// The worker exited: its sockets stay, for whoever comes next.
+    /// The worker exited: its sockets stay, for whoever comes next. Any steering
+    /// program is detached from the group: a worker holding one of its sockets may have
+    /// attached one (`SO_ATTACH_REUSEPORT_CBPF`, which needs no privilege) to send every
+    /// connection its way, and the program would outlive it (see the module docs).
     pub(crate) fn worker_gone(&mut self, worker: WorkerId) {
+        let mut held = false;
         for s in &mut self.sockets {
+            let before = s.holders.len();
             s.holders.retain(|&w| w != worker);
+            held |= s.holders.len() != before;
+        }
+        if let (true, Some(s)) = (held, self.sockets.first()) {
+            // ENOENT: none was attached, the usual case.
+            let _ = socket::detach_reuseport_program(s.fd.as_fd());
         }
     }
 
@@ -151,5 +170,54 @@ impl ReusePortHandle {
             let _ = socket::shutdown(s.fd.as_fd(), socket::Shutdown::Read);
         }
         self.anchor = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fd;
+    use std::net::TcpStream;
+
+    /// Connects `n` times; returns how many each socket got.
+    fn spread(local: std::net::SocketAddr, sockets: &[BorrowedFd<'_>], n: usize) -> Vec<usize> {
+        let mut got = vec![0; sockets.len()];
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(TcpStream::connect(local).unwrap());
+        }
+        for (i, s) in sockets.iter().enumerate() {
+            fd::set_nonblocking(*s, true).unwrap();
+            while socket::accept(*s).is_ok() {
+                got[i] += 1;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_gone_workers_steering_program_is_detached() {
+        let opts = ListenOptions::new();
+        let first = bind::bind(
+            &"127.0.0.1:0".parse().unwrap(),
+            BindOptions::default(),
+            &opts,
+        )
+        .unwrap();
+        let local = first.local.as_tcp().unwrap();
+        let mut h = ReusePortHandle::new(first, &opts);
+        let (w1, w2) = (WorkerId(1), WorkerId(2));
+        let a = fd::dup_cloexec(h.grant(w1, None).unwrap()).unwrap();
+        let b = fd::dup_cloexec(h.grant(w2, None).unwrap()).unwrap();
+        socket::listen(a.as_fd(), 64).unwrap();
+        socket::listen(b.as_fd(), 64).unwrap();
+        let both = [a.as_fd(), b.as_fd()];
+        // Worker 1 steers the group: everything to the first socket.
+        socket::attach_reuseport_cbpf(a.as_fd(), 0).unwrap();
+        let steered = spread(local, &both, 20);
+        assert!(steered.contains(&0) && steered.contains(&20), "{steered:?}");
+        h.worker_gone(w1);
+        let spread_again = spread(local, &both, 40);
+        assert!(spread_again.iter().all(|&n| n > 0), "{spread_again:?}");
     }
 }

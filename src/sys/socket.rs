@@ -383,6 +383,47 @@ pub(crate) fn set_timeout(
     Ok(())
 }
 
+/// Corresponds to `setsockopt(SO_DETACH_REUSEPORT_BPF)` (Linux 4.19): removes the
+/// program that steers connections among the sockets of `fd`'s `SO_REUSEPORT` group.
+/// The program belongs to the group, so any socket of it detaches it for all.
+///
+/// # Errors
+///
+/// `ENOENT` when no program is attached.
+pub(crate) fn detach_reuseport_program(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0)
+}
+
+/// Test support: attaches a classic BPF program that sends every connection of the
+/// group to the socket at index `k` (`SO_ATTACH_REUSEPORT_CBPF`), as a worker holding
+/// one socket of the group can.
+#[cfg(test)]
+pub(crate) fn attach_reuseport_cbpf(fd: BorrowedFd<'_>, k: u32) -> io::Result<()> {
+    // BPF_RET | BPF_K: return k.
+    let code = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points to one valid instruction, alive for the call; the kernel
+    // copies it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Corresponds to `getsockname(2)`.
 pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
     let mut addr = SockAddr::zeroed();
