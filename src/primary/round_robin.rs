@@ -95,11 +95,13 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 pub(crate) const ACCEPT_BATCH: u32 = 64;
 
 /// Listeners one worker may hold on one address (each is a channel with two
-/// descriptors in the primary); more get `EMFILE`.
-pub(crate) const MAX_LISTENERS_PER_WORKER: usize = 64;
+/// descriptors in the primary); more get `EMFILE`. A server needs one per address
+/// (its threads share it); a few more are allowed for code that binds twice.
+pub(crate) const MAX_LISTENERS_PER_WORKER: usize = 16;
 
-/// The most credits one hand-off channel may hold: more threads than this waiting in
-/// `accept` on one listener of one worker is taken for a protocol violation.
+/// The most credits one worker may hold on one address, over all its listeners there:
+/// more threads than this waiting in `accept` on one address in one worker is taken for
+/// a protocol violation (and `pick`'s scan of the credits stays short).
 pub(crate) const MAX_CREDITS: u32 = 4096;
 
 /// How long a connection may sit unreceived in the channel of a worker that sends no
@@ -198,6 +200,8 @@ pub(crate) struct RoundRobinHandle {
     /// oldest credit in `free`, member id).
     scratch_ready: Vec<ReadyWorker>,
     scratch_at: Vec<(usize, u32)>,
+    /// Reused by `pick`: workers, then members, already looked at.
+    scratch_seen: Vec<u32>,
     /// Reused by `refill`: each member's new credits, before interleaving.
     scratch_fresh: Vec<(u32, u32)>,
     /// Where `pick_ahead` starts looking next.
@@ -240,6 +244,7 @@ impl RoundRobinHandle {
             returned: Vec::new(),
             scratch_ready: Vec::new(),
             scratch_at: Vec::new(),
+            scratch_seen: Vec::new(),
             scratch_fresh: Vec::new(),
             rotation: 0,
             check_at: None,
@@ -374,7 +379,16 @@ impl RoundRobinHandle {
         let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
         let mut fresh = std::mem::take(&mut self.scratch_fresh);
         fresh.clear();
-        for m in &mut self.members {
+        for i in 0..self.members.len() {
+            // The worker's credits on its other listeners here: the cap is per worker.
+            let worker = self.members[i].worker;
+            let others = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|&(j, o)| j != i && o.worker == worker && !o.retired)
+                .fold(0u32, |n, (_, o)| n.saturating_add(o.credits));
+            let m = &mut self.members[i];
             // The credits already in `free` (a stalled member's are kept out of it).
             let before = if m.stalled { 0 } else { m.credits };
             let mut arrived = 0u32;
@@ -406,7 +420,7 @@ impl RoundRobinHandle {
                 if let Some(o) = open {
                     m.open = o;
                 }
-                if m.credits > MAX_CREDITS {
+                if m.credits.saturating_add(others) > MAX_CREDITS {
                     fault.get_or_insert(ProtocolError::Malformed {
                         kind: "ready",
                         reason: "more credits than any worker has threads",
@@ -615,33 +629,65 @@ impl RoundRobinHandle {
     }
 
     /// The credit to use (its position in `free`): the scheduler chooses among the
-    /// members that have one, listed by their oldest credit. Skips the worker a
-    /// connection came back from, as long as some other worker listens here (if none
-    /// does, it may go back).
+    /// *workers* that have one, listed by their oldest credit. A worker counts once
+    /// however many listeners it has on this address (its `waiting` and `dispatched`
+    /// are summed over them), so opening more listeners does not buy a worker a larger
+    /// share. Skips the worker a connection came back from, as long as some other
+    /// worker listens here (if none does, it may go back).
+    ///
+    /// Cost: the scan of `free` stops once every worker that can take a connection has
+    /// been found, and looks each member up once, so a worker holding thousands of
+    /// credits (up to [`MAX_CREDITS`]) costs a short scan, not thousands of lookups.
     fn pick(&mut self, avoid: Option<WorkerId>, scheduler: &mut dyn Scheduler) -> Option<usize> {
         let avoid = avoid.filter(|w| self.members.iter().any(|m| m.worker != *w));
+        let usable = |m: &Member| {
+            m.credits > 0 && !m.blocked && !m.stalled && !m.retired && Some(m.worker) != avoid
+        };
         // The candidates, in the order of their oldest credit, with that credit's
         // position in `free` (scratch vectors kept across calls: no allocation).
-        let (ready, at) = (&mut self.scratch_ready, &mut self.scratch_at);
+        let (ready, at, seen) = (
+            &mut self.scratch_ready,
+            &mut self.scratch_at,
+            &mut self.scratch_seen,
+        );
         ready.clear();
         at.clear();
-        for (pos, id) in self.free.iter().enumerate() {
-            if let Some(k) = at.iter().position(|&(_, m)| m == *id) {
-                ready[k].waiting += 1;
-                continue;
+        seen.clear();
+        let mut wanted = 0;
+        for m in self.members.iter().filter(|m| usable(m)) {
+            if !seen.contains(&m.worker.0) {
+                seen.push(m.worker.0);
+                wanted += 1;
             }
+        }
+        seen.clear();
+        for (pos, id) in self.free.iter().enumerate() {
+            if ready.len() == wanted {
+                break;
+            }
+            if seen.contains(id) {
+                continue; // this member was looked at already
+            }
+            seen.push(*id);
             let Some(m) = self.members.iter().find(|m| m.id == *id) else {
                 continue;
             };
-            if Some(m.worker) == avoid || m.blocked || m.stalled {
+            if !usable(m) || ready.iter().any(|r| r.worker == m.worker) {
                 continue;
             }
+            let (waiting, dispatched) = self
+                .members
+                .iter()
+                .filter(|o| o.worker == m.worker && usable(o))
+                .fold((0u32, 0u64), |(w, d), o| {
+                    (w.saturating_add(o.credits), d.saturating_add(o.dispatched))
+                });
             at.push((pos, *id));
             ready.push(ReadyWorker {
                 worker: m.worker,
-                waiting: 1,
+                waiting,
                 open: m.open,
-                dispatched: m.dispatched,
+                dispatched,
             });
         }
         let k = match ready.len() {
@@ -1040,5 +1086,90 @@ impl Drop for RoundRobinHandle {
     /// open file description the primary is still accepting on.
     fn drop(&mut self) {
         self.release_listener();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bind::{self, BindOptions};
+    use crate::options::ListenOptions;
+    use crate::primary::scheduler::FewestDispatched;
+    use crate::sys::fd;
+    use std::net::TcpStream;
+
+    fn handle() -> RoundRobinHandle {
+        let opts = BindOptions {
+            nonblocking: true,
+            ..BindOptions::default()
+        };
+        let bound =
+            bind::bind(&"127.0.0.1:0".parse().unwrap(), opts, &ListenOptions::new()).unwrap();
+        RoundRobinHandle::new(bound, 128, Duration::ZERO, 0).unwrap()
+    }
+
+    /// A worker's end of a new member, as the worker would hold it.
+    fn join(h: &mut RoundRobinHandle, worker: u32) -> Channel {
+        let (_, end) = h.add(WorkerId(worker)).unwrap();
+        Channel::from_fd(fd::dup_cloexec(end).unwrap())
+    }
+
+    fn credit(ch: &Channel, count: u32) {
+        ch.send(&Message::Ready { count, open: 0 }, None).unwrap();
+    }
+
+    /// Connections received on a worker's end.
+    fn received(ch: &Channel) -> usize {
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        while let Ok(Incoming::Message(Message::NewConn { .. }, Some(_))) = ch.recv(&mut buf, true)
+        {
+            n += 1;
+        }
+        n
+    }
+
+    /// Connects `n` clients and hands them out.
+    fn serve(h: &mut RoundRobinHandle, n: usize) -> Vec<TcpStream> {
+        let addr = h.local().as_tcp().unwrap();
+        let clients: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut sched = FewestDispatched;
+        for _ in 0..n {
+            h.set_readable();
+            h.pump(Instant::now(), &mut sched, &mut |_| {});
+        }
+        clients
+    }
+
+    #[test]
+    fn a_worker_with_many_listeners_and_credits_gets_one_share() {
+        let mut h = handle();
+        // Worker 1 opens four listeners on the address and floods each with credits;
+        // worker 2 has one listener and as many credits as it has connections to take.
+        let greedy: Vec<Channel> = (0..4).map(|_| join(&mut h, 1)).collect();
+        for ch in &greedy {
+            credit(ch, 1000);
+        }
+        let honest = join(&mut h, 2);
+        credit(&honest, 40);
+        let _clients = serve(&mut h, 40);
+        let to_greedy: usize = greedy.iter().map(received).sum();
+        let to_honest = received(&honest);
+        assert_eq!(to_greedy + to_honest, 40);
+        assert_eq!(to_honest, 20, "greedy {to_greedy}, honest {to_honest}");
+        assert!(h.take_faults().is_empty());
+    }
+
+    #[test]
+    fn credits_are_capped_per_worker_not_per_listener() {
+        let mut h = handle();
+        let a = join(&mut h, 1);
+        let b = join(&mut h, 1);
+        credit(&a, MAX_CREDITS);
+        credit(&b, 1);
+        let _clients = serve(&mut h, 1);
+        let faults = h.take_faults();
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert_eq!(faults[0].0, WorkerId(1));
     }
 }
