@@ -122,6 +122,30 @@ impl Worker {
         self.rt.control.send_encoded(record, fd, false)
     }
 
+    /// Not part of the API: like
+    /// [`send_raw_record_for_tests`](Worker::send_raw_record_for_tests), on any
+    /// `SOCK_SEQPACKET` descriptor of this worker (a round-robin listener's hand-off
+    /// channel, from `Listener::as_fd`).
+    #[doc(hidden)]
+    pub fn send_raw_record_on_for_tests(
+        channel: std::os::fd::BorrowedFd<'_>,
+        record: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> std::io::Result<()> {
+        crate::sys::scm::send(channel, record, fd, false).map(drop)
+    }
+
+    /// Not part of the API: `setsockopt(SO_LINGER)` on `fd` (`Some(seconds)`: on), so
+    /// the crate's tests, which use no `unsafe`, can play a worker that hands the
+    /// primary a socket whose close would linger.
+    #[doc(hidden)]
+    pub fn set_linger_for_tests(
+        fd: std::os::fd::BorrowedFd<'_>,
+        seconds: Option<u32>,
+    ) -> std::io::Result<()> {
+        socket::set_linger(fd, seconds)
+    }
+
     /// Waits for the next message from the primary; `None` once the worker is
     /// disconnecting (or the primary is gone) and every message that arrived before has
     /// been returned, so a thread looping on `recv` ends with the worker.

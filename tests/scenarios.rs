@@ -16,6 +16,8 @@ mod util;
 mod core_modes;
 #[path = "scenarios/demo.rs"]
 mod demo;
+#[path = "scenarios/limits.rs"]
+mod limits;
 #[path = "scenarios/robust.rs"]
 mod robust;
 #[path = "scenarios/supervision.rs"]
@@ -36,6 +38,7 @@ fn main() {
     }
     use core_modes::*;
     use demo::*;
+    use limits::*;
     use robust::*;
     use supervision::*;
     // A scenario body run once per mode, named NAME_round_robin, NAME_shared, …
@@ -116,6 +119,12 @@ fn main() {
     scenarios.push(("worker_ctrunc", Box::new(worker_ctrunc)));
     scenarios.extend(all("many_workers", many_workers));
     scenarios.push(("hello_bad_input", Box::new(hello_bad_input)));
+    // Issue 8: limits a worker cannot push the primary past.
+    for how in ["online", "newconn", "handoff"] {
+        let name: &'static str =
+            Box::leak(format!("rogue_lingering_socket_{how}").into_boxed_str());
+        scenarios.push((name, Box::new(move || rogue_lingering_socket(how))));
+    }
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

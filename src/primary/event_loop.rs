@@ -22,6 +22,7 @@ use crate::ipc::codec::{ListenGrant, Message, ProtocolError, Transport};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
 use crate::sys::poll::{self, PollFd};
+use crate::sys::socket;
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
 /// (signal handling turned off, or the signal was coalesced).
@@ -226,13 +227,18 @@ impl Cluster {
                 break;
             }
             match slot.control.recv(&mut buf, true) {
-                Ok(Incoming::Message(_, _)) if !slot.admit(now, limit) => {
-                    self.on_protocol_error(id, ProtocolError::Flooding { limit });
-                    break;
-                }
-                Ok(Incoming::Message(msg, _fd)) => {
-                    // `_fd` is always None: the codec refuses a descriptor on every
-                    // worker → primary kind.
+                Ok(Incoming::Message(msg, fd)) => {
+                    // No worker → primary kind carries a descriptor, but a worker can
+                    // attach one to a kind that does (new-conn, listen-reply), which
+                    // `on_message` refuses. Whatever it is, it is closed first and
+                    // without lingering: a worker must not make the primary wait.
+                    if let Some(fd) = fd {
+                        socket::close_abortive(fd);
+                    }
+                    if !slot.admit(now, limit) {
+                        self.on_protocol_error(id, ProtocolError::Flooding { limit });
+                        break;
+                    }
                     if let Err(e) = self.on_message(id, msg) {
                         self.on_protocol_error(id, e);
                         break;

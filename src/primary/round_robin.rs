@@ -361,7 +361,12 @@ impl RoundRobinHandle {
                         added = added.saturating_add(count);
                         open = Some(o);
                     }
-                    Ok(Incoming::Message(other, _fd)) => {
+                    Ok(Incoming::Message(other, fd)) => {
+                        // A worker's descriptor, never one the primary expects here:
+                        // closed without lingering (see `socket::close_abortive`).
+                        if let Some(fd) = fd {
+                            socket::close_abortive(fd);
+                        }
                         fault.get_or_insert(ProtocolError::Unexpected { kind: other.name() });
                     }
                     Ok(Incoming::Eof) => eof = true,

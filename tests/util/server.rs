@@ -8,7 +8,9 @@
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
-//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`; see `rogue`).
+//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`, and on `tell rogue-go`
+//! `linger-online`, `linger-newconn`, `linger-handoff` with a socket connected to
+//! `SC_ROGUE_PEER`; see `rogue`).
 //!
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
@@ -124,11 +126,58 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
             }
             r
         }
+        "linger-online" | "linger-newconn" | "linger-handoff" => {
+            // Waits for the driver's go (`tell rogue-go`, so that the cluster is ready
+            // and the primary idle), then attaches a socket whose close would linger
+            // 15 s to a record: online (refused by the codec), new-conn (a kind with a
+            // descriptor: decoded, refused by the primary) on the control channel, or
+            // new-conn on the listener's hand-off channel (round-robin).
+            while w.recv().is_some_and(|m| m != b"go") {}
+            lingering_socket().and_then(|s| {
+                let new_conn = record(6, &[4, 127, 0, 0, 1, 80, 0]);
+                match how {
+                    "linger-online" => {
+                        w.send_raw_record_for_tests(&record(1, b""), Some(s.as_fd()))
+                    }
+                    "linger-newconn" => w.send_raw_record_for_tests(&new_conn, Some(s.as_fd())),
+                    _ => Worker::send_raw_record_on_for_tests(
+                        listener.as_fd(),
+                        &new_conn,
+                        Some(s.as_fd()),
+                    ),
+                }
+                // `s` closes here: the copy in flight to the primary is the last one.
+            })
+        }
         other => Err(std::io::Error::other(format!("unknown SC_ROGUE {other:?}"))),
     };
     if let Err(e) = sent {
         eprintln!("worker {}: rogue send: {e}", w.id());
     }
+}
+
+/// A TCP connection to `SC_ROGUE_PEER` (a listener that never accepts nor reads) with
+/// its send buffer full, so unsent data waits for a window that never opens, and
+/// `SO_LINGER` 15 s: the `close` that drops its last reference blocks 15 s.
+fn lingering_socket() -> std::io::Result<std::net::TcpStream> {
+    let mut s = std::net::TcpStream::connect(env("SC_ROGUE_PEER", ""))?;
+    s.set_nonblocking(true)?;
+    let chunk = [b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    loop {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+        if sent > 1 << 30 {
+            return Err(std::io::Error::other("the peer reads everything"));
+        }
+    }
+    s.set_nonblocking(false)?;
+    Worker::set_linger_for_tests(s.as_fd(), Some(15))?;
+    eprintln!("rogue: a socket with {sent} bytes written, linger 15 s");
+    Ok(s)
 }
 
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
@@ -188,6 +237,10 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
     };
     match words.as_slice() {
         ["ping"] => Some("pong".into()),
+        ["rogue-go"] => Some(match cluster.send(cluster::WorkerId(1), b"go") {
+            Ok(()) => "sent".into(),
+            Err(e) => format!("error {e}"),
+        }),
         ["kill", n] => Some(done(worker(n).and_then(|n| cluster.kill(n, libc::SIGKILL)))),
         ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
         ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
