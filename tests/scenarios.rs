@@ -125,6 +125,11 @@ fn main() {
             Box::leak(format!("rogue_lingering_socket_{how}").into_boxed_str());
         scenarios.push((name, Box::new(move || rogue_lingering_socket(how))));
     }
+    scenarios.extend(each(
+        "listen_budget",
+        listen_budget,
+        &["round-robin", "reuse-port"],
+    ));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

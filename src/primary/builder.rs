@@ -242,6 +242,9 @@ impl Builder {
         } else {
             None
         };
+        // Every descriptor the hard limit allows: the workers' budgets are shares of it.
+        let fd_limit = process::raise_nofile_limit()
+            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let f: Rc<WorkerFn> = Rc::new(move |w: &Worker| worker(w).map_err(|e| e.to_string()));
         let mut cluster = Cluster {
             mode,
@@ -262,6 +265,7 @@ impl Builder {
             reap_due: false,
             pid: process::getpid(),
             stats: ClusterStats::default(),
+            fd_limit,
         };
         // The first fork must work (a cluster that cannot fork at all is a
         // configuration problem); the rest are kept up by the loop, with back-off.

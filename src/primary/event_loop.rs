@@ -348,7 +348,11 @@ impl Cluster {
         options: &ListenOptions,
         addr: ListenAddr,
     ) {
-        let idx = match self.handle_for(&addr, options) {
+        let handles_before = self.handles.len();
+        let idx = match self
+            .check_listen_budget(id, &addr)
+            .and_then(|()| self.handle_for(&addr, options))
+        {
             Ok(i) => i,
             Err(error) => {
                 let errno = crate::error::errno_of(&error).unwrap_or(libc::EINVAL);
@@ -368,12 +372,17 @@ impl Cluster {
                 return;
             }
         };
+        if self.handles.len() > handles_before {
+            if let Some(s) = self.workers.get_mut(&id) {
+                s.handles_created += 1;
+            }
+        }
         // A replacement (reload, restart) takes over the reuse-port socket of the
         // worker it replaces.
         let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
         let entry = &mut self.handles[idx];
         let local = entry.local().clone();
-        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let errno = |e: io::Error| crate::error::errno_of(&e).unwrap_or(libc::EIO);
         let (transport, granted) = match &mut entry.handle {
             Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
             Handle::RoundRobin(h) => (

@@ -33,6 +33,7 @@
 //! (a `std::process::Child` would then fail to `wait`). A reaped pid is forgotten at
 //! once, so the primary never signals a pid the system may have given to someone else.
 
+mod budget;
 mod builder;
 mod event_loop;
 mod lifecycle;
@@ -210,6 +211,9 @@ pub struct Cluster {
     reap_due: bool,
     pid: Pid,
     stats: ClusterStats,
+    /// The soft `RLIMIT_NOFILE` after `start` raised it: the workers' descriptor
+    /// budgets derive from it (see `budget.rs`).
+    fd_limit: usize,
 }
 
 impl fmt::Debug for Cluster {

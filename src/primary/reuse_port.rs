@@ -112,6 +112,14 @@ impl ReusePortHandle {
         Ok(self.sockets[i].fd.as_fd())
     }
 
+    /// Descriptors this handle holds for `worker`: the sockets it was granted.
+    pub(crate) fn descriptors_of(&self, worker: WorkerId) -> usize {
+        self.sockets
+            .iter()
+            .filter(|s| s.holders.contains(&worker))
+            .count()
+    }
+
     /// The worker exited: its sockets stay, for whoever comes next.
     pub(crate) fn worker_gone(&mut self, worker: WorkerId) {
         for s in &mut self.sockets {

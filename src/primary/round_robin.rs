@@ -227,6 +227,12 @@ impl RoundRobinHandle {
         &self.local
     }
 
+    /// Descriptors this handle holds for `worker`: both ends of each of its hand-off
+    /// channels (its share of the primary's descriptor budget).
+    pub(crate) fn descriptors_of(&self, worker: WorkerId) -> usize {
+        2 * self.members.iter().filter(|m| m.worker == worker).count()
+    }
+
     /// Adds a hand-off channel for `worker`; returns the member id and the worker's
     /// end, to send in the listen reply.
     pub(crate) fn add(&mut self, worker: WorkerId) -> io::Result<(u32, BorrowedFd<'_>)> {

@@ -64,6 +64,8 @@ pub(crate) struct Slot {
     pub(crate) setup_failed: bool,
     /// The current one-second window of its messages: its start, and the count.
     window: (Instant, u32),
+    /// Listening handles its requests created (charged to its descriptor budget).
+    pub(crate) handles_created: usize,
 }
 
 impl Slot {
@@ -73,6 +75,7 @@ impl Slot {
             pid,
             control,
             outbox: VecDeque::new(),
+            handles_created: 0,
             phase: Phase::Starting,
             requested: false,
             eof: false,

@@ -4,10 +4,12 @@
 //! replies, adopted Unix sockets, and caps on the worker count. Each ends with the
 //! usual hygiene check.
 
+use std::process::Command;
 use std::time::Duration;
 
 use crate::util::check::{check, stop_and_check, Outcome, Spec};
-use crate::util::client;
+use crate::util::client::{self, Target};
+use crate::util::proc::{self, Server};
 
 fn spec<'a>(mode: &'a str, workers: usize, threads: usize, env: &[(&'a str, &str)]) -> Spec<'a> {
     Spec {
@@ -53,5 +55,90 @@ pub fn rogue_lingering_socket(how: &str) -> Outcome {
     let pong = client::ask(&targets[0], "tell ping", T)?;
     check(pong.text.contains("pong"), || format!("ping: {pong:?}"))?;
     drop(peer);
+    stop_and_check(&mut srv)
+}
+
+/// Starts the scenario server under `prlimit --nofile=SOFT:HARD` and waits for ready.
+fn start_limited(
+    nofile: &str,
+    mode: &str,
+    workers: usize,
+    env: &[(&str, &str)],
+) -> Result<(Server, Vec<Target>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}")).arg("--").arg(exe);
+    cmd.env("CLUSTER_SCENARIO_SERVER", "1")
+        .env("SC_MODE", mode)
+        .env("SC_WORKERS", workers.to_string())
+        .env("SC_LISTEN", "127.0.0.1:0")
+        .env("SC_THREADS", "2");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut srv = Server::spawn(cmd)?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    let targets = ready["ready ".len()..]
+        .split(',')
+        .map(Target::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((srv, targets))
+}
+
+fn all_ok(load: &client::Load, total: u64, what: &str) -> Outcome {
+    check(load.errors.is_empty() && load.ok == total, || {
+        format!(
+            "{what}: {} of {total} ok, first error {:?}",
+            load.ok,
+            load.errors.first()
+        )
+    })
+}
+
+/// One worker asks for address after address (`mode`: each a round-robin hand-off
+/// channel, or a reuse-port socket, in the primary). Started with a soft descriptor
+/// limit of 64 and a hard one of 256: the primary raises its soft limit to 256, the
+/// worker's requests stop at its budget with EMFILE naming the address, the worker keeps
+/// serving, and the primary keeps room: it serves, and forks and equips a third worker.
+pub fn listen_budget(mode: &str) -> Outcome {
+    let (mut srv, targets) = start_limited(
+        "64:256",
+        mode,
+        2,
+        &[("SC_EXTRA_LISTEN", "200"), ("SC_LISTEN_FAIL_OK", "1")],
+    )?;
+    let primary = srv.pid();
+    let extra = srv.seen_or_expect("message 1 extra ", T)?;
+    println!("    {extra}");
+    check(
+        extra.contains("Too many open files") && extra.contains("cannot listen on 127.0."),
+        || format!("the refusal: {extra}"),
+    )?;
+    srv.seen_or_expect("listen-failed 1 127.0.", T)?;
+    let limit = proc::soft_limit(primary, "nofile")?;
+    let held = proc::fds_of(primary).len();
+    println!("    the primary: soft limit {limit}, {held} descriptors open");
+    check(limit == "256", || {
+        format!("the primary's soft limit: {limit}")
+    })?;
+    // At least the reserve (64) is left: the worker's budget is a share of the rest.
+    check(held + 64 <= 256, || {
+        format!("the primary holds {held} of 256 descriptors")
+    })?;
+    all_ok(
+        &client::load(&targets[0], 40, 2, "hi", T),
+        40,
+        "after the refusal",
+    )?;
+    let reply = client::ask(&targets[0], "tell workers 3", T)?;
+    check(reply.text.contains("done"), || {
+        format!("workers 3: {reply:?}")
+    })?;
+    srv.seen_or_expect("listening 3 ", T)?;
+    all_ok(
+        &client::load(&targets[0], 40, 2, "hi", T),
+        40,
+        "with three workers",
+    )?;
     stop_and_check(&mut srv)
 }

@@ -7,7 +7,9 @@
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
-//! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
+//! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
+//! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
+//! down), `SC_ROGUE` (worker 1 misbehaves once
 //! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`, and on `tell rogue-go`
 //! `linger-online`, `linger-newconn`, `linger-handoff` with a socket connected to
 //! `SC_ROGUE_PEER`; see `rogue`).
@@ -180,6 +182,35 @@ fn lingering_socket() -> std::io::Result<std::net::TcpStream> {
     Ok(s)
 }
 
+/// `SC_EXTRA_LISTEN=N`: worker 1 asks for N more addresses (127.0.X.Y:0, each a new
+/// handle) until one fails, and tells the primary `extra COUNT ERROR`. The listeners
+/// stay open (never accepted on) while the worker runs.
+fn extra_listeners(w: &Worker) -> Vec<Listener> {
+    let n: u32 = env("SC_EXTRA_LISTEN", "0").parse().unwrap_or(0);
+    let mut held = Vec::new();
+    let mut failure = String::from("none");
+    for i in 0..n {
+        let addr: ListenAddr = match format!("127.0.{}.{}:0", i / 250, 2 + i % 250).parse() {
+            Ok(a) => a,
+            Err(e) => {
+                failure = e.to_string();
+                break;
+            }
+        };
+        match Listener::bind(&addr) {
+            Ok(l) => held.push(l),
+            Err(e) => {
+                failure = e.to_string();
+                break;
+            }
+        }
+    }
+    if n > 0 {
+        let _ = w.send(format!("extra {} {failure}", held.len()).as_bytes());
+    }
+    held
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
@@ -189,6 +220,7 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         .map(Listener::bind)
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
+    let _extra = (id == 1).then(|| extra_listeners(w));
     if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
         if let Some(l) = listeners.first() {
             rogue(w, &how, l);
@@ -386,7 +418,9 @@ pub fn main() -> i32 {
                 error,
             }) => {
                 say(format!("listen-failed {worker} {addr} {error}"));
-                cluster.shutdown();
+                if std::env::var_os("SC_LISTEN_FAIL_OK").is_none() {
+                    cluster.shutdown();
+                }
             }
             Some(Event::Disconnect { worker }) => say(format!("disconnect {worker}")),
             Some(Event::Exit {
