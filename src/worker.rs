@@ -26,6 +26,22 @@
 //! 6. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
 //!    flushed, and the process leaves with `_exit`: it never returns into the primary's
 //!    code path, whose copy of the stack it still carries.
+//!
+//! # Messages, and back-pressure
+//!
+//! The control thread moves user messages from the channel into an inbox that
+//! [`Worker::recv`] empties. The inbox is bounded ([`INBOX_LIMIT`] messages,
+//! [`INBOX_BYTES`] bytes): while it is full the control thread reads nothing, so the
+//! channel's socket buffer fills, then the primary's outbox for this worker, and then
+//! [`Cluster::send`](crate::Cluster::send) returns `WouldBlock`. Nothing is dropped, and
+//! a primary that floods a worker costs the worker at most the bound in memory.
+//!
+//! The channel is one ordered queue, so what the primary sends after those messages
+//! waits behind them: a listen reply (then `Listener::bind` gives up at its deadline,
+//! see `LISTEN_REPLY_TIMEOUT`) and `Disconnect` (then the primary's disconnect deadline
+//! kills the worker, as for any worker that does not leave in time). A worker that is
+//! sent messages is expected to take them; one that never calls `recv` should not be
+//! sent any.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -61,6 +77,15 @@ pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
 
 /// How often a worker reports its counters to the primary (when they changed).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many messages from the primary may wait in a worker's inbox (taken by
+/// [`Worker::recv`]) before its control thread stops reading the channel. The same as the
+/// primary's outbox for one worker.
+pub(crate) const INBOX_LIMIT: usize = 1024;
+
+/// How many bytes of messages may wait in a worker's inbox before its control thread
+/// stops reading the channel (64 messages of the largest size).
+pub(crate) const INBOX_BYTES: usize = 64 * MAX_MESSAGE_LEN;
 
 /// How long a worker lingers after its primary vanished without the death signal
 /// arriving (the control channel's EOF is the backstop), before it exits.
@@ -152,7 +177,7 @@ impl Worker {
     pub fn recv(&self) -> Option<Vec<u8>> {
         let mut st = self.rt.lock();
         loop {
-            if let Some(m) = st.inbox.pop_front() {
+            if let Some(m) = self.rt.pop_message(&mut st) {
                 return Some(m);
             }
             if st.primary_gone || st.disconnecting {
@@ -168,7 +193,8 @@ impl Worker {
 
     /// The next message from the primary if one is waiting.
     pub fn try_recv(&self) -> Option<Vec<u8>> {
-        self.rt.lock().inbox.pop_front()
+        let mut st = self.rt.lock();
+        self.rt.pop_message(&mut st)
     }
 
     /// Like [`recv`](Worker::recv), giving up after `timeout`.
@@ -176,7 +202,7 @@ impl Worker {
         let deadline = std::time::Instant::now() + timeout;
         let mut st = self.rt.lock();
         loop {
-            if let Some(m) = st.inbox.pop_front() {
+            if let Some(m) = self.rt.pop_message(&mut st) {
                 return Some(m);
             }
             let now = std::time::Instant::now();
@@ -219,12 +245,55 @@ struct State {
     next_seq: u32,
     replies: Vec<(u32, Result<ListenGrant, i32>, Option<OwnedFd>)>,
     inbox: VecDeque<Vec<u8>>,
+    /// Bytes in `inbox`.
+    inbox_bytes: usize,
     listeners: Vec<Weak<listener::Shared>>,
     disconnecting: bool,
     primary_gone: bool,
 }
 
+impl State {
+    fn inbox_full(&self) -> bool {
+        self.inbox.len() >= INBOX_LIMIT || self.inbox_bytes >= INBOX_BYTES
+    }
+
+    fn push_message(&mut self, data: Vec<u8>) {
+        self.inbox_bytes += data.len();
+        self.inbox.push_back(data);
+    }
+}
+
 impl Runtime {
+    /// Takes the oldest message; wakes the control thread when that makes room.
+    fn pop_message(&self, st: &mut State) -> Option<Vec<u8>> {
+        let was_full = st.inbox_full();
+        let m = st.inbox.pop_front()?;
+        st.inbox_bytes -= m.len();
+        if was_full && !st.inbox_full() {
+            self.changed.notify_all();
+        }
+        Some(m)
+    }
+
+    /// Back-pressure: while the inbox is full the control thread reads nothing more, so
+    /// the channel fills, then the primary's outbox, and `Cluster::send` says
+    /// `WouldBlock`. Nothing is lost. Counters are still reported meanwhile.
+    fn wait_for_inbox_room(&self) {
+        let mut st = self.lock();
+        while st.inbox_full() {
+            let (guard, waited) = self
+                .changed
+                .wait_timeout(st, STATS_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner);
+            st = guard;
+            if waited.timed_out() {
+                drop(st);
+                self.report_stats();
+                st = self.lock();
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -368,13 +437,14 @@ impl Runtime {
     fn control_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
         loop {
+            self.wait_for_inbox_room();
             match self.control.recv(&mut buf, false) {
                 Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
                     self.lock().replies.push((seq, result, fd));
                     self.changed.notify_all();
                 }
                 Ok(Incoming::Message(Message::User(data), None)) => {
-                    self.lock().inbox.push_back(data.to_vec());
+                    self.lock().push_message(data.to_vec());
                     self.changed.notify_all();
                 }
                 Ok(Incoming::Message(Message::Disconnect, None)) => {

@@ -130,6 +130,7 @@ fn main() {
         listen_budget,
         &["round-robin", "reuse-port"],
     ));
+    scenarios.push(("inbox_bounded", Box::new(inbox_bounded)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -142,3 +142,55 @@ pub fn listen_budget(mode: &str) -> Outcome {
     )?;
     stop_and_check(&mut srv)
 }
+
+/// The resident memory of `pid`, in KiB (`VmRSS` in /proc/PID/status).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The primary sends 30 rounds of 100 messages of 64 KiB to a worker that takes only
+/// one per round: the worker's inbox fills to its bound, its control thread stops
+/// reading, the channel and then the primary's outbox fill, and `Cluster::send` refuses
+/// with WouldBlock; far fewer than 3,000 are taken. The worker serves throughout. At
+/// shutdown its `Disconnect` waits behind the queued messages, so the disconnect deadline
+/// (1 s here) ends it, as documented.
+pub fn inbox_bounded() -> Outcome {
+    let (mut srv, targets) = spec("round-robin", 1, 2, &[("SC_SHUTDOWN_MS", "1000")]).start()?;
+    let worker = proc::worker_pid(&srv.seen, 1)?;
+    let mut taken = 0u64;
+    let mut refused = None;
+    for _ in 0..30 {
+        client::ask(&targets[0], "tell flood 100 64", T)?;
+        let line = srv.expect("flooded ", T)?;
+        let ok: u64 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ok="))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("bad line {line}"))?;
+        taken += ok;
+        if !line.contains("error=none") && refused.is_none() {
+            refused = Some(line);
+        }
+    }
+    let rss = rss_kib(worker).unwrap_or(0);
+    println!(
+        "    {taken} of 3000 messages taken, worker RSS {rss} KiB; first refusal: {refused:?}"
+    );
+    // The bound: the inbox (64 of these), the channel's buffer (a few), the primary's
+    // outbox (1,024), and the 30 the worker took; unbounded, about twice that went.
+    check(taken <= 1200, || {
+        format!("{taken} of 3000 messages taken (worker RSS {rss} KiB)")
+    })?;
+    let refused = refused.ok_or("no send was refused")?;
+    check(refused.contains("not reading"), || {
+        format!("the refusal: {refused}")
+    })?;
+    all_ok(
+        &client::load(&targets[0], 20, 2, "hi", T),
+        20,
+        "while flooded",
+    )?;
+    stop_and_check(&mut srv)
+}

@@ -20,7 +20,8 @@
 //! directory); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (sends TEXT to the primary and answers
-//! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
+//! with the primary's reply: `ping`, `flood N KIB` (N messages of KIB KiB to the
+//! sender, until one is refused; the primary prints `flooded ok=K error=E`), `kill N`, `disconnect N`, `restart N`,
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
@@ -269,6 +270,24 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
     };
     match words.as_slice() {
         ["ping"] => Some("pong".into()),
+        ["flood", n, kib] => {
+            // N messages of KIB KiB to the sender, until one is refused.
+            let data = vec![b'm'; kib.parse::<usize>().unwrap_or(1) * 1024];
+            let n: usize = n.parse().unwrap_or(0);
+            let mut ok = 0;
+            let mut error = String::from("none");
+            for _ in 0..n {
+                match cluster.send(sender, &data) {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        error = e.to_string();
+                        break;
+                    }
+                }
+            }
+            println!("flooded ok={ok} error={error}");
+            Some("flood-done".into())
+        }
         ["rogue-go"] => Some(match cluster.send(cluster::WorkerId(1), b"go") {
             Ok(()) => "sent".into(),
             Err(e) => format!("error {e}"),
