@@ -570,7 +570,8 @@ impl Shared {
                     // connection's descriptor and closed it (the client sees the
                     // connection end); the record said which. Say so, back off as accept
                     // does on EMFILE, and ask again: the credit was spent on it.
-                    Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                    Ok(Received::FdLost(_))
+                    | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
                         crate::log::report!(
                             "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
                             self.local

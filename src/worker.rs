@@ -443,6 +443,16 @@ impl Runtime {
                     self.lock().replies.push((seq, result, fd));
                     self.changed.notify_all();
                 }
+                // At its descriptor limit the worker cannot install the listener's
+                // descriptor (`MSG_CTRUNC`; the kernel closed it). The record arrived
+                // whole: `bind` gets `EMFILE` with the address, and the worker goes on.
+                // The primary keeps its side as granted (a hand-off channel with no
+                // credits, a reuse-port socket nobody listens on): nothing is routed
+                // there, and it goes when the worker does.
+                Ok(Incoming::FdLost(Message::ListenReply { seq, .. })) => {
+                    self.lock().replies.push((seq, Err(libc::EMFILE), None));
+                    self.changed.notify_all();
+                }
                 Ok(Incoming::Message(Message::User(data), None)) => {
                     self.lock().push_message(data.to_vec());
                     self.changed.notify_all();
@@ -452,7 +462,7 @@ impl Runtime {
                     self.changed.notify_all();
                     self.close_listeners();
                 }
-                Ok(Incoming::Message(other, _fd)) => {
+                Ok(Incoming::Message(other, _) | Incoming::FdLost(other)) => {
                     crate::log::report!(
                         "worker {}: unexpected {} message from the primary; exiting",
                         self.id,

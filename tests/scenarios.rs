@@ -131,6 +131,7 @@ fn main() {
         &["round-robin", "reuse-port"],
     ));
     scenarios.push(("inbox_bounded", Box::new(inbox_bounded)));
+    scenarios.extend(both("worker_bind_at_fd_limit", worker_bind_at_fd_limit));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

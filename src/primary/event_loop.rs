@@ -248,6 +248,11 @@ impl Cluster {
                     self.on_eof(id);
                     break;
                 }
+                // A descriptor from a worker, lost on the way: no less a violation.
+                Ok(Incoming::FdLost(_)) => {
+                    self.on_protocol_error(id, ProtocolError::ControlTruncated);
+                    break;
+                }
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Short of memory or buffers: try again on the next turn.

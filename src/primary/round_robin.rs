@@ -376,6 +376,10 @@ impl RoundRobinHandle {
                         fault.get_or_insert(ProtocolError::Unexpected { kind: other.name() });
                     }
                     Ok(Incoming::Eof) => eof = true,
+                    // (`recv_many` reports every MSG_CTRUNC as an error; kept total.)
+                    Ok(Incoming::FdLost(_)) => {
+                        fault.get_or_insert(ProtocolError::ControlTruncated);
+                    }
                     Err(e) => {
                         fault.get_or_insert(e);
                     }
@@ -964,7 +968,9 @@ fn take_back(m: &Member) -> (Vec<Pending>, u32) {
                     attempts: 0,
                 });
             }
-            Ok(Incoming::Message(..)) | Err(RecvError::Protocol(_)) => records += 1,
+            Ok(Incoming::Message(..) | Incoming::FdLost(_)) | Err(RecvError::Protocol(_)) => {
+                records += 1
+            }
             Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Incoming::Eof) | Err(RecvError::Io(_)) => break,
         }

@@ -4,6 +4,7 @@
 //! replies, adopted Unix sockets, and caps on the worker count. Each ends with the
 //! usual hygiene check.
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -191,6 +192,58 @@ pub fn inbox_bounded() -> Outcome {
         &client::load(&targets[0], 20, 2, "hi", T),
         20,
         "while flooded",
+    )?;
+    stop_and_check(&mut srv)
+}
+
+/// A worker at its descriptor limit asks for a listener: the reply's descriptor cannot
+/// be installed (MSG_CTRUNC), yet the record arrives whole, so `Listener::bind` returns
+/// EMFILE naming the address, and the worker keeps serving (it used to exit 70).
+pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
+    let (mut srv, targets) = spec(mode, 1, 2, &[]).start()?;
+    all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
+    let worker = proc::worker_pid(&srv.seen, 1)?;
+    // The connection is accepted (its descriptor exists) before the limit drops.
+    let mut conn = client::Conn::connect(&targets[0], T).map_err(|e| e.to_string())?;
+    conn.write_all(b"bind 127.0.0.5:0\n")
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(&mut conn);
+    let mut waiting = String::new();
+    r.read_line(&mut waiting).map_err(|e| e.to_string())?;
+    check(waiting == "waiting\n", || {
+        format!("first line: {waiting:?}")
+    })?;
+    let before = proc::soft_limit(worker, "nofile")?;
+    proc::set_soft_limit(worker, "nofile", &proc::lowest_free_fd(worker).to_string())?;
+    let answer = r
+        .get_mut()
+        .write_all(b"go\n")
+        .and_then(|()| {
+            let mut line = String::new();
+            r.read_line(&mut line).map(|_| line)
+        })
+        .map_err(|e| e.to_string());
+    // (Fails when the worker is gone: checked after the answer, which says more.)
+    let restored = proc::set_soft_limit(worker, "nofile", &before);
+    let answer = answer?;
+    println!("    {}", answer.trim_end());
+    check(
+        answer.contains("bind-error")
+            && answer.contains("127.0.0.5:0")
+            && answer.contains("Too many open files"),
+        || {
+            format!(
+                "the answer: {answer:?} (worker 1 alive: {})",
+                restored.is_ok()
+            )
+        },
+    )?;
+    restored?;
+    let after = client::load(&targets[0], 20, 2, "hi", T);
+    all_ok(&after, 20, "after the refused bind")?;
+    check(
+        proc::worker_pid(&srv.seen, 1)? == worker && srv.workers.len() == 1,
+        || "worker 1 was replaced".to_string(),
     )?;
     stop_and_check(&mut srv)
 }

@@ -17,7 +17,8 @@
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
-//! directory); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
+//! directory); `bind ADDR` (answers `waiting`, reads one more line, then calls
+//! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `flood N KIB` (N messages of KIB KiB to the
@@ -62,6 +63,17 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 let _ = w.send(format!("busy {id}").as_bytes());
             }
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+        ["bind", addr] => {
+            // Says `waiting`, waits for the client's next line (the driver changes
+            // this worker's limits meanwhile), then asks for a listener on ADDR.
+            let _ = stream.write_all(b"waiting\n");
+            let mut go = String::new();
+            let _ = BufReader::new(&*stream).read_line(&mut go);
+            extra = match Listener::bind(*addr) {
+                Ok(l) => format!(" bound {}", l.local_addr()),
+                Err(e) => format!(" bind-error {e}"),
+            };
         }
         ["cwd"] => {
             extra = format!(
