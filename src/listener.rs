@@ -330,6 +330,8 @@ impl AsFd for Listener {
 enum AcceptFailure {
     /// Interrupted: closed, or try again.
     Interrupted,
+    /// No connection is queued and the socket did not wait: wait in `poll`.
+    NotReady,
     /// The connection died before we took it: try again at once.
     Skip,
     /// Out of descriptors or memory: back off, then try again.
@@ -342,9 +344,12 @@ enum AcceptFailure {
 
 fn classify(e: &io::Error) -> AcceptFailure {
     match e.raw_os_error() {
-        // EAGAIN: the listening socket's receive timeout (a ListenOptions read timeout)
-        // ended the wait; just wait again.
-        Some(libc::EINTR | libc::EAGAIN) => AcceptFailure::Interrupted,
+        Some(libc::EINTR) => AcceptFailure::Interrupted,
+        // EAGAIN: the socket is non-blocking (O_NONBLOCK belongs to the open file
+        // description, which every worker shares: one that sets it for its own event
+        // loop, or systemd's `NonBlocking=yes`, sets it for all), or the listening
+        // socket's receive timeout (a ListenOptions read timeout) ended the wait.
+        Some(libc::EAGAIN) => AcceptFailure::NotReady,
         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENONET) => {
             AcceptFailure::Skip
         }
@@ -397,6 +402,19 @@ impl Shared {
                 }
                 Err(e) => match classify(&e) {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
+                    // Retrying at once would spin at 100 % CPU on a non-blocking
+                    // socket: wait until a connection is queued. Still inside the gate
+                    // ticket, so `close`'s signal interrupts the wait (EINTR) as it
+                    // interrupts `accept`. Every thread waiting in `poll` wakes for a
+                    // connection and one wins it; the others come back here.
+                    AcceptFailure::NotReady => {
+                        let mut fds = [poll::PollFd::new(fd, false)];
+                        match poll::poll(&mut fds, None) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     AcceptFailure::Resources => {
                         if backoff.first() {
                             crate::log::report!(

@@ -132,6 +132,11 @@ fn main() {
     ));
     scenarios.push(("inbox_bounded", Box::new(inbox_bounded)));
     scenarios.extend(both("worker_bind_at_fd_limit", worker_bind_at_fd_limit));
+    scenarios.extend(each(
+        "nonblocking_listener",
+        nonblocking_listener,
+        &["shared", "reuse-port"],
+    ));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -247,3 +247,26 @@ pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
     )?;
     stop_and_check(&mut srv)
 }
+
+/// Someone sets O_NONBLOCK on the shared listening socket (each worker does, as one
+/// converting it for its own event loop would): the accepting threads wait for a
+/// connection in `poll` instead of retrying EAGAIN at once, so idle workers use no
+/// CPU, and every request is still served.
+pub fn nonblocking_listener(mode: &str) -> Outcome {
+    let (mut srv, targets) = spec(mode, 2, 2, &[("SC_NONBLOCK", "1")]).start()?;
+    all_ok(
+        &client::load(&targets[0], 40, 2, "hi", T),
+        40,
+        "non-blocking",
+    )?;
+    for id in [1, 2] {
+        let pid = proc::worker_pid(&srv.seen, id)?;
+        proc::check_idle(pid, &format!("worker {id} on a non-blocking listener"))?;
+    }
+    all_ok(
+        &client::load(&targets[0], 40, 2, "hi", T),
+        40,
+        "after idling",
+    )?;
+    stop_and_check(&mut srv)
+}

@@ -9,7 +9,7 @@
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
-//! down), `SC_ROGUE` (worker 1 misbehaves once
+//! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets), `SC_ROGUE` (worker 1 misbehaves once
 //! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`, and on `tell rogue-go`
 //! `linger-online`, `linger-newconn`, `linger-handoff` with a socket connected to
 //! `SC_ROGUE_PEER`; see `rogue`).
@@ -234,6 +234,14 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
     let _extra = (id == 1).then(|| extra_listeners(w));
+    if std::env::var_os("SC_NONBLOCK").is_some() {
+        // O_NONBLOCK on each listening socket's open file description, which every
+        // worker shares (through a duplicate: std sets it without `unsafe`).
+        for l in &listeners {
+            let copy = l.as_fd().try_clone_to_owned()?;
+            std::net::TcpListener::from(copy).set_nonblocking(true)?;
+        }
+    }
     if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
         if let Some(l) = listeners.first() {
             rogue(w, &how, l);
