@@ -65,6 +65,7 @@ compile_error!("the cluster crate supports Linux only (accept4, SOCK_SEQPACKET, 
 mod addr;
 mod bind;
 mod connection;
+mod deadline;
 mod error;
 mod event;
 mod ipc;

@@ -199,7 +199,7 @@ impl Worker {
 
     /// Like [`recv`](Worker::recv), giving up after `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::deadline::after(std::time::Instant::now(), timeout);
         let mut st = self.rt.lock();
         loop {
             if let Some(m) = self.rt.pop_message(&mut st) {

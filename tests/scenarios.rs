@@ -137,6 +137,7 @@ fn main() {
         nonblocking_listener,
         &["shared", "reuse-port"],
     ));
+    scenarios.push(("duration_max", Box::new(duration_max)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -508,7 +508,7 @@ impl Cluster {
 
     /// The control channel closed: the worker is exiting (Node's `disconnect`).
     fn on_eof(&mut self, id: WorkerId) {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let deadline = crate::deadline::after(Instant::now(), self.config.shutdown_timeout);
         if let Some(slot) = self.workers.get_mut(&id) {
             if !slot.eof {
                 slot.eof = true;

@@ -265,7 +265,7 @@ impl Cluster {
     ///
     /// As for `next_event`.
     pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
@@ -320,7 +320,7 @@ impl Cluster {
     /// [`Error::NoSuchWorker`] when no live worker has this id.
     pub fn disconnect(&mut self, id: WorkerId) -> Result<(), Error> {
         self.retire(id)?;
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let deadline = crate::deadline::after(Instant::now(), self.config.shutdown_timeout);
         self.disconnect_until(id, deadline);
         Ok(())
     }

@@ -598,7 +598,7 @@ impl RoundRobinHandle {
             }
         }
         if accepted && !self.window.is_zero() {
-            self.quiet_until = Some(now + self.window);
+            self.quiet_until = Some(crate::deadline::after(now, self.window));
         }
     }
 

@@ -270,3 +270,33 @@ pub fn nonblocking_listener(mode: &str) -> Outcome {
     )?;
     stop_and_check(&mut srv)
 }
+
+/// `Duration::MAX` as "no limit" everywhere the application gives a duration: the
+/// shutdown timeout (used by shutdown and `disconnect`), `next_event_timeout`, and
+/// `Worker::recv_timeout`. Nothing panics: requests are served, a disconnect and the
+/// shutdown end gracefully.
+pub fn duration_max() -> Outcome {
+    let (mut srv, targets) = spec(
+        "round-robin",
+        2,
+        2,
+        &[("SC_SHUTDOWN_MS", "max"), ("SC_EVENT_WAIT", "max")],
+    )
+    .start()?;
+    let pong = client::ask(&targets[0], "tell-forever ping", T)?;
+    check(pong.text.contains("pong"), || format!("ping: {pong:?}"))?;
+    let done = client::ask(&targets[0], "tell disconnect-other", T)?;
+    check(done.text.contains("done"), || {
+        format!("disconnect: {done:?}")
+    })?;
+    let exit = srv.expect("exit ", T)?;
+    check(exit.contains("requested=true"), || {
+        format!("the exit: {exit}")
+    })?;
+    all_ok(
+        &client::load(&targets[0], 20, 2, "hi", T),
+        20,
+        "one worker left",
+    )?;
+    stop_and_check(&mut srv)
+}

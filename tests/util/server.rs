@@ -3,7 +3,8 @@
 //! multi-threaded driver, so its `fork` happens in a single-threaded process.
 //!
 //! Configuration (environment): `SC_MODE`, `SC_WORKERS`, `SC_LISTEN` (addresses,
-//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
+//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS` (`max`: Duration::MAX),
+//! `SC_EVENT_WAIT` (the primary's `next_event_timeout`, ms or `max`),
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for `listen_only`),
@@ -20,7 +21,7 @@
 //! directory); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
-//! `tell TEXT` (sends TEXT to the primary and answers
+//! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `flood N KIB` (N messages of KIB KiB to the
 //! sender, until one is refused; the primary prints `flooded ok=K error=E`), `kill N`, `disconnect N`, `restart N`,
 //! `workers N`, `broadcast TEXT`).
@@ -95,10 +96,14 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 }
             }
         }
-        ["tell", rest @ ..] => {
+        [tell @ ("tell" | "tell-forever"), rest @ ..] => {
             if let Some(w) = Worker::current() {
                 let _ = w.send(rest.join(" ").as_bytes());
-                let reply = w.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                let wait = match *tell {
+                    "tell" => Duration::from_secs(5),
+                    _ => Duration::MAX,
+                };
+                let reply = w.recv_timeout(wait).unwrap_or_default();
                 extra = format!(" {}", String::from_utf8_lossy(&reply));
             }
         }
@@ -338,7 +343,13 @@ pub fn main() -> i32 {
     };
     let workers: usize = env("SC_WORKERS", "2").parse().unwrap_or(2);
     let threads: usize = env("SC_THREADS", "4").parse().unwrap_or(4);
-    let shutdown_ms: u64 = env("SC_SHUTDOWN_MS", "3000").parse().unwrap_or(3000);
+    // `max`: Duration::MAX, the natural "no limit" (SC_SHUTDOWN_MS, SC_EVENT_WAIT).
+    let millis = |name: &str, default: u64| match env(name, "").as_str() {
+        "max" => Duration::MAX,
+        v => Duration::from_millis(v.parse().unwrap_or(default)),
+    };
+    let shutdown = millis("SC_SHUTDOWN_MS", 3000);
+    let event_wait = millis("SC_EVENT_WAIT", 20);
     let addrs: Vec<ListenAddr> = match env("SC_LISTEN", "127.0.0.1:0")
         .split(',')
         .map(str::parse)
@@ -362,7 +373,7 @@ pub fn main() -> i32 {
     let mut builder = Cluster::builder()
         .workers(workers)
         .mode(mode)
-        .shutdown_timeout(Duration::from_millis(shutdown_ms));
+        .shutdown_timeout(shutdown);
     match env("SC_RESPAWN", "default").as_str() {
         "default" => {}
         "never" => builder = builder.respawn(Respawn::never()),
@@ -425,7 +436,7 @@ pub fn main() -> i32 {
     let mut ready = false;
     let mut last_stats = String::new();
     loop {
-        let event = match cluster.next_event_timeout(Duration::from_millis(20)) {
+        let event = match cluster.next_event_timeout(event_wait) {
             Ok(Some(e)) => Some(e),
             Ok(None) if cluster.is_stopped() => break,
             Ok(None) => None,
