@@ -92,7 +92,7 @@ pub use primary::{
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
-pub use worker::Worker;
+pub use worker::{Worker, LISTEN_REPLY_TIMEOUT};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

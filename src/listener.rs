@@ -128,7 +128,11 @@ impl Listener {
     ///
     /// An `io::Error` of the OS error's kind whose message names the address, e.g.
     /// "cannot listen on 127.0.0.1:8080: Address already in use (os error 98)"; the
-    /// [`ListenError`](crate::ListenError) inside has the address and errno.
+    /// [`ListenError`](crate::ListenError) inside has the address and errno. In a
+    /// cluster worker also: `EMFILE` when the worker's descriptor budget in the primary
+    /// is spent, or when the worker itself is at its descriptor limit and cannot
+    /// receive the listener; `TimedOut` when the primary gave no answer within
+    /// [`LISTEN_REPLY_TIMEOUT`](crate::LISTEN_REPLY_TIMEOUT).
     pub fn bind<A: ToListenAddr>(addr: A) -> io::Result<Listener> {
         Listener::bind_with(addr, &ListenOptions::new())
     }

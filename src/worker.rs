@@ -38,7 +38,7 @@
 //!
 //! The channel is one ordered queue, so what the primary sends after those messages
 //! waits behind them: a listen reply (then `Listener::bind` gives up at its deadline,
-//! see `LISTEN_REPLY_TIMEOUT`) and `Disconnect` (then the primary's disconnect deadline
+//! see [`LISTEN_REPLY_TIMEOUT`]) and `Disconnect` (then the primary's disconnect deadline
 //! kills the worker, as for any worker that does not leave in time). A worker that is
 //! sent messages is expected to take them; one that never calls `recv` should not be
 //! sent any.
@@ -77,6 +77,15 @@ pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
 
 /// How often a worker reports its counters to the primary (when they changed).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long [`Listener::bind`] waits for the primary's listen reply before it gives
+/// up with `TimedOut` (naming the address). A healthy primary answers within
+/// milliseconds; the reply can be lost (a send error in the primary), stuck behind
+/// messages the worker does not take (see the module docs), or the primary stopped.
+/// Ten seconds is long enough for a primary busy with a burst and short enough that a
+/// server's start-up fails visibly. A reply that comes later is dropped (its
+/// descriptor closed). Node's `queryServer` waits without a limit.
+pub const LISTEN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many messages from the primary may wait in a worker's inbox (taken by
 /// [`Worker::recv`]) before its control thread stops reading the channel. The same as the
@@ -244,6 +253,9 @@ pub(crate) struct Runtime {
 struct State {
     next_seq: u32,
     replies: Vec<(u32, Result<ListenGrant, i32>, Option<OwnedFd>)>,
+    /// The `seq` of every listen request still waited for: a reply to any other is
+    /// late (its waiter gave up) and dropped.
+    waiting: Vec<u32>,
     inbox: VecDeque<Vec<u8>>,
     /// Bytes in `inbox`.
     inbox_bytes: usize,
@@ -308,33 +320,52 @@ impl Runtime {
         let seq = {
             let mut st = self.lock();
             st.next_seq = st.next_seq.wrapping_add(1);
-            st.next_seq
+            let seq = st.next_seq;
+            st.waiting.push(seq);
+            seq
         };
+        let forget = |st: &mut State| st.waiting.retain(|&s| s != seq);
         let request = Message::ListenRequest {
             seq,
             options: options.clone(),
             addr: addr.clone(),
         };
-        self.control
-            .send(&request, None)
-            .map_err(|e| ListenError::io(addr, e))?;
+        if let Err(e) = self.control.send(&request, None) {
+            forget(&mut self.lock());
+            return Err(ListenError::io(addr, e));
+        }
+        let deadline = crate::deadline::after(std::time::Instant::now(), LISTEN_REPLY_TIMEOUT);
         let (result, fd) = {
             let mut st = self.lock();
             loop {
                 if let Some(i) = st.replies.iter().position(|r| r.0 == seq) {
                     let (_, result, fd) = st.replies.swap_remove(i);
+                    forget(&mut st);
                     break (result, fd);
                 }
                 if st.primary_gone {
+                    forget(&mut st);
                     return Err(ListenError::io(
                         addr,
                         io::Error::new(io::ErrorKind::BrokenPipe, "the primary is gone"),
                     ));
                 }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    forget(&mut st);
+                    return Err(ListenError::io(
+                        addr,
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer from the primary within {LISTEN_REPLY_TIMEOUT:?}"),
+                        ),
+                    ));
+                }
                 st = self
                     .changed
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         };
         let grant =
@@ -440,8 +471,12 @@ impl Runtime {
             self.wait_for_inbox_room();
             match self.control.recv(&mut buf, false) {
                 Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
-                    self.lock().replies.push((seq, result, fd));
-                    self.changed.notify_all();
+                    let mut st = self.lock();
+                    if st.waiting.contains(&seq) {
+                        st.replies.push((seq, result, fd));
+                        self.changed.notify_all();
+                    }
+                    // else: its `bind` gave up (LISTEN_REPLY_TIMEOUT); `fd` closes here.
                 }
                 // At its descriptor limit the worker cannot install the listener's
                 // descriptor (`MSG_CTRUNC`; the kernel closed it). The record arrived
@@ -450,8 +485,11 @@ impl Runtime {
                 // credits, a reuse-port socket nobody listens on): nothing is routed
                 // there, and it goes when the worker does.
                 Ok(Incoming::FdLost(Message::ListenReply { seq, .. })) => {
-                    self.lock().replies.push((seq, Err(libc::EMFILE), None));
-                    self.changed.notify_all();
+                    let mut st = self.lock();
+                    if st.waiting.contains(&seq) {
+                        st.replies.push((seq, Err(libc::EMFILE), None));
+                        self.changed.notify_all();
+                    }
                 }
                 Ok(Incoming::Message(Message::User(data), None)) => {
                     self.lock().push_message(data.to_vec());

@@ -138,6 +138,7 @@ fn main() {
         &["shared", "reuse-port"],
     ));
     scenarios.push(("duration_max", Box::new(duration_max)));
+    scenarios.push(("listen_reply_deadline", Box::new(listen_reply_deadline)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

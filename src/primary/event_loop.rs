@@ -413,6 +413,16 @@ impl Cluster {
                 // It asks and asks and does not read the answers.
                 self.on_protocol_error(id, ProtocolError::NotReading);
             } else {
+                // The reply (and its descriptor) could not go: answer with the error
+                // instead, so the worker's `bind` fails now, not at its deadline.
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let _ = slot.send(
+                    &Message::ListenReply {
+                        seq,
+                        result: Err(errno),
+                    },
+                    None,
+                );
                 self.events.push_back(Event::Error(Error::io(
                     format!("send listen reply to worker {id}"),
                     e,

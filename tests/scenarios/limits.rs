@@ -196,16 +196,18 @@ pub fn inbox_bounded() -> Outcome {
     stop_and_check(&mut srv)
 }
 
-/// A worker at its descriptor limit asks for a listener: the reply's descriptor cannot
-/// be installed (MSG_CTRUNC), yet the record arrives whole, so `Listener::bind` returns
-/// EMFILE naming the address, and the worker keeps serving (it used to exit 70).
-pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
-    let (mut srv, targets) = spec(mode, 1, 2, &[]).start()?;
-    all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
-    let worker = proc::worker_pid(&srv.seen, 1)?;
-    // The connection is accepted (its descriptor exists) before the limit drops.
-    let mut conn = client::Conn::connect(&targets[0], T).map_err(|e| e.to_string())?;
-    conn.write_all(b"bind 127.0.0.5:0\n")
+/// Asks a worker, over one connection, to call `Listener::bind(addr)`: once the
+/// worker has accepted the connection and says `waiting`, `between` runs (it changes
+/// the world: limits, a stopped primary), then the worker binds and answers. Returns
+/// the answer line ("" when the connection closed without one).
+fn bind_after(
+    target: &Target,
+    addr: &str,
+    wait: Duration,
+    between: impl FnOnce() -> Outcome,
+) -> Result<String, String> {
+    let mut conn = client::Conn::connect(target, wait).map_err(|e| e.to_string())?;
+    conn.write_all(format!("bind {addr}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut r = BufReader::new(&mut conn);
     let mut waiting = String::new();
@@ -213,16 +215,25 @@ pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
     check(waiting == "waiting\n", || {
         format!("first line: {waiting:?}")
     })?;
+    between()?;
+    r.get_mut().write_all(b"go\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    Ok(line)
+}
+
+/// A worker at its descriptor limit asks for a listener: the reply's descriptor cannot
+/// be installed (MSG_CTRUNC), yet the record arrives whole, so `Listener::bind` returns
+/// EMFILE naming the address, and the worker keeps serving (it used to exit 70).
+pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
+    let (mut srv, targets) = spec(mode, 1, 2, &[]).start()?;
+    all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
+    let worker = proc::worker_pid(&srv.seen, 1)?;
     let before = proc::soft_limit(worker, "nofile")?;
-    proc::set_soft_limit(worker, "nofile", &proc::lowest_free_fd(worker).to_string())?;
-    let answer = r
-        .get_mut()
-        .write_all(b"go\n")
-        .and_then(|()| {
-            let mut line = String::new();
-            r.read_line(&mut line).map(|_| line)
-        })
-        .map_err(|e| e.to_string());
+    // The connection is accepted (its descriptor exists) before the limit drops.
+    let answer = bind_after(&targets[0], "127.0.0.5:0", T, || {
+        proc::set_soft_limit(worker, "nofile", &proc::lowest_free_fd(worker).to_string())
+    });
     // (Fails when the worker is gone: checked after the answer, which says more.)
     let restored = proc::set_soft_limit(worker, "nofile", &before);
     let answer = answer?;
@@ -244,6 +255,35 @@ pub fn worker_bind_at_fd_limit(mode: &str) -> Outcome {
     check(
         proc::worker_pid(&srv.seen, 1)? == worker && srv.workers.len() == 1,
         || "worker 1 was replaced".to_string(),
+    )?;
+    stop_and_check(&mut srv)
+}
+
+/// The primary is stopped (SIGSTOP) while a worker asks for a listener: `bind` gives
+/// up after `LISTEN_REPLY_TIMEOUT` (10 s) with TimedOut naming the address, instead of
+/// waiting forever. After SIGCONT the late reply is dropped and everything serves.
+pub fn listen_reply_deadline() -> Outcome {
+    let (mut srv, targets) = spec("round-robin", 1, 2, &[]).start()?;
+    all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
+    let primary = srv.pid();
+    let answer = bind_after(&targets[0], "127.0.0.6:0", Duration::from_secs(20), || {
+        proc::signal(primary, "STOP")?;
+        proc::wait_stopped(primary, T)
+    });
+    let cont = proc::signal(primary, "CONT");
+    let answer = answer?;
+    cont?;
+    println!("    {}", answer.trim_end());
+    check(
+        answer.contains("bind-error")
+            && answer.contains("127.0.0.6:0")
+            && answer.contains("no answer from the primary"),
+        || format!("the answer: {answer:?}"),
+    )?;
+    all_ok(
+        &client::load(&targets[0], 20, 2, "hi", T),
+        20,
+        "after SIGCONT",
     )?;
     stop_and_check(&mut srv)
 }
