@@ -211,10 +211,18 @@ impl Listener {
     }
 
     fn new(local: ListenAddr, source: Source, origin: Origin, options: &ListenOptions) -> Listener {
-        let kind = bind::kind_of(&local);
+        // A socket says what it is (an adopted `fd:N` may be an abstract or unnamed
+        // Unix socket, which its address does not show); a hand-off channel's
+        // connections say it one by one (their peer address, see `accept_handoff`).
+        let kind = match &source {
+            Source::Socket { fd, .. } => {
+                bind::kind_of_socket(fd.as_fd()).unwrap_or_else(|_| bind::kind_of(&local))
+            }
+            Source::Handoff(_) => bind::kind_of(&local),
+        };
         let timeouts = (options.read_timeout, options.write_timeout);
-        let unix_timeouts =
-            (kind == StreamKind::Unix && timeouts != (None, None)).then_some(timeouts);
+        // Set on each accepted Unix connection (TCP ones inherit the listener's).
+        let unix_timeouts = (timeouts != (None, None)).then_some(timeouts);
         Listener {
             shared: Arc::new(Shared {
                 local,
@@ -270,7 +278,7 @@ impl Listener {
             rt.count_accept();
             conn = conn.counted(rt.open_guard());
         }
-        if let Some((read, write)) = s.unix_timeouts {
+        if let (Some((read, write)), Stream::Unix(_)) = (s.unix_timeouts, conn.stream()) {
             conn.stream().set_read_timeout(read)?;
             conn.stream().set_write_timeout(write)?;
         }
@@ -563,7 +571,13 @@ impl Shared {
                 }
                 match ch.recv(&mut buf, wait.is_some()) {
                     Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
-                        return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
+                        // The primary's accept saw the family: an adopted abstract or
+                        // unnamed Unix socket's clients come as Unix peers.
+                        let kind = match peer {
+                            PeerAddr::Tcp(_) => StreamKind::Tcp,
+                            PeerAddr::Unix(_) => StreamKind::Unix,
+                        };
+                        return Ok(Some(Connection::new(Stream::from_fd(kind, fd), peer)));
                     }
                     Ok(Received::Eof) => return Ok(None),
                     // The primary asks whether this worker still takes connections

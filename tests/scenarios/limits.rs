@@ -340,3 +340,37 @@ pub fn duration_max() -> Outcome {
     )?;
     stop_and_check(&mut srv)
 }
+
+/// An adopted abstract Unix socket (`fd:0`, bound by the driver, as systemd could pass
+/// it): its connections reach the worker as `Stream::Unix`, not as a `TcpStream`
+/// wrapped around a Unix socket.
+pub fn adopted_abstract_unix(mode: &str) -> Outcome {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+    let name = format!("cluster-limits-{}-{mode}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
+    let listener = UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?;
+    let cmd = proc::self_command(&[
+        ("SC_MODE", mode.to_string()),
+        ("SC_WORKERS", "2".into()),
+        ("SC_LISTEN", "fd:0".into()),
+    ]);
+    let stdin = std::process::Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let mut srv = Server::spawn_with_stdin(cmd, stdin)?;
+    srv.expect("ready ", Duration::from_secs(20))?;
+    for _ in 0..4 {
+        let mut c = UnixStream::connect_addr(&addr).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(T)).map_err(|e| e.to_string())?;
+        c.write_all(b"kind\n").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&c)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        check(
+            line.starts_with("ok ") && line.trim_end().ends_with(" unix"),
+            || format!("{mode}: the worker's stream: {line:?}"),
+        )?;
+    }
+    println!("    {mode}: four connections, each a Stream::Unix");
+    stop_and_check(&mut srv)
+}

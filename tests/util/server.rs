@@ -18,7 +18,8 @@
 //! Protocol of the workers: a client sends one line, the worker answers `ok WORKER PID
 //! L C [TEXT]` (L, C: whether the listener's and the connection's descriptors have
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
-//! directory); `bind ADDR` (answers `waiting`, reads one more line, then calls
+//! directory); `kind` (answers `tcp` or `unix`: the connection's `Stream` variant); `bind ADDR`
+//! (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT` (writes TEXT to stderr); `sleep MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
@@ -74,6 +75,12 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             extra = match Listener::bind(*addr) {
                 Ok(l) => format!(" bound {}", l.local_addr()),
                 Err(e) => format!(" bind-error {e}"),
+            };
+        }
+        ["kind"] => {
+            extra = match stream {
+                Stream::Tcp(_) => " tcp".into(),
+                Stream::Unix(_) => " unix".into(),
             };
         }
         ["cwd"] => {
