@@ -89,7 +89,7 @@ pub use options::ListenOptions;
 pub use primary::{
     Builder, Cluster, ClusterStats, FewestDispatched, Fifo, LeastConnections, ReadyWorker, Respawn,
     Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::{Worker, LISTEN_REPLY_TIMEOUT};

@@ -140,6 +140,7 @@ fn main() {
     scenarios.push(("duration_max", Box::new(duration_max)));
     scenarios.push(("listen_reply_deadline", Box::new(listen_reply_deadline)));
     scenarios.extend(both("adopted_abstract_unix", adopted_abstract_unix));
+    scenarios.push(("worker_cap", Box::new(worker_cap)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -34,14 +34,24 @@ use crate::addr::ListenAddr;
 use crate::error::ListenError;
 use crate::event::WorkerId;
 
+/// Descriptors of the limit set aside per worker when capping the worker count: its
+/// control channel, and room for a few listeners in its budget.
+pub(super) const FDS_PER_WORKER: usize = 16;
+
+/// The most workers a primary with descriptor limit `limit` keeps:
+/// [`MAX_WORKERS`](crate::MAX_WORKERS), and one per [`FDS_PER_WORKER`] descriptors.
+pub(super) fn max_workers(limit: usize) -> usize {
+    (limit / FDS_PER_WORKER).clamp(1, super::builder::MAX_WORKERS)
+}
+
 /// The most descriptors one listen request can make the primary hold: a new handle's
 /// socket and a round-robin hand-off channel's two ends.
 pub(super) const COSTLIEST_LISTEN: usize = 3;
 
 /// Descriptors the primary keeps for itself out of a limit of `limit`: a quarter, and
-/// at least 64.
+/// at least 16.
 pub(super) fn reserve(limit: usize) -> usize {
-    (limit / 4).max(64)
+    (limit / 4).max(16)
 }
 
 /// The per-worker budget for a descriptor limit of `limit` and `workers` workers.
@@ -90,12 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn worker_caps() {
+        assert_eq!(max_workers(64), 4);
+        assert_eq!(max_workers(1024), 64);
+        assert_eq!(max_workers(1 << 20), super::super::builder::MAX_WORKERS);
+        assert_eq!(max_workers(0), 1);
+    }
+
+    #[test]
     fn budgets() {
         // The old default soft limit, two workers: 1024 - 256 = 768, / 4.
         assert_eq!(per_worker(1024, 2), 192);
-        // A small limit keeps 64 for the primary.
         assert_eq!(per_worker(256, 2), 48);
-        assert_eq!(per_worker(64, 1), 0);
+        // A small limit keeps 16 for the primary.
+        assert_eq!(per_worker(64, 1), 24);
+        assert_eq!(per_worker(16, 1), 0);
         assert_eq!(per_worker(0, 0), 0);
         assert_eq!(per_worker(1 << 20, 4), ((1 << 20) - (1 << 18)) / 8);
     }

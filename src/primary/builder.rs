@@ -28,6 +28,12 @@ pub const DEFAULT_PREFETCH: u32 = 1;
 /// The default [`Builder::message_limit`]: messages a second from one worker.
 pub const DEFAULT_MESSAGE_LIMIT: u32 = 100_000;
 
+/// The most workers a cluster keeps, whatever [`Builder::workers`],
+/// [`Cluster::set_workers`] or `SIGTTIN` ask for (fewer when the descriptor limit is low:
+/// see [`Cluster::max_workers`]). A pre-fork server on one machine has no use for more,
+/// and each worker costs the primary descriptors and memory.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 
@@ -89,7 +95,9 @@ impl Builder {
         }
     }
 
-    /// How many workers to keep (default: the number of CPUs).
+    /// How many workers to keep (default: the number of CPUs). At most
+    /// [`MAX_WORKERS`], and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
+    /// (see [`Cluster::max_workers`]): `start` refuses more.
     pub fn workers(mut self, n: usize) -> Builder {
         self.workers = Some(n);
         self
@@ -235,6 +243,13 @@ impl Builder {
                 "the number of workers must be at least 1, not 0".into(),
             ));
         }
+        // Every descriptor the hard limit allows: the workers' budgets are shares of it.
+        let fd_limit = process::raise_nofile_limit()
+            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let max = super::budget::max_workers(fd_limit);
+        if count > max {
+            return Err(Error::Config(super::too_many_workers(count, max, fd_limit)));
+        }
         let signals = if self.signals {
             let pipe = SignalPipe::install(HANDLED_SIGNALS)
                 .map_err(|e| Error::io("install signal handlers", e))?;
@@ -242,9 +257,6 @@ impl Builder {
         } else {
             None
         };
-        // Every descriptor the hard limit allows: the workers' budgets are shares of it.
-        let fd_limit = process::raise_nofile_limit()
-            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let f: Rc<WorkerFn> = Rc::new(move |w: &Worker| worker(w).map_err(|e| e.to_string()));
         let mut cluster = Cluster {
             mode,

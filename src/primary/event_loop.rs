@@ -207,7 +207,12 @@ impl Cluster {
                 State::Stopped => {}
             },
             libc::SIGHUP => self.begin_reload(),
-            libc::SIGTTIN => self.target = self.target.saturating_add(1),
+            libc::SIGTTIN => {
+                let more = self.target.saturating_add(1);
+                if let Err(e) = self.set_workers(more) {
+                    self.events.push_back(Event::Error(e));
+                }
+            }
             libc::SIGTTOU => self.target = self.target.saturating_sub(1).max(1),
             _ => {}
         }

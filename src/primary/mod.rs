@@ -64,7 +64,7 @@ use crate::worker::WorkerFn;
 
 pub use builder::{
     Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
@@ -216,6 +216,16 @@ pub struct Cluster {
     fd_limit: usize,
 }
 
+/// The error message for a worker count above the cap.
+fn too_many_workers(n: usize, max: usize, fd_limit: usize) -> String {
+    format!(
+        "{n} workers asked for; at most {max} (MAX_WORKERS {}, and one per {} of the \
+         primary's {fd_limit} descriptors)",
+        builder::MAX_WORKERS,
+        budget::FDS_PER_WORKER
+    )
+}
+
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
@@ -301,9 +311,27 @@ impl Cluster {
     }
 
     /// Keeps `n` workers from now on (at least 1): forks more, or asks the youngest to
-    /// disconnect. `SIGTTIN` / `SIGTTOU` do `n + 1` / `n - 1`.
-    pub fn set_workers(&mut self, n: usize) {
+    /// disconnect. `SIGTTIN` / `SIGTTOU` do `n + 1` / `n - 1` (`SIGTTIN` at the cap
+    /// reports an [`Event::Error`] and changes nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `n` is above [`max_workers`](Cluster::max_workers); the
+    /// count stays as it was.
+    pub fn set_workers(&mut self, n: usize) -> Result<(), Error> {
+        let max = self.max_workers();
+        if n > max {
+            return Err(Error::Config(too_many_workers(n, max, self.fd_limit)));
+        }
         self.target = n.max(1);
+        Ok(())
+    }
+
+    /// The most workers this cluster keeps: [`MAX_WORKERS`](crate::MAX_WORKERS), and one
+    /// per 16 descriptors of the primary's `RLIMIT_NOFILE` (as raised by `start`), so
+    /// that every worker keeps a descriptor budget in the primary.
+    pub fn max_workers(&self) -> usize {
+        budget::max_workers(self.fd_limit)
     }
 
     /// How many workers the cluster keeps.

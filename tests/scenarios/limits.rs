@@ -374,3 +374,50 @@ pub fn adopted_abstract_unix(mode: &str) -> Outcome {
     println!("    {mode}: four connections, each a Stream::Unix");
     stop_and_check(&mut srv)
 }
+
+/// The worker count has a cap: `MAX_WORKERS`, and one worker per 16 descriptors of
+/// the primary's limit (here a hard limit of 64: at most 4). SIGTTIN beyond it reports
+/// an error and forks nothing; `set_workers` beyond it returns an error; a start with
+/// more workers than that fails with the reason.
+pub fn worker_cap() -> Outcome {
+    let (mut srv, targets) = start_limited("64:64", "round-robin", 2, &[])?;
+    for id in [3, 4] {
+        srv.signal("TTIN")?;
+        srv.expect(&format!("listening {id} "), T)?;
+    }
+    srv.signal("TTIN")?;
+    let error = srv.expect("error ", T)?;
+    println!("    SIGTTIN: {error}");
+    check(error.contains("at most 4"), || format!("SIGTTIN: {error}"))?;
+    let reply = client::ask(&targets[0], "tell workers 10", T)?;
+    println!("    set_workers(10):{}", reply.text);
+    check(
+        reply.text.contains("error") && reply.text.contains("at most 4"),
+        || format!("set_workers(10): {reply:?}"),
+    )?;
+    // A round trip through the primary after both: no fifth worker was forked.
+    let pong = client::ask(&targets[0], "tell ping", T)?;
+    check(pong.text.contains("pong"), || format!("ping: {pong:?}"))?;
+    check(!srv.seen.iter().any(|l| l.starts_with("fork 5 ")), || {
+        format!("a fifth worker was forked: {:?}", srv.seen)
+    })?;
+    stop_and_check(&mut srv)?;
+    // Asking for more at start: refused before any fork.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=64:64", "--"]).arg(exe);
+    cmd.env("CLUSTER_SCENARIO_SERVER", "1")
+        .env("SC_WORKERS", "10")
+        .env("SC_LISTEN", "127.0.0.1:0");
+    let mut srv = Server::spawn(cmd)?;
+    let error = srv.expect("error ", T)?;
+    println!("    start: {error}");
+    check(error.contains("10 workers asked for"), || {
+        format!("start: {error}")
+    })?;
+    let status = srv.wait(T)?;
+    check(
+        !status.success() && !srv.seen.iter().any(|l| l.starts_with("fork ")),
+        || format!("start with 10: {status}, {:?}", srv.seen),
+    )
+}

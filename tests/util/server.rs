@@ -327,10 +327,10 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
         ["kill", n] => Some(done(worker(n).and_then(|n| cluster.kill(n, libc::SIGKILL)))),
         ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
         ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
-        ["workers", n] => {
-            cluster.set_workers(n.parse().unwrap_or(1));
-            Some("done".into())
-        }
+        ["workers", n] => Some(match cluster.set_workers(n.parse().unwrap_or(1)) {
+            Ok(()) => "done".into(),
+            Err(e) => format!("error {e}"),
+        }),
         ["broadcast", rest @ ..] => match cluster.broadcast(rest.join(" ").as_bytes()) {
             Ok(n) => Some(format!("sent-to {n}")),
             Err(e) => Some(format!("error {e}")),
