@@ -327,7 +327,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// The most workers this cluster keeps: [`MAX_WORKERS`](crate::MAX_WORKERS), and one
+    /// The most workers this cluster keeps: [`MAX_WORKERS`], and one
     /// per 16 descriptors of the primary's `RLIMIT_NOFILE` (as raised by `start`), so
     /// that every worker keeps a descriptor budget in the primary.
     pub fn max_workers(&self) -> usize {
