@@ -173,7 +173,18 @@ fn configure(
     Ok(())
 }
 
-/// The stream kind a bound address produces.
+/// What `accept` on the socket `fd` produces, from its family (`getsockname(2)`):
+/// `AF_UNIX` gives Unix streams, anything else TCP. Unlike [`kind_of`], right for an
+/// adopted abstract or unnamed Unix socket too.
+pub(crate) fn kind_of_socket(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<StreamKind> {
+    Ok(match socket::local_addr(fd)?.family() {
+        libc::AF_UNIX => StreamKind::Unix,
+        _ => StreamKind::Tcp,
+    })
+}
+
+/// The stream kind a bound address produces, as far as the address shows: `fd:N` is
+/// taken for TCP (a hand-off listener's guess; its connections then say what they are).
 pub(crate) fn kind_of(addr: &ListenAddr) -> StreamKind {
     match addr {
         ListenAddr::Unix(_) => StreamKind::Unix,

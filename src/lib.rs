@@ -65,6 +65,7 @@ compile_error!("the cluster crate supports Linux only (accept4, SOCK_SEQPACKET, 
 mod addr;
 mod bind;
 mod connection;
+mod deadline;
 mod error;
 mod event;
 mod ipc;
@@ -89,10 +90,10 @@ pub use options::ListenOptions;
 pub use primary::{
     Builder, Cluster, ClusterStats, FewestDispatched, Fifo, LeastConnections, ReadyWorker, Respawn,
     Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
-pub use worker::Worker;
+pub use worker::{Worker, LISTEN_REPLY_TIMEOUT};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

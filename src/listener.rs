@@ -128,7 +128,11 @@ impl Listener {
     ///
     /// An `io::Error` of the OS error's kind whose message names the address, e.g.
     /// "cannot listen on 127.0.0.1:8080: Address already in use (os error 98)"; the
-    /// [`ListenError`](crate::ListenError) inside has the address and errno.
+    /// [`ListenError`](crate::ListenError) inside has the address and errno. In a
+    /// cluster worker also: `EMFILE` when the worker's descriptor budget in the primary
+    /// is spent, or when the worker itself is at its descriptor limit and cannot
+    /// receive the listener; `TimedOut` when the primary gave no answer within
+    /// [`LISTEN_REPLY_TIMEOUT`](crate::LISTEN_REPLY_TIMEOUT).
     pub fn bind<A: ToListenAddr>(addr: A) -> io::Result<Listener> {
         Listener::bind_with(addr, &ListenOptions::new())
     }
@@ -207,10 +211,18 @@ impl Listener {
     }
 
     fn new(local: ListenAddr, source: Source, origin: Origin, options: &ListenOptions) -> Listener {
-        let kind = bind::kind_of(&local);
+        // A socket says what it is (an adopted `fd:N` may be an abstract or unnamed
+        // Unix socket, which its address does not show); a hand-off channel's
+        // connections say it one by one (their peer address, see `accept_handoff`).
+        let kind = match &source {
+            Source::Socket { fd, .. } => {
+                bind::kind_of_socket(fd.as_fd()).unwrap_or_else(|_| bind::kind_of(&local))
+            }
+            Source::Handoff(_) => bind::kind_of(&local),
+        };
         let timeouts = (options.read_timeout, options.write_timeout);
-        let unix_timeouts =
-            (kind == StreamKind::Unix && timeouts != (None, None)).then_some(timeouts);
+        // Set on each accepted Unix connection (TCP ones inherit the listener's).
+        let unix_timeouts = (timeouts != (None, None)).then_some(timeouts);
         Listener {
             shared: Arc::new(Shared {
                 local,
@@ -266,7 +278,7 @@ impl Listener {
             rt.count_accept();
             conn = conn.counted(rt.open_guard());
         }
-        if let Some((read, write)) = s.unix_timeouts {
+        if let (Some((read, write)), Stream::Unix(_)) = (s.unix_timeouts, conn.stream()) {
             conn.stream().set_read_timeout(read)?;
             conn.stream().set_write_timeout(write)?;
         }
@@ -330,6 +342,8 @@ impl AsFd for Listener {
 enum AcceptFailure {
     /// Interrupted: closed, or try again.
     Interrupted,
+    /// No connection is queued and the socket did not wait: wait in `poll`.
+    NotReady,
     /// The connection died before we took it: try again at once.
     Skip,
     /// Out of descriptors or memory: back off, then try again.
@@ -342,9 +356,12 @@ enum AcceptFailure {
 
 fn classify(e: &io::Error) -> AcceptFailure {
     match e.raw_os_error() {
-        // EAGAIN: the listening socket's receive timeout (a ListenOptions read timeout)
-        // ended the wait; just wait again.
-        Some(libc::EINTR | libc::EAGAIN) => AcceptFailure::Interrupted,
+        Some(libc::EINTR) => AcceptFailure::Interrupted,
+        // EAGAIN: the socket is non-blocking (O_NONBLOCK belongs to the open file
+        // description, which every worker shares: one that sets it for its own event
+        // loop, or systemd's `NonBlocking=yes`, sets it for all), or the listening
+        // socket's receive timeout (a ListenOptions read timeout) ended the wait.
+        Some(libc::EAGAIN) => AcceptFailure::NotReady,
         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENONET) => {
             AcceptFailure::Skip
         }
@@ -397,6 +414,19 @@ impl Shared {
                 }
                 Err(e) => match classify(&e) {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
+                    // Retrying at once would spin at 100 % CPU on a non-blocking
+                    // socket: wait until a connection is queued. Still inside the gate
+                    // ticket, so `close`'s signal interrupts the wait (EINTR) as it
+                    // interrupts `accept`. Every thread waiting in `poll` wakes for a
+                    // connection and one wins it; the others come back here.
+                    AcceptFailure::NotReady => {
+                        let mut fds = [poll::PollFd::new(fd, false)];
+                        match poll::poll(&mut fds, None) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     AcceptFailure::Resources => {
                         if backoff.first() {
                             crate::log::report!(
@@ -541,7 +571,13 @@ impl Shared {
                 }
                 match ch.recv(&mut buf, wait.is_some()) {
                     Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
-                        return Ok(Some(Connection::new(Stream::from_fd(self.kind, fd), peer)));
+                        // The primary's accept saw the family: an adopted abstract or
+                        // unnamed Unix socket's clients come as Unix peers.
+                        let kind = match peer {
+                            PeerAddr::Tcp(_) => StreamKind::Tcp,
+                            PeerAddr::Unix(_) => StreamKind::Unix,
+                        };
+                        return Ok(Some(Connection::new(Stream::from_fd(kind, fd), peer)));
                     }
                     Ok(Received::Eof) => return Ok(None),
                     // The primary asks whether this worker still takes connections
@@ -570,7 +606,8 @@ impl Shared {
                     // connection's descriptor and closed it (the client sees the
                     // connection end); the record said which. Say so, back off as accept
                     // does on EMFILE, and ask again: the credit was spent on it.
-                    Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                    Ok(Received::FdLost(_))
+                    | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
                         crate::log::report!(
                             "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
                             self.local

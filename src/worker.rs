@@ -38,6 +38,22 @@
 //! 7. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
 //!    flushed, and the process leaves with `_exit`: it never returns into the primary's
 //!    code path, whose copy of the stack it still carries.
+//!
+//! # Messages, and back-pressure
+//!
+//! The control thread moves user messages from the channel into an inbox that
+//! [`Worker::recv`] empties. The inbox is bounded ([`INBOX_LIMIT`] messages,
+//! [`INBOX_BYTES`] bytes): while it is full the control thread reads nothing, so the
+//! channel's socket buffer fills, then the primary's outbox for this worker, and then
+//! [`Cluster::send`](crate::Cluster::send) returns `WouldBlock`. Nothing is dropped, and
+//! a primary that floods a worker costs the worker at most the bound in memory.
+//!
+//! The channel is one ordered queue, so what the primary sends after those messages
+//! waits behind them: a listen reply (then `Listener::bind` gives up at its deadline,
+//! see [`LISTEN_REPLY_TIMEOUT`]) and `Disconnect` (then the primary's disconnect deadline
+//! kills the worker, as for any worker that does not leave in time). A worker that is
+//! sent messages is expected to take them; one that never calls `recv` should not be
+//! sent any.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -72,6 +88,24 @@ pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
 
 /// How often a worker reports its counters to the primary (when they changed).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long [`Listener::bind`] waits for the primary's listen reply before it gives
+/// up with `TimedOut` (naming the address). A healthy primary answers within
+/// milliseconds; the reply can be lost (a send error in the primary), stuck behind
+/// messages the worker does not take (see the module docs), or the primary stopped.
+/// Ten seconds is long enough for a primary busy with a burst and short enough that a
+/// server's start-up fails visibly. A reply that comes later is dropped (its
+/// descriptor closed). Node's `queryServer` waits without a limit.
+pub const LISTEN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many messages from the primary may wait in a worker's inbox (taken by
+/// [`Worker::recv`]) before its control thread stops reading the channel. The same as the
+/// primary's outbox for one worker.
+pub(crate) const INBOX_LIMIT: usize = 1024;
+
+/// How many bytes of messages may wait in a worker's inbox before its control thread
+/// stops reading the channel (64 messages of the largest size).
+pub(crate) const INBOX_BYTES: usize = 64 * MAX_MESSAGE_LEN;
 
 /// How long a worker lingers after its primary vanished without the death signal
 /// arriving (the control channel's EOF is the backstop), before it exits.
@@ -142,13 +176,37 @@ impl Worker {
         self.rt.control.send_encoded(record, fd, false)
     }
 
+    /// Not part of the API: like
+    /// [`send_raw_record_for_tests`](Worker::send_raw_record_for_tests), on any
+    /// `SOCK_SEQPACKET` descriptor of this worker (a round-robin listener's hand-off
+    /// channel, from `Listener::as_fd`).
+    #[doc(hidden)]
+    pub fn send_raw_record_on_for_tests(
+        channel: std::os::fd::BorrowedFd<'_>,
+        record: &[u8],
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> std::io::Result<()> {
+        crate::sys::scm::send(channel, record, fd, false).map(drop)
+    }
+
+    /// Not part of the API: `setsockopt(SO_LINGER)` on `fd` (`Some(seconds)`: on), so
+    /// the crate's tests, which use no `unsafe`, can play a worker that hands the
+    /// primary a socket whose close would linger.
+    #[doc(hidden)]
+    pub fn set_linger_for_tests(
+        fd: std::os::fd::BorrowedFd<'_>,
+        seconds: Option<u32>,
+    ) -> std::io::Result<()> {
+        socket::set_linger(fd, seconds)
+    }
+
     /// Waits for the next message from the primary; `None` once the worker is
     /// disconnecting (or the primary is gone) and every message that arrived before has
     /// been returned, so a thread looping on `recv` ends with the worker.
     pub fn recv(&self) -> Option<Vec<u8>> {
         let mut st = self.rt.lock();
         loop {
-            if let Some(m) = st.inbox.pop_front() {
+            if let Some(m) = self.rt.pop_message(&mut st) {
                 return Some(m);
             }
             if st.primary_gone || st.disconnecting {
@@ -164,15 +222,16 @@ impl Worker {
 
     /// The next message from the primary if one is waiting.
     pub fn try_recv(&self) -> Option<Vec<u8>> {
-        self.rt.lock().inbox.pop_front()
+        let mut st = self.rt.lock();
+        self.rt.pop_message(&mut st)
     }
 
     /// Like [`recv`](Worker::recv), giving up after `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::deadline::after(std::time::Instant::now(), timeout);
         let mut st = self.rt.lock();
         loop {
-            if let Some(m) = st.inbox.pop_front() {
+            if let Some(m) = self.rt.pop_message(&mut st) {
                 return Some(m);
             }
             let now = std::time::Instant::now();
@@ -216,13 +275,59 @@ pub(crate) struct Runtime {
 struct State {
     next_seq: u32,
     replies: Vec<(u32, Result<ListenGrant, i32>, Option<OwnedFd>)>,
+    /// The `seq` of every listen request still waited for: a reply to any other is
+    /// late (its waiter gave up) and dropped.
+    waiting: Vec<u32>,
     inbox: VecDeque<Vec<u8>>,
+    /// Bytes in `inbox`.
+    inbox_bytes: usize,
     listeners: Vec<Weak<listener::Shared>>,
     disconnecting: bool,
     primary_gone: bool,
 }
 
+impl State {
+    fn inbox_full(&self) -> bool {
+        self.inbox.len() >= INBOX_LIMIT || self.inbox_bytes >= INBOX_BYTES
+    }
+
+    fn push_message(&mut self, data: Vec<u8>) {
+        self.inbox_bytes += data.len();
+        self.inbox.push_back(data);
+    }
+}
+
 impl Runtime {
+    /// Takes the oldest message; wakes the control thread when that makes room.
+    fn pop_message(&self, st: &mut State) -> Option<Vec<u8>> {
+        let was_full = st.inbox_full();
+        let m = st.inbox.pop_front()?;
+        st.inbox_bytes -= m.len();
+        if was_full && !st.inbox_full() {
+            self.changed.notify_all();
+        }
+        Some(m)
+    }
+
+    /// Back-pressure: while the inbox is full the control thread reads nothing more, so
+    /// the channel fills, then the primary's outbox, and `Cluster::send` says
+    /// `WouldBlock`. Nothing is lost. Counters are still reported meanwhile.
+    fn wait_for_inbox_room(&self) {
+        let mut st = self.lock();
+        while st.inbox_full() {
+            let (guard, waited) = self
+                .changed
+                .wait_timeout(st, STATS_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner);
+            st = guard;
+            if waited.timed_out() {
+                drop(st);
+                self.report_stats();
+                st = self.lock();
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -237,33 +342,52 @@ impl Runtime {
         let seq = {
             let mut st = self.lock();
             st.next_seq = st.next_seq.wrapping_add(1);
-            st.next_seq
+            let seq = st.next_seq;
+            st.waiting.push(seq);
+            seq
         };
+        let forget = |st: &mut State| st.waiting.retain(|&s| s != seq);
         let request = Message::ListenRequest {
             seq,
             options: options.clone(),
             addr: addr.clone(),
         };
-        self.control
-            .send(&request, None)
-            .map_err(|e| ListenError::io(addr, e))?;
+        if let Err(e) = self.control.send(&request, None) {
+            forget(&mut self.lock());
+            return Err(ListenError::io(addr, e));
+        }
+        let deadline = crate::deadline::after(std::time::Instant::now(), LISTEN_REPLY_TIMEOUT);
         let (result, fd) = {
             let mut st = self.lock();
             loop {
                 if let Some(i) = st.replies.iter().position(|r| r.0 == seq) {
                     let (_, result, fd) = st.replies.swap_remove(i);
+                    forget(&mut st);
                     break (result, fd);
                 }
                 if st.primary_gone {
+                    forget(&mut st);
                     return Err(ListenError::io(
                         addr,
                         io::Error::new(io::ErrorKind::BrokenPipe, "the primary is gone"),
                     ));
                 }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    forget(&mut st);
+                    return Err(ListenError::io(
+                        addr,
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer from the primary within {LISTEN_REPLY_TIMEOUT:?}"),
+                        ),
+                    ));
+                }
                 st = self
                     .changed
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         };
         let grant =
@@ -366,13 +490,31 @@ impl Runtime {
     fn control_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
         loop {
+            self.wait_for_inbox_room();
             match self.control.recv(&mut buf, false) {
                 Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
-                    self.lock().replies.push((seq, result, fd));
-                    self.changed.notify_all();
+                    let mut st = self.lock();
+                    if st.waiting.contains(&seq) {
+                        st.replies.push((seq, result, fd));
+                        self.changed.notify_all();
+                    }
+                    // else: its `bind` gave up (LISTEN_REPLY_TIMEOUT); `fd` closes here.
+                }
+                // At its descriptor limit the worker cannot install the listener's
+                // descriptor (`MSG_CTRUNC`; the kernel closed it). The record arrived
+                // whole: `bind` gets `EMFILE` with the address, and the worker goes on.
+                // The primary keeps its side as granted (a hand-off channel with no
+                // credits, a reuse-port socket nobody listens on): nothing is routed
+                // there, and it goes when the worker does.
+                Ok(Incoming::FdLost(Message::ListenReply { seq, .. })) => {
+                    let mut st = self.lock();
+                    if st.waiting.contains(&seq) {
+                        st.replies.push((seq, Err(libc::EMFILE), None));
+                        self.changed.notify_all();
+                    }
                 }
                 Ok(Incoming::Message(Message::User(data), None)) => {
-                    self.lock().inbox.push_back(data.to_vec());
+                    self.lock().push_message(data.to_vec());
                     self.changed.notify_all();
                 }
                 Ok(Incoming::Message(Message::Disconnect, None)) => {
@@ -380,7 +522,7 @@ impl Runtime {
                     self.changed.notify_all();
                     self.close_listeners();
                 }
-                Ok(Incoming::Message(other, _fd)) => {
+                Ok(Incoming::Message(other, _) | Incoming::FdLost(other)) => {
                     crate::log::report!(
                         "worker {}: unexpected {} message from the primary; exiting",
                         self.id,

@@ -18,6 +18,8 @@ mod core_modes;
 mod demo;
 #[path = "scenarios/isolation.rs"]
 mod isolation;
+#[path = "scenarios/limits.rs"]
+mod limits;
 #[path = "scenarios/robust.rs"]
 mod robust;
 #[path = "scenarios/supervision.rs"]
@@ -40,6 +42,7 @@ fn main() {
     }
     use core_modes::*;
     use demo::*;
+    use limits::*;
     use robust::*;
     use supervision::*;
     use trust::*;
@@ -145,6 +148,28 @@ fn main() {
         Box::new(stale_probe_full_backlog),
     ));
     scenarios.extend(all("unused_handle_released", unused_handle_released));
+    // Limits a worker cannot push the primary past.
+    for how in ["online", "newconn", "handoff"] {
+        let name: &'static str =
+            Box::leak(format!("rogue_lingering_socket_{how}").into_boxed_str());
+        scenarios.push((name, Box::new(move || rogue_lingering_socket(how))));
+    }
+    scenarios.extend(each(
+        "listen_budget",
+        listen_budget,
+        &["round-robin", "reuse-port"],
+    ));
+    scenarios.push(("inbox_bounded", Box::new(inbox_bounded)));
+    scenarios.extend(both("worker_bind_at_fd_limit", worker_bind_at_fd_limit));
+    scenarios.extend(each(
+        "nonblocking_listener",
+        nonblocking_listener,
+        &["shared", "reuse-port"],
+    ));
+    scenarios.push(("duration_max", Box::new(duration_max)));
+    scenarios.push(("listen_reply_deadline", Box::new(listen_reply_deadline)));
+    scenarios.extend(both("adopted_abstract_unix", adopted_abstract_unix));
+    scenarios.push(("worker_cap", Box::new(worker_cap)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

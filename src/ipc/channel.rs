@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use super::codec::{Message, ProtocolError, MAX_RECORD_LEN};
+use super::codec::{FdRule, Message, ProtocolError, MAX_RECORD_LEN};
 use crate::sys::scm::{self, BATCH, BATCH_RECORD};
 use crate::sys::socket;
 
@@ -37,6 +37,11 @@ pub(crate) enum Incoming<'b> {
     Eof,
     /// A record, and the descriptor that came with it when its kind carries one.
     Message(Message<'b>, Option<OwnedFd>),
+    /// A record of a kind that carries a descriptor, whose descriptor the kernel could
+    /// not install (`MSG_CTRUNC`, as at `RLIMIT_NOFILE`) and closed: the record itself
+    /// arrived whole and decoded. The receiver decides what the loss means (a worker's
+    /// listen reply becomes `EMFILE` from `Listener::bind`).
+    FdLost(Message<'b>),
 }
 
 /// Records of up to this many bytes are encoded on the stack.
@@ -106,7 +111,15 @@ impl Channel {
     ) -> Result<Incoming<'b>, RecvError> {
         let got = scm::recv(self.fd.as_fd(), buf, nonblocking)?;
         if got.control_truncated {
-            return Err(RecvError::Protocol(ProtocolError::ControlTruncated));
+            // Only a whole record, none of whose descriptors arrived, of a kind that
+            // carries exactly one, is still worth reading.
+            if got.data_truncated || got.len > MAX_RECORD_LEN || got.fds.len() > 0 {
+                return Err(RecvError::Protocol(ProtocolError::ControlTruncated));
+            }
+            return match Message::decode(&buf[..got.len], 1) {
+                Ok(msg) if msg.fd_rule() == FdRule::One => Ok(Incoming::FdLost(msg)),
+                _ => Err(RecvError::Protocol(ProtocolError::ControlTruncated)),
+            };
         }
         if got.data_truncated || got.len > MAX_RECORD_LEN {
             return Err(RecvError::Protocol(ProtocolError::Oversized {

@@ -30,6 +30,12 @@ pub const DEFAULT_PREFETCH: u32 = 1;
 /// The default [`Builder::message_limit`]: messages a second from one worker.
 pub const DEFAULT_MESSAGE_LIMIT: u32 = 100_000;
 
+/// The most workers a cluster keeps, whatever [`Builder::workers`],
+/// [`Cluster::set_workers`] or `SIGTTIN` ask for (fewer when the descriptor limit is low:
+/// see [`Cluster::max_workers`]). A pre-fork server on one machine has no use for more,
+/// and each worker costs the primary descriptors and memory.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 
@@ -92,7 +98,9 @@ impl Builder {
         }
     }
 
-    /// How many workers to keep (default: the number of CPUs).
+    /// How many workers to keep (default: the number of CPUs). At most
+    /// [`MAX_WORKERS`], and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
+    /// (see [`Cluster::max_workers`]): `start` refuses more.
     pub fn workers(mut self, n: usize) -> Builder {
         self.workers = Some(n);
         self
@@ -345,6 +353,13 @@ impl Builder {
                 user.name()
             )));
         }
+        // Every descriptor the hard limit allows: the workers' budgets are shares of it.
+        let fd_limit = process::raise_nofile_limit()
+            .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let max = super::budget::max_workers(fd_limit);
+        if count > max {
+            return Err(Error::Config(super::too_many_workers(count, max, fd_limit)));
+        }
         let signals = if self.signals {
             let pipe = SignalPipe::install(HANDLED_SIGNALS)
                 .map_err(|e| Error::io("install signal handlers", e))?;
@@ -373,6 +388,7 @@ impl Builder {
             reap_due: false,
             pid: process::getpid(),
             stats: ClusterStats::default(),
+            fd_limit,
         };
         // The first fork must work (a cluster that cannot fork at all is a
         // configuration problem); the rest are kept up by the loop, with back-off.

@@ -14,6 +14,7 @@ use crate::event::{Event, WorkerId};
 use crate::ipc::channel::{Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll::{self, PollFd};
+use crate::sys::socket;
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
 /// (signal handling turned off, or the signal was coalesced).
@@ -200,7 +201,12 @@ impl Cluster {
                 State::Stopped => {}
             },
             libc::SIGHUP => self.begin_reload(),
-            libc::SIGTTIN => self.target = self.target.saturating_add(1),
+            libc::SIGTTIN => {
+                let more = self.target.saturating_add(1);
+                if let Err(e) = self.set_workers(more) {
+                    self.events.push_back(Event::Error(e));
+                }
+            }
             libc::SIGTTOU => self.target = self.target.saturating_sub(1).max(1),
             _ => {}
         }
@@ -220,13 +226,18 @@ impl Cluster {
                 break;
             }
             match slot.control.recv(&mut buf, true) {
-                Ok(Incoming::Message(_, _)) if !slot.admit(now, limit) => {
-                    self.on_protocol_error(id, ProtocolError::Flooding { limit });
-                    break;
-                }
-                Ok(Incoming::Message(msg, _fd)) => {
-                    // `_fd` is always None: the codec refuses a descriptor on every
-                    // worker → primary kind.
+                Ok(Incoming::Message(msg, fd)) => {
+                    // No worker → primary kind carries a descriptor, but a worker can
+                    // attach one to a kind that does (new-conn, listen-reply), which
+                    // `on_message` refuses. Whatever it is, it is closed first and
+                    // without lingering: a worker must not make the primary wait.
+                    if let Some(fd) = fd {
+                        socket::close_abortive(fd);
+                    }
+                    if !slot.admit(now, limit) {
+                        self.on_protocol_error(id, ProtocolError::Flooding { limit });
+                        break;
+                    }
                     if let Err(e) = self.on_message(id, msg) {
                         self.on_protocol_error(id, e);
                         break;
@@ -234,6 +245,11 @@ impl Cluster {
                 }
                 Ok(Incoming::Eof) => {
                     self.on_eof(id);
+                    break;
+                }
+                // A descriptor from a worker, lost on the way: no less a violation.
+                Ok(Incoming::FdLost(_)) => {
+                    self.on_protocol_error(id, ProtocolError::ControlTruncated);
                     break;
                 }
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -336,7 +352,7 @@ impl Cluster {
 
     /// The control channel closed: the worker is exiting (Node's `disconnect`).
     fn on_eof(&mut self, id: WorkerId) {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let deadline = crate::deadline::after(Instant::now(), self.config.shutdown_timeout);
         if let Some(slot) = self.workers.get_mut(&id) {
             if !slot.eof {
                 slot.eof = true;

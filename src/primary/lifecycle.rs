@@ -140,7 +140,7 @@ impl Cluster {
                 .take(extra)
                 .map(|s| s.id)
                 .collect();
-            let deadline = now + self.config.shutdown_timeout;
+            let deadline = crate::deadline::after(now, self.config.shutdown_timeout);
             for id in youngest {
                 self.disconnect_until(id, deadline);
             }
@@ -245,7 +245,7 @@ impl Cluster {
             return;
         }
         let now = Instant::now();
-        let deadline = now + self.config.shutdown_timeout;
+        let deadline = crate::deadline::after(now, self.config.shutdown_timeout);
         self.state = State::Stopping { deadline };
         if let Some(r) = self.reload.take() {
             drop(r);
@@ -404,7 +404,7 @@ impl reload::Host for ReloadHost<'_> {
     }
 
     fn disconnect(&mut self, id: WorkerId) {
-        let deadline = self.now + self.cluster.config.shutdown_timeout;
+        let deadline = crate::deadline::after(self.now, self.cluster.config.shutdown_timeout);
         self.cluster.disconnect_until(id, deadline);
     }
 }

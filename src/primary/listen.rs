@@ -62,8 +62,10 @@ impl Cluster {
         options: &ListenOptions,
         addr: ListenAddr,
     ) {
+        let handles_before = self.handles.len();
         let found = self
             .authorise(id, &addr, options)
+            .and_then(|()| self.check_listen_budget(id, &addr))
             .and_then(|()| self.handle_for(&addr, options));
         let idx = match found {
             Ok(i) => i,
@@ -85,12 +87,17 @@ impl Cluster {
                 return;
             }
         };
+        if self.handles.len() > handles_before {
+            if let Some(s) = self.workers.get_mut(&id) {
+                s.handles_created += 1;
+            }
+        }
         // A replacement (reload, restart) takes over the reuse-port socket of the
         // worker it replaces.
         let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
         let entry = &mut self.handles[idx];
         let local = entry.local().clone();
-        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let errno = |e: io::Error| crate::error::errno_of(&e).unwrap_or(libc::EIO);
         let (transport, granted) = match &mut entry.handle {
             Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
             Handle::RoundRobin(h) => (
@@ -124,6 +131,16 @@ impl Cluster {
                 self.on_protocol_error(id, ProtocolError::NotReading);
             }
             Err(e) => {
+                // The reply (and its descriptor) could not go: answer with the error
+                // instead, so the worker's `bind` fails now, not at its deadline.
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let _ = slot.send(
+                    &Message::ListenReply {
+                        seq,
+                        result: Err(errno),
+                    },
+                    None,
+                );
                 self.events.push_back(Event::Error(Error::io(
                     format!("send listen reply to worker {id}"),
                     e,

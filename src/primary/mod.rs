@@ -46,6 +46,7 @@
 //! (a `std::process::Child` would then fail to `wait`). A reaped pid is forgotten at
 //! once, so the primary never signals a pid the system may have given to someone else.
 
+mod budget;
 mod builder;
 mod event_loop;
 mod lifecycle;
@@ -78,7 +79,7 @@ use crate::worker::WorkerFn;
 
 pub use builder::{
     Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
@@ -248,6 +249,19 @@ pub struct Cluster {
     reap_due: bool,
     pid: Pid,
     stats: ClusterStats,
+    /// The soft `RLIMIT_NOFILE` after `start` raised it: the workers' descriptor
+    /// budgets derive from it (see `budget.rs`).
+    fd_limit: usize,
+}
+
+/// The error message for a worker count above the cap.
+fn too_many_workers(n: usize, max: usize, fd_limit: usize) -> String {
+    format!(
+        "{n} workers asked for; at most {max} (MAX_WORKERS {}, and one per {} of the \
+         primary's {fd_limit} descriptors)",
+        builder::MAX_WORKERS,
+        budget::FDS_PER_WORKER
+    )
 }
 
 impl fmt::Debug for Cluster {
@@ -299,7 +313,7 @@ impl Cluster {
     ///
     /// As for `next_event`.
     pub fn next_event_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
@@ -335,9 +349,27 @@ impl Cluster {
     }
 
     /// Keeps `n` workers from now on (at least 1): forks more, or asks the youngest to
-    /// disconnect. `SIGTTIN` / `SIGTTOU` do `n + 1` / `n - 1`.
-    pub fn set_workers(&mut self, n: usize) {
+    /// disconnect. `SIGTTIN` / `SIGTTOU` do `n + 1` / `n - 1` (`SIGTTIN` at the cap
+    /// reports an [`Event::Error`] and changes nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `n` is above [`max_workers`](Cluster::max_workers); the
+    /// count stays as it was.
+    pub fn set_workers(&mut self, n: usize) -> Result<(), Error> {
+        let max = self.max_workers();
+        if n > max {
+            return Err(Error::Config(too_many_workers(n, max, self.fd_limit)));
+        }
         self.target = n.max(1);
+        Ok(())
+    }
+
+    /// The most workers this cluster keeps: [`MAX_WORKERS`], and one
+    /// per 16 descriptors of the primary's `RLIMIT_NOFILE` (as raised by `start`), so
+    /// that every worker keeps a descriptor budget in the primary.
+    pub fn max_workers(&self) -> usize {
+        budget::max_workers(self.fd_limit)
     }
 
     /// How many workers the cluster keeps.
@@ -354,7 +386,7 @@ impl Cluster {
     /// [`Error::NoSuchWorker`] when no live worker has this id.
     pub fn disconnect(&mut self, id: WorkerId) -> Result<(), Error> {
         self.retire(id)?;
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let deadline = crate::deadline::after(Instant::now(), self.config.shutdown_timeout);
         self.disconnect_until(id, deadline);
         Ok(())
     }

@@ -150,7 +150,7 @@ impl Reload {
                         self.step = Some(Step {
                             old,
                             new,
-                            deadline: now + self.timeout,
+                            deadline: crate::deadline::after(now, self.timeout),
                             phase: Phase::WaitNew { want },
                         });
                         continue;

@@ -104,13 +104,13 @@ impl Backoff {
     /// A fork failed, or a worker died young (setup failure included).
     pub(crate) fn young_death(&mut self, policy: &Respawn, now: Instant) {
         self.streak = self.streak.saturating_add(1);
-        self.not_before = Some(now + policy.delay(self.streak));
+        self.not_before = Some(crate::deadline::after(now, policy.delay(self.streak)));
     }
 
     /// A fork was made while backing off: the next one waits a full delay again.
     pub(crate) fn forked(&mut self, policy: &Respawn, now: Instant) {
         if self.streak > 0 {
-            self.not_before = Some(now + policy.delay(self.streak));
+            self.not_before = Some(crate::deadline::after(now, policy.delay(self.streak)));
         }
     }
 

@@ -134,6 +134,14 @@ impl ReusePortHandle {
         Ok(self.sockets[i].fd.as_fd())
     }
 
+    /// Descriptors this handle holds for `worker`: the sockets it was granted.
+    pub(crate) fn descriptors_of(&self, worker: WorkerId) -> usize {
+        self.sockets
+            .iter()
+            .filter(|s| s.holders.contains(&worker))
+            .count()
+    }
+
     /// The worker exited: its sockets stay, for whoever comes next. Any steering
     /// program is detached from the group: a worker holding one of its sockets may have
     /// attached one (`SO_ATTACH_REUSEPORT_CBPF`, which needs no privilege) to send every

@@ -258,6 +258,12 @@ impl RoundRobinHandle {
         &self.local
     }
 
+    /// Descriptors this handle holds for `worker`: both ends of each of its hand-off
+    /// channels (its share of the primary's descriptor budget).
+    pub(crate) fn descriptors_of(&self, worker: WorkerId) -> usize {
+        2 * self.members.iter().filter(|m| m.worker == worker).count()
+    }
+
     /// Adds a hand-off channel for `worker`; returns the member id and the worker's
     /// end, to send in the listen reply.
     pub(crate) fn add(&mut self, worker: WorkerId) -> io::Result<(u32, BorrowedFd<'_>)> {
@@ -402,10 +408,19 @@ impl RoundRobinHandle {
                         added = added.saturating_add(count);
                         open = Some(o);
                     }
-                    Ok(Incoming::Message(other, _fd)) => {
+                    Ok(Incoming::Message(other, fd)) => {
+                        // A worker's descriptor, never one the primary expects here:
+                        // closed without lingering (see `socket::close_abortive`).
+                        if let Some(fd) = fd {
+                            socket::close_abortive(fd);
+                        }
                         fault.get_or_insert(ProtocolError::Unexpected { kind: other.name() });
                     }
                     Ok(Incoming::Eof) => eof = true,
+                    // (`recv_many` reports every MSG_CTRUNC as an error; kept total.)
+                    Ok(Incoming::FdLost(_)) => {
+                        fault.get_or_insert(ProtocolError::ControlTruncated);
+                    }
                     Err(e) => {
                         fault.get_or_insert(e);
                     }
@@ -624,7 +639,7 @@ impl RoundRobinHandle {
             }
         }
         if accepted && !self.window.is_zero() {
-            self.quiet_until = Some(now + self.window);
+            self.quiet_until = Some(crate::deadline::after(now, self.window));
         }
     }
 
@@ -1071,7 +1086,9 @@ fn take_back(m: &Member) -> (Vec<Pending>, u32) {
                     attempts: 0,
                 });
             }
-            Ok(Incoming::Message(..)) | Err(RecvError::Protocol(_)) => records += 1,
+            Ok(Incoming::Message(..) | Incoming::FdLost(_)) | Err(RecvError::Protocol(_)) => {
+                records += 1
+            }
             Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Incoming::Eof) | Err(RecvError::Io(_)) => break,
         }

@@ -69,6 +69,8 @@ pub(crate) struct Slot {
     pub(crate) said_online: bool,
     /// The current one-second window of its messages: its start, and the count.
     window: (Instant, u32),
+    /// Listening handles its requests created (charged to its descriptor budget).
+    pub(crate) handles_created: usize,
 }
 
 impl Slot {
@@ -78,6 +80,7 @@ impl Slot {
             pid,
             control,
             outbox: VecDeque::new(),
+            handles_created: 0,
             phase: Phase::Starting,
             requested: false,
             eof: false,

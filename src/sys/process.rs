@@ -1,4 +1,5 @@
-//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, `setsid`, ids.
+//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, `setsid`, ids,
+//! and `getrlimit`/`setrlimit` for the descriptor limit.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -203,4 +204,29 @@ pub(crate) fn set_uid(uid: Uid) -> io::Result<()> {
     // SAFETY: setuid takes a plain integer.
     cvt(unsafe { libc::setuid(uid) })?;
     Ok(())
+}
+
+/// Corresponds to `getrlimit(RLIMIT_NOFILE)` then `setrlimit(RLIMIT_NOFILE)` with the
+/// soft limit raised to the hard limit (no privilege needed); returns the soft limit in
+/// force afterwards. When the raise fails the old soft limit stays and is returned: a
+/// lower limit is a smaller budget, not a reason to fail.
+///
+/// The new limit is inherited across `fork`, so workers get it too. (A program that
+/// still uses `select(2)` must keep its descriptors below `FD_SETSIZE` itself.)
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain old data; all-zero is a valid value, filled in below.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a writable rlimit for the duration of the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit for the duration of the call.
+        if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) }).is_ok() {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur as u64)
 }

@@ -8,6 +8,8 @@
 //! - the control buffer is fixed-size and `cmsghdr`-aligned; when the kernel had to drop
 //!   descriptors (`MSG_CTRUNC`, also raised under `RLIMIT_NOFILE` pressure) the caller is
 //!   told, and the descriptors that did arrive are still owned and get closed;
+//! - a received descriptor nobody takes is closed without lingering
+//!   ([`socket::close_abortive`]), so a sender cannot make the receiver block in `close`;
 //! - every message carries at least one byte of data, so a descriptor never travels in an
 //!   empty message (which a `SOCK_SEQPACKET` reader could not tell from EOF).
 #![allow(unsafe_code)]
@@ -16,7 +18,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use super::cvt_r;
+use super::{cvt_r, socket};
 
 /// How many descriptors one received message may carry before the kernel truncates the
 /// control data (`MSG_CTRUNC`). The protocol uses at most one; room for a few more lets
@@ -44,8 +46,9 @@ impl ReceivedFds {
         if self.count < MAX_FDS {
             self.fds[self.count] = Some(fd);
             self.count += 1;
+        } else {
+            socket::close_abortive(fd);
         }
-        // else: dropped here, which closes it.
     }
 
     /// How many descriptors arrived.
@@ -54,12 +57,24 @@ impl ReceivedFds {
     }
 
     /// The single descriptor, when exactly one arrived; `Err(self)` otherwise (dropping
-    /// the error closes whatever did arrive).
+    /// the error closes whatever did arrive, without lingering).
     pub(crate) fn into_single(mut self) -> Result<Option<OwnedFd>, ReceivedFds> {
         match self.count {
             0 => Ok(None),
             1 => Ok(self.fds[0].take()),
             _ => Err(self),
+        }
+    }
+}
+
+/// Whatever nobody took out (a refused record's descriptors, extras beyond the one a
+/// record may carry) is closed without lingering ([`socket::close_abortive`]): a
+/// descriptor a peer sent unasked must never make the receiver wait in `close`. This
+/// `Drop` hands each `OwnedFd` over, it closes nothing by hand.
+impl Drop for ReceivedFds {
+    fn drop(&mut self) {
+        for fd in self.fds.iter_mut().filter_map(Option::take) {
+            socket::close_abortive(fd);
         }
     }
 }

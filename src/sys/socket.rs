@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -444,6 +444,46 @@ pub(crate) fn is_listening_stream(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let ty = int_option(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
     let listening = int_option(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)?;
     Ok(ty == libc::SOCK_STREAM && listening != 0)
+}
+
+/// Corresponds to `setsockopt(SO_LINGER, {l_onoff: 1, l_linger: 0})`, then `close(2)`:
+/// closes a descriptor that came from somebody else without ever waiting in `close`.
+///
+/// A TCP socket whose `SO_LINGER` is on with a timeout makes the `close` that drops its
+/// last reference block until its unsent data is acknowledged or the timeout passes
+/// (up to `l_linger` seconds, whether or not the descriptor is non-blocking). A worker
+/// can hand the primary such a socket (connected to a peer that never reads, its send
+/// buffer full) alongside any record; closing it normally would stall the primary's
+/// loop. With `l_linger` 0 the close resets the connection (RST) and returns at once.
+///
+/// Every descriptor the primary receives and does not keep goes through here. The
+/// option is set on the socket, which the sender may still share: it can only make
+/// the sender's own later close abortive too. `setsockopt` errors are ignored on
+/// purpose: `ENOTSOCK` for a pipe or file (whose close does not linger), and anything
+/// else leaves nothing better to do than to close anyway.
+pub(crate) fn close_abortive(fd: OwnedFd) {
+    let _ = set_linger(fd.as_fd(), Some(0));
+    drop(fd);
+}
+
+/// Corresponds to `setsockopt(SO_LINGER)`: `Some(seconds)` turns lingering on with that
+/// timeout (0: `close` resets the connection at once), `None` turns it off.
+pub(crate) fn set_linger(fd: BorrowedFd<'_>, seconds: Option<u32>) -> io::Result<()> {
+    let value = libc::linger {
+        l_onoff: i32::from(seconds.is_some()),
+        l_linger: seconds.unwrap_or(0).min(i32::MAX as u32) as i32,
+    };
+    // SAFETY: `value` is a valid linger struct for the duration of the call.
+    cvt_r(|| unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&value as *const libc::linger).cast(),
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
 }
 
 /// Which directions [`shutdown`] closes.

@@ -3,7 +3,8 @@
 //! multi-threaded driver, so its `fork` happens in a single-threaded process.
 //!
 //! Configuration (environment): `SC_MODE`, `SC_WORKERS`, `SC_LISTEN` (addresses,
-//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS`,
+//! comma-separated), `SC_THREADS` (accepting threads per listener), `SC_SHUTDOWN_MS` (`max`: Duration::MAX),
+//! `SC_EVENT_WAIT` (the primary's `next_event_timeout`, ms or `max`),
 //! `SC_RESPAWN` (`default`, `never`, or `INITIAL_MS:MAX_MS:MIN_UPTIME_MS`),
 //! `SC_CRASH=start` (every worker fails at once), `SC_USER`, `SC_DIR`, `SC_SILENT`,
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for
@@ -11,9 +12,13 @@
 //! `SC_NO_ALLOW` is set),
 //! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`),
-//! `SC_MSG_LIMIT` (the primary's message limit), `SC_ROGUE` (worker 1 misbehaves once
-//! it listens: `garbage`, `oversized`, `unknown`, `fd`, `flood`, `relisten`, `late_setup`;
-//! see `rogue`),
+//! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
+//! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
+//! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
+//! `SC_ROGUE` (worker 1 misbehaves once it listens: `garbage`, `oversized`, `unknown`,
+//! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
+//! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
+//! `rogue`),
 //! `SC_SECRET` (a file the primary opens for reading before `start` and holds, as a
 //! program's private key or configuration would be), `SC_KEEP` (a log file the primary
 //! opens for appending, created 0600, and gives every worker with `keep_fd`).
@@ -23,11 +28,15 @@
 //! FD_CLOEXEC, 1 or 0) and closes. Lines: `hi`; `cwd` (answers the working
 //! directory); `fds` (answers the descriptors the worker had open when its function
 //! started, comma-separated); `log TEXT` (appends `TEXT` to the `SC_KEEP` log through
-//! the kept descriptor); `stderr TEXT` (writes TEXT to stderr); `unlisten N` (closes the
-//! worker's listener number N); `sleep MS` (tells the primary `busy`
+//! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
+//! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
+//! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
+//! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `sleep
+//! MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
-//! `tell TEXT` (sends TEXT to the primary and answers
-//! with the primary's reply: `ping`, `kill N`, `disconnect N`, `restart N`,
+//! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
+//! with the primary's reply: `ping`, `flood N KIB` (N messages of KIB KiB to the
+//! sender, until one is refused; the primary prints `flooded ok=K error=E`), `kill N`, `disconnect N`, `restart N`,
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
@@ -102,6 +111,23 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 None => " no-kept-fd".into(),
             };
         }
+        ["bind", addr] => {
+            // Says `waiting`, waits for the client's next line (the driver changes
+            // this worker's limits meanwhile), then asks for a listener on ADDR.
+            let _ = stream.write_all(b"waiting\n");
+            let mut go = String::new();
+            let _ = BufReader::new(&*stream).read_line(&mut go);
+            extra = match Listener::bind(*addr) {
+                Ok(l) => format!(" bound {}", l.local_addr()),
+                Err(e) => format!(" bind-error {e}"),
+            };
+        }
+        ["kind"] => {
+            extra = match stream {
+                Stream::Tcp(_) => " tcp".into(),
+                Stream::Unix(_) => " unix".into(),
+            };
+        }
         ["cwd"] => {
             extra = format!(
                 " {}",
@@ -133,10 +159,14 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 }
             }
         }
-        ["tell", rest @ ..] => {
+        [tell @ ("tell" | "tell-forever"), rest @ ..] => {
             if let Some(w) = Worker::current() {
                 let _ = w.send(rest.join(" ").as_bytes());
-                let reply = w.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+                let wait = match *tell {
+                    "tell" => Duration::from_secs(5),
+                    _ => Duration::MAX,
+                };
+                let reply = w.recv_timeout(wait).unwrap_or_default();
                 extra = format!(" {}", String::from_utf8_lossy(&reply));
             }
         }
@@ -186,6 +216,29 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
             }
             r
         }
+        "linger-online" | "linger-newconn" | "linger-handoff" => {
+            // Waits for the driver's go (`tell rogue-go`, so that the cluster is ready
+            // and the primary idle), then attaches a socket whose close would linger
+            // 15 s to a record: online (refused by the codec), new-conn (a kind with a
+            // descriptor: decoded, refused by the primary) on the control channel, or
+            // new-conn on the listener's hand-off channel (round-robin).
+            while w.recv().is_some_and(|m| m != b"go") {}
+            lingering_socket().and_then(|s| {
+                let new_conn = record(6, &[4, 127, 0, 0, 1, 80, 0]);
+                match how {
+                    "linger-online" => {
+                        w.send_raw_record_for_tests(&record(1, b""), Some(s.as_fd()))
+                    }
+                    "linger-newconn" => w.send_raw_record_for_tests(&new_conn, Some(s.as_fd())),
+                    _ => Worker::send_raw_record_on_for_tests(
+                        listener.as_fd(),
+                        &new_conn,
+                        Some(s.as_fd()),
+                    ),
+                }
+                // `s` closes here: the copy in flight to the primary is the last one.
+            })
+        }
         other => Err(std::io::Error::other(format!("unknown SC_ROGUE {other:?}"))),
     };
     if let Err(e) = sent {
@@ -224,6 +277,59 @@ fn ask_more(asks: &str) {
     }
 }
 
+/// A TCP connection to `SC_ROGUE_PEER` (a listener that never accepts nor reads) with
+/// its send buffer full, so unsent data waits for a window that never opens, and
+/// `SO_LINGER` 15 s: the `close` that drops its last reference blocks 15 s.
+fn lingering_socket() -> std::io::Result<std::net::TcpStream> {
+    let mut s = std::net::TcpStream::connect(env("SC_ROGUE_PEER", ""))?;
+    s.set_nonblocking(true)?;
+    let chunk = [b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    loop {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+        if sent > 1 << 30 {
+            return Err(std::io::Error::other("the peer reads everything"));
+        }
+    }
+    s.set_nonblocking(false)?;
+    Worker::set_linger_for_tests(s.as_fd(), Some(15))?;
+    eprintln!("rogue: a socket with {sent} bytes written, linger 15 s");
+    Ok(s)
+}
+
+/// `SC_EXTRA_LISTEN=N`: worker 1 asks for N more addresses (127.0.X.Y:0, each a new
+/// handle) until one fails, and tells the primary `extra COUNT ERROR`. The listeners
+/// stay open (never accepted on) while the worker runs.
+fn extra_listeners(w: &Worker) -> Vec<Listener> {
+    let n: u32 = env("SC_EXTRA_LISTEN", "0").parse().unwrap_or(0);
+    let mut held = Vec::new();
+    let mut failure = String::from("none");
+    for i in 0..n {
+        let addr: ListenAddr = match format!("127.0.{}.{}:0", i / 250, 2 + i % 250).parse() {
+            Ok(a) => a,
+            Err(e) => {
+                failure = e.to_string();
+                break;
+            }
+        };
+        match Listener::bind(&addr) {
+            Ok(l) => held.push(l),
+            Err(e) => {
+                failure = e.to_string();
+                break;
+            }
+        }
+    }
+    if n > 0 {
+        let _ = w.send(format!("extra {} {failure}", held.len()).as_bytes());
+    }
+    held
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     let _ = ENTRY_FDS.set(own_fds());
     if env("SC_CRASH", "") == "start" {
@@ -237,6 +343,15 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
     let _ = LISTENERS.set(listeners.clone());
     if let (1, Ok(asks)) = (id, std::env::var("SC_ASK")) {
         ask_more(&asks);
+    }
+    let _extra = (id == 1).then(|| extra_listeners(w));
+    if std::env::var_os("SC_NONBLOCK").is_some() {
+        // O_NONBLOCK on each listening socket's open file description, which every
+        // worker shares (through a duplicate: std sets it without `unsafe`).
+        for l in &listeners {
+            let copy = l.as_fd().try_clone_to_owned()?;
+            std::net::TcpListener::from(copy).set_nonblocking(true)?;
+        }
     }
     if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
         if let Some(l) = listeners.first() {
@@ -286,13 +401,35 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
     };
     match words.as_slice() {
         ["ping"] => Some("pong".into()),
+        ["flood", n, kib] => {
+            // N messages of KIB KiB to the sender, until one is refused.
+            let data = vec![b'm'; kib.parse::<usize>().unwrap_or(1) * 1024];
+            let n: usize = n.parse().unwrap_or(0);
+            let mut ok = 0;
+            let mut error = String::from("none");
+            for _ in 0..n {
+                match cluster.send(sender, &data) {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        error = e.to_string();
+                        break;
+                    }
+                }
+            }
+            println!("flooded ok={ok} error={error}");
+            Some("flood-done".into())
+        }
+        ["rogue-go"] => Some(match cluster.send(cluster::WorkerId(1), b"go") {
+            Ok(()) => "sent".into(),
+            Err(e) => format!("error {e}"),
+        }),
         ["kill", n] => Some(done(worker(n).and_then(|n| cluster.kill(n, libc::SIGKILL)))),
         ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
         ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
-        ["workers", n] => {
-            cluster.set_workers(n.parse().unwrap_or(1));
-            Some("done".into())
-        }
+        ["workers", n] => Some(match cluster.set_workers(n.parse().unwrap_or(1)) {
+            Ok(()) => "done".into(),
+            Err(e) => format!("error {e}"),
+        }),
         ["broadcast", rest @ ..] => match cluster.broadcast(rest.join(" ").as_bytes()) {
             Ok(n) => Some(format!("sent-to {n}")),
             Err(e) => Some(format!("error {e}")),
@@ -312,7 +449,13 @@ pub fn main() -> i32 {
     };
     let workers: usize = env("SC_WORKERS", "2").parse().unwrap_or(2);
     let threads: usize = env("SC_THREADS", "4").parse().unwrap_or(4);
-    let shutdown_ms: u64 = env("SC_SHUTDOWN_MS", "3000").parse().unwrap_or(3000);
+    // `max`: Duration::MAX, the natural "no limit" (SC_SHUTDOWN_MS, SC_EVENT_WAIT).
+    let millis = |name: &str, default: u64| match env(name, "").as_str() {
+        "max" => Duration::MAX,
+        v => Duration::from_millis(v.parse().unwrap_or(default)),
+    };
+    let shutdown = millis("SC_SHUTDOWN_MS", 3000);
+    let event_wait = millis("SC_EVENT_WAIT", 20);
     let addrs: Vec<ListenAddr> = match env("SC_LISTEN", "127.0.0.1:0")
         .split(',')
         .map(str::parse)
@@ -364,7 +507,7 @@ pub fn main() -> i32 {
     let mut builder = Cluster::builder()
         .workers(workers)
         .mode(mode)
-        .shutdown_timeout(Duration::from_millis(shutdown_ms));
+        .shutdown_timeout(shutdown);
     match env("SC_RESPAWN", "default").as_str() {
         "default" => {}
         "never" => builder = builder.respawn(Respawn::never()),
@@ -448,7 +591,7 @@ pub fn main() -> i32 {
     let mut ready = false;
     let mut last_stats = String::new();
     loop {
-        let event = match cluster.next_event_timeout(Duration::from_millis(20)) {
+        let event = match cluster.next_event_timeout(event_wait) {
             Ok(Some(e)) => Some(e),
             Ok(None) if cluster.is_stopped() => break,
             Ok(None) => None,
@@ -481,7 +624,9 @@ pub fn main() -> i32 {
             }) => {
                 say(format!("listen-failed {worker} {addr} {error}"));
                 // The extra addresses of `SC_ASK` are expected to fail, and say so.
-                if std::env::var_os("SC_ASK").is_none() {
+                if std::env::var_os("SC_ASK").is_none()
+                    && std::env::var_os("SC_LISTEN_FAIL_OK").is_none()
+                {
                     cluster.shutdown();
                 }
             }
