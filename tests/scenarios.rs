@@ -148,6 +148,7 @@ fn main() {
         Box::new(stale_probe_full_backlog),
     ));
     scenarios.extend(all("unused_handle_released", unused_handle_released));
+    scenarios.push(("unread_listen_replies", Box::new(unread_listen_replies)));
     // Limits a worker cannot push the primary past.
     for how in ["online", "newconn", "handoff"] {
         let name: &'static str =

@@ -21,6 +21,13 @@ pub(crate) const OUTBOX_LIMIT: usize = 1024;
 /// answers is killed as unresponsive.
 pub(crate) const OUTBOX_HARD_LIMIT: usize = 4 * OUTBOX_LIMIT;
 
+/// How many records carrying a descriptor (listen replies) may wait for a worker that
+/// does not read: each holds a copy of a listening socket in the primary. A worker has
+/// one listen request in flight per thread that calls `Listener::bind`; one that keeps
+/// asking without reading the answers is killed as unresponsive after this many,
+/// rather than filling the primary's descriptor table with copies.
+pub(crate) const OUTBOX_FD_LIMIT: usize = 8;
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -130,7 +137,10 @@ impl Slot {
                 Err(e) => return Err(e),
             }
         }
-        if self.outbox.len() >= OUTBOX_HARD_LIMIT {
+        let fds_waiting = || self.outbox.iter().filter(|(_, fd)| fd.is_some()).count();
+        if self.outbox.len() >= OUTBOX_HARD_LIMIT
+            || (pass.is_some() && fds_waiting() >= OUTBOX_FD_LIMIT)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "the worker does not read its channel",

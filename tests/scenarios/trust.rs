@@ -219,3 +219,32 @@ pub fn unused_handle_released(mode: &str) -> Outcome {
     );
     stop_and_check(&mut srv)
 }
+
+/// A worker that stops reading its channel and then asks for its listener again and
+/// again: each reply carries a copy of the listening socket, which would wait in the
+/// primary's outbox (a descriptor each, up to thousands). After a few the primary
+/// takes it for not reading, kills and replaces it; its descriptors come back.
+pub fn unread_listen_replies() -> Outcome {
+    let s = spec("shared", "127.0.0.1:0".into(), vec![mode_env("shared")]);
+    let (mut srv, targets) = s.start()?;
+    let before = proc::fds_of(srv.pid()).len();
+    // Messages the worker never reads fill its inbox: its control thread stops
+    // reading, and what the primary sends waits in the primary.
+    client::ask(&targets[0], "send flood 2000 64", Duration::from_secs(5))?;
+    let flooded = srv.expect("flooded ", Duration::from_secs(20))?;
+    println!("    {flooded}");
+    // The worker may be killed before it answers.
+    let _ = client::ask(&targets[0], "bind-burst 64", Duration::from_secs(5));
+    let error =
+        srv.seen_or_expect_containing("worker 1 broke the protocol", Duration::from_secs(10))?;
+    println!("    {error}");
+    check(error.contains("replies are not read"), || error.clone())?;
+    srv.seen_or_expect("listening 2 ", Duration::from_secs(10))?;
+    let after = proc::fds_of(srv.pid()).len();
+    println!("    primary descriptors: {before} before, {after} after the replacement");
+    check(after <= before, || {
+        format!("the primary holds {after} descriptors, {before} before")
+    })?;
+    client::ask(&targets[0], "hi", Duration::from_secs(5))?;
+    stop_and_check(&mut srv)
+}

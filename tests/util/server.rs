@@ -31,7 +31,9 @@
 //! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
-//! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `sleep
+//! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `send
+//! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
+//! the first address at once, answered at once); `sleep
 //! MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
@@ -121,6 +123,21 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 Ok(l) => format!(" bound {}", l.local_addr()),
                 Err(e) => format!(" bind-error {e}"),
             };
+        }
+        ["send", rest @ ..] => {
+            // Tells the primary TEXT and answers at once (no reply awaited).
+            if let Some(w) = Worker::current() {
+                let _ = w.send(rest.join(" ").as_bytes());
+            }
+        }
+        ["bind-burst", n] => {
+            // N threads ask for the worker's first address at once and wait for their
+            // replies (which a worker that does not read its channel never gets).
+            let addr = ADDRS.get().and_then(|a| a.first().cloned());
+            for _ in 0..n.parse::<u32>().unwrap_or(0) {
+                let addr = addr.clone();
+                std::thread::spawn(move || addr.map(|a| Listener::bind(&a)));
+            }
         }
         ["kind"] => {
             extra = match stream {
@@ -249,6 +266,9 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
 /// The worker's listeners, for `unlisten N`.
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
 
+/// The worker's addresses as asked for, for `bind-burst N`.
+static ADDRS: std::sync::OnceLock<Vec<ListenAddr>> = std::sync::OnceLock::new();
+
 /// Worker 1 asks for more addresses (`SC_ASK`, comma-separated; `admin` stands for the
 /// primary's private listener, `fd:N` of `SC_ADMIN`; `timeouts@ADDR` asks with 1 ms
 /// read and write timeouts) and says on stderr what it got: `ask ADDR: ok` or
@@ -341,6 +361,7 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
     let _ = LISTENERS.set(listeners.clone());
+    let _ = ADDRS.set(addrs.to_vec());
     if let (1, Ok(asks)) = (id, std::env::var("SC_ASK")) {
         ask_more(&asks);
     }
