@@ -64,13 +64,13 @@ fn main() {
         each(name, f, &["round-robin", "shared", "reuse-port"])
     };
     let mut scenarios: Vec<Scenario> = Vec::new();
-    // Issue 2: the core (reuse-port joins in where it applies).
+    // The core (reuse-port joins in where it applies).
     scenarios.extend(all("balance", balance));
     scenarios.extend(all("families", families));
     scenarios.extend(all("addr_in_use", addr_in_use));
     scenarios.push(("rr_worker_killed", Box::new(rr_worker_killed)));
     scenarios.extend(both("adopted_fd", adopted_fd));
-    // Issue 4: every mode, one workload.
+    // Every mode, one workload.
     scenarios.push(("every_mode", Box::new(every_mode)));
     scenarios.push((
         "reuse_port_crash_keeps_queue",
@@ -84,7 +84,7 @@ fn main() {
         "listen_only_refuses_others",
         Box::new(listen_only_refuses_others),
     ));
-    // Issue 3: supervision.
+    // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));
     scenarios.extend(all(
@@ -102,7 +102,7 @@ fn main() {
     scenarios.push(("respawn_never", Box::new(respawn_never)));
     scenarios.push(("worker_settings", Box::new(worker_settings)));
     scenarios.push(("worker_api_and_scaling", Box::new(worker_api_and_scaling)));
-    // Issue 5: faults and bad input.
+    // Faults and bad input.
     for how in [
         "garbage",
         "oversized",
@@ -178,7 +178,7 @@ fn main() {
     scenarios.push(("hello_errors", Box::new(hello_errors)));
     scenarios.push(("hello_supervision", Box::new(hello_supervision)));
     scenarios.push(("messages_example", Box::new(messages_example)));
-    // Issue 8: what a worker starts with, and the primary's state left alone in it.
+    // What a worker starts with, and the primary's state left alone in it.
     {
         use isolation::*;
         scenarios.push(("iso_inherit_nothing", Box::new(iso_inherit_nothing)));

@@ -1,5 +1,5 @@
-//! Each worker's budget of descriptors in the primary (issue 8: no single worker can
-//! exhaust the primary).
+//! Each worker's budget of descriptors in the primary, so that no single worker can
+//! exhaust the primary.
 //!
 //! A worker makes the primary hold descriptors on its behalf: a round-robin hand-off
 //! channel is two (the primary's end and its copy of the worker's end), a reuse-port

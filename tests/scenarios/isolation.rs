@@ -1,4 +1,4 @@
-//! Issue 8: what a worker starts with. Nothing inherited but stdio, its channel and
+//! What a worker starts with. Nothing inherited but stdio, its channel and
 //! what the application named (`keep_fd`); no controlling terminal; no capability left
 //! after `--user`; and nothing of the primary's teardown run in a child (an adopted
 //! round-robin listener stays non-blocking when a worker is replaced).

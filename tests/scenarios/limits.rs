@@ -1,4 +1,4 @@
-//! Limits a worker cannot push the primary past (issue 8): descriptors it sends that
+//! Limits a worker cannot push the primary past: descriptors it sends that
 //! would linger in `close`, budgets of descriptors and queued messages, a worker at
 //! its own descriptor limit, non-blocking listeners, unbounded durations, lost
 //! replies, adopted Unix sockets, and caps on the worker count. Each ends with the
