@@ -8,19 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::check::{check, stop_and_check, Outcome, Spec};
+use crate::util::check::{all_ok, check, rogue_killed, spec, stop_and_check, Outcome};
 use crate::util::client::{self, Target};
 use crate::util::proc::{self, Server};
-
-fn spec<'a>(mode: &'a str, workers: usize, threads: usize, env: &[(&'a str, &str)]) -> Spec<'a> {
-    Spec {
-        mode,
-        workers,
-        listen: "127.0.0.1:0".into(),
-        threads,
-        env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-    }
-}
 
 /// The bound on every wait for progress: well below the 15 s a lingering close took.
 const T: Duration = Duration::from_secs(5);
@@ -46,13 +36,7 @@ pub fn rogue_lingering_socket(how: &str) -> Outcome {
     // Worker 1 waits for the go before it starts accepting, so worker 2 serves this.
     let go = client::ask(&targets[0], "tell rogue-go", T)?;
     check(go.text.contains("sent"), || format!("rogue-go: {go:?}"))?;
-    let error = srv.expect_containing("worker 1 broke the protocol", T)?;
-    println!("    {how}: {error}");
-    let exit = srv.seen_or_expect("exit 1 ", T)?;
-    check(
-        exit.contains("signal 9") && exit.contains("requested=false"),
-        || format!("{how}: the rogue's exit: {exit}"),
-    )?;
+    rogue_killed(&mut srv, how, T)?;
     let pong = client::ask(&targets[0], "tell ping", T)?;
     check(pong.text.contains("pong"), || format!("ping: {pong:?}"))?;
     drop(peer);
@@ -66,34 +50,8 @@ fn start_limited(
     workers: usize,
     env: &[(&str, &str)],
 ) -> Result<(Server, Vec<Target>), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={nofile}")).arg("--").arg(exe);
-    cmd.env("CLUSTER_SCENARIO_SERVER", "1")
-        .env("SC_MODE", mode)
-        .env("SC_WORKERS", workers.to_string())
-        .env("SC_LISTEN", "127.0.0.1:0")
-        .env("SC_THREADS", "2");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut srv = Server::spawn(cmd)?;
-    let ready = srv.expect("ready ", Duration::from_secs(20))?;
-    let targets = ready["ready ".len()..]
-        .split(',')
-        .map(Target::parse)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((srv, targets))
-}
-
-fn all_ok(load: &client::Load, total: u64, what: &str) -> Outcome {
-    check(load.errors.is_empty() && load.ok == total, || {
-        format!(
-            "{what}: {} of {total} ok, first error {:?}",
-            load.ok,
-            load.errors.first()
-        )
-    })
+    let limit = format!("--nofile={nofile}");
+    spec(mode, workers, 2, env).start_under(&["prlimit", &limit, "--"])
 }
 
 /// One worker asks for address after address (`mode`: each a round-robin hand-off

@@ -8,35 +8,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::check::{check, stop_and_check, Outcome, Spec};
+use crate::util::check::{all_ok, check, rogue_killed, spec, stop_and_check, Outcome};
 use crate::util::client::{self, Conn, Target};
 use crate::util::proc::{self, Server};
-
-fn spec<'a>(mode: &'a str, workers: usize, threads: usize, env: &[(&'a str, &str)]) -> Spec<'a> {
-    Spec {
-        mode,
-        workers,
-        listen: "127.0.0.1:0".into(),
-        threads,
-        env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-    }
-}
 
 const T: Duration = Duration::from_secs(5);
 
 /// Every worker id that answered, in order.
 fn served_by(load: &client::Load) -> Vec<u32> {
     load.by_worker.keys().copied().collect()
-}
-
-fn all_ok(load: &client::Load, total: u64, what: &str) -> Outcome {
-    check(load.errors.is_empty() && load.ok == total, || {
-        format!(
-            "{what}: {} of {total} ok, first error {:?}",
-            load.ok,
-            load.errors.first()
-        )
-    })
 }
 
 /// A worker that breaks the protocol (`how`: garbage, an oversized record, an unknown
@@ -53,13 +33,7 @@ pub fn rogue_worker(how: &str) -> Outcome {
         &[("SC_ROGUE", how), ("SC_MSG_LIMIT", "20000")],
     )
     .start()?;
-    let error = srv.seen_or_expect_containing("worker 1 broke the protocol", T)?;
-    println!("    {how}: {error}");
-    let exit = srv.seen_or_expect("exit 1 ", T)?;
-    check(
-        exit.contains("signal 9") && exit.contains("requested=false"),
-        || format!("{how}: the rogue's exit: {exit}"),
-    )?;
+    rogue_killed(&mut srv, how, T)?;
     srv.seen_or_expect("listening 3 ", T)?;
     let load = client::load(&targets[0], 200, 4, "hi", T);
     all_ok(&load, 200, how)?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::client::Target;
+use super::client::{Load, Target};
 use super::proc::{self, Server};
 
 pub type Outcome = Result<(), String>;
@@ -25,8 +25,42 @@ pub struct Spec<'a> {
     pub env: Vec<(&'a str, String)>,
 }
 
+/// `workers` workers of `threads` accepting threads each on 127.0.0.1:0, in `mode`, with
+/// more environment.
+pub fn spec<'a>(
+    mode: &'a str,
+    workers: usize,
+    threads: usize,
+    env: &[(&'a str, &str)],
+) -> Spec<'a> {
+    Spec {
+        mode,
+        workers,
+        listen: "127.0.0.1:0".into(),
+        threads,
+        env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+    }
+}
+
+/// Every one of `total` requests of a load run was answered.
+pub fn all_ok(load: &Load, total: u64, what: &str) -> Outcome {
+    check(load.errors.is_empty() && load.ok == total, || {
+        format!(
+            "{what}: {} of {total} ok, first error {:?}",
+            load.ok,
+            load.errors.first()
+        )
+    })
+}
+
 impl Spec<'_> {
     pub fn start(&self) -> Result<(Server, Vec<Target>), String> {
+        self.start_under(&[])
+    }
+
+    /// Like `start`, with the server run by another program first (`wrapper`: its
+    /// command line up to the server's, e.g. `prlimit --nofile=64:256 --`).
+    pub fn start_under(&self, wrapper: &[&str]) -> Result<(Server, Vec<Target>), String> {
         let mut env = vec![
             ("SC_MODE", self.mode.to_string()),
             ("SC_WORKERS", self.workers.to_string()),
@@ -34,7 +68,7 @@ impl Spec<'_> {
             ("SC_THREADS", self.threads.to_string()),
         ];
         env.extend(self.env.iter().cloned());
-        let cmd = proc::self_command(&env);
+        let cmd = proc::self_command_under(wrapper, &env);
         let mut srv = Server::spawn(cmd)?;
         let ready = srv.expect("ready ", Duration::from_secs(20))?;
         let targets = ready["ready ".len()..]
@@ -97,4 +131,16 @@ pub fn check_hygiene(lines: &[String], stderr: &str) -> Outcome {
     check(!stderr.contains("panicked"), || {
         format!("a process panicked:\n{stderr}")
     })
+}
+
+/// The primary reported worker 1 for breaking the protocol and killed it (an exit by
+/// SIGKILL it did not ask for); prints the report, tagged `what`.
+pub fn rogue_killed(srv: &mut Server, what: &str, timeout: Duration) -> Outcome {
+    let error = srv.seen_or_expect_containing("worker 1 broke the protocol", timeout)?;
+    println!("    {what}: {error}");
+    let exit = srv.seen_or_expect("exit 1 ", timeout)?;
+    check(
+        exit.contains("signal 9") && exit.contains("requested=false"),
+        || format!("{what}: the rogue's exit: {exit}"),
+    )
 }

@@ -21,8 +21,21 @@ pub struct Server {
 
 /// The command that runs this test binary again, as a cluster primary.
 pub fn self_command(scenario_env: &[(&str, String)]) -> Command {
+    self_command_under(&[], scenario_env)
+}
+
+/// Like `self_command`, run by `wrapper` (a program and its arguments up to the
+/// command it runs, e.g. `prlimit --nofile=64:256 --`), if not empty.
+pub fn self_command_under(wrapper: &[&str], scenario_env: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.env("CLUSTER_SCENARIO_SERVER", "1");
     for (k, v) in scenario_env {
         cmd.env(k, v);
