@@ -34,14 +34,20 @@ use crate::addr::ListenAddr;
 use crate::error::ListenError;
 use crate::event::WorkerId;
 
+/// The most workers a cluster keeps, whatever [`Builder::workers`](crate::Builder::workers),
+/// [`Cluster::set_workers`] or `SIGTTIN` ask for (fewer when the descriptor limit is low:
+/// see [`Cluster::max_workers`]). A pre-fork server on one machine has no use for more,
+/// and each worker costs the primary descriptors and memory.
+pub const MAX_WORKERS: usize = 1024;
+
 /// Descriptors of the limit set aside per worker when capping the worker count: its
 /// control channel, and room for a few listeners in its budget.
 pub(super) const FDS_PER_WORKER: usize = 16;
 
 /// The most workers a primary with descriptor limit `limit` keeps:
-/// [`MAX_WORKERS`](crate::MAX_WORKERS), and one per [`FDS_PER_WORKER`] descriptors.
+/// [`MAX_WORKERS`], and one per [`FDS_PER_WORKER`] descriptors.
 pub(super) fn max_workers(limit: usize) -> usize {
-    (limit / FDS_PER_WORKER).clamp(1, super::builder::MAX_WORKERS)
+    (limit / FDS_PER_WORKER).clamp(1, MAX_WORKERS)
 }
 
 /// The most descriptors one listen request can make the primary hold: a new handle's
@@ -103,7 +109,7 @@ mod tests {
     fn worker_caps() {
         assert_eq!(max_workers(64), 4);
         assert_eq!(max_workers(1024), 64);
-        assert_eq!(max_workers(1 << 20), super::super::builder::MAX_WORKERS);
+        assert_eq!(max_workers(1 << 20), MAX_WORKERS);
         assert_eq!(max_workers(0), 1);
     }
 

@@ -30,12 +30,6 @@ pub const DEFAULT_PREFETCH: u32 = 1;
 /// The default [`Builder::message_limit`]: messages a second from one worker.
 pub const DEFAULT_MESSAGE_LIMIT: u32 = 100_000;
 
-/// The most workers a cluster keeps, whatever [`Builder::workers`],
-/// [`Cluster::set_workers`] or `SIGTTIN` ask for (fewer when the descriptor limit is low:
-/// see [`Cluster::max_workers`]). A pre-fork server on one machine has no use for more,
-/// and each worker costs the primary descriptors and memory.
-pub const MAX_WORKERS: usize = 1024;
-
 /// The default [`Builder::accept_window`].
 pub const DEFAULT_ACCEPT_WINDOW: Duration = Duration::from_micros(300);
 
@@ -99,7 +93,7 @@ impl Builder {
     }
 
     /// How many workers to keep (default: the number of CPUs). At most
-    /// [`MAX_WORKERS`], and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
+    /// [`MAX_WORKERS`](crate::MAX_WORKERS), and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
     /// (see [`Cluster::max_workers`]): `start` refuses more.
     pub fn workers(mut self, n: usize) -> Builder {
         self.workers = Some(n);

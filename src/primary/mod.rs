@@ -77,9 +77,10 @@ use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
 use crate::worker::WorkerFn;
 
+pub use budget::MAX_WORKERS;
 pub use builder::{
     Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
@@ -259,7 +260,7 @@ fn too_many_workers(n: usize, max: usize, fd_limit: usize) -> String {
     format!(
         "{n} workers asked for; at most {max} (MAX_WORKERS {}, and one per {} of the \
          primary's {fd_limit} descriptors)",
-        builder::MAX_WORKERS,
+        budget::MAX_WORKERS,
         budget::FDS_PER_WORKER
     )
 }
