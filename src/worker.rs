@@ -420,14 +420,19 @@ impl Runtime {
             let mut st = self.lock();
             st.listeners.retain(|w| w.strong_count() > 0);
             st.listeners.push(Arc::downgrade(listener.shared()));
+            // `Listening` goes out while the lock is held: a `Disconnect` arriving now
+            // makes the control thread close this listener (`close_listeners`, which
+            // takes the lock first), and its `ListenerClosed` must follow `Listening`.
+            // The other way round, the primary would see an announcement for a
+            // listener already given back, which it takes for a forged record.
+            let _ = self.control.send(
+                &Message::Listening {
+                    handle: grant.handle,
+                },
+                None,
+            );
             st.disconnecting || st.primary_gone
         };
-        let _ = self.control.send(
-            &Message::Listening {
-                handle: grant.handle,
-            },
-            None,
-        );
         if disconnecting {
             listener.close();
         }
