@@ -44,6 +44,64 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// A signal to send a worker with [`Cluster::kill`](crate::Cluster::kill) (Node's
+/// `worker.kill(signal)`, which takes the signal's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Signal {
+    /// `SIGTERM`: the worker takes it as the end of its life (the default action).
+    Term,
+    /// `SIGKILL`: cannot be caught.
+    Kill,
+    /// `SIGINT`.
+    Int,
+    /// `SIGQUIT`.
+    Quit,
+    /// `SIGHUP`.
+    Hup,
+    /// `SIGUSR1`, for the application's own use.
+    Usr1,
+    /// `SIGUSR2`, for the application's own use.
+    Usr2,
+    /// `SIGSTOP`: the worker stops until `SIGCONT`.
+    Stop,
+    /// `SIGCONT`.
+    Cont,
+}
+
+impl Signal {
+    /// The signal's number (`libc::SIGTERM`, …).
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+            Signal::Int => libc::SIGINT,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Hup => libc::SIGHUP,
+            Signal::Usr1 => libc::SIGUSR1,
+            Signal::Usr2 => libc::SIGUSR2,
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Cont => libc::SIGCONT,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signal::Term => "SIGTERM",
+            Signal::Kill => "SIGKILL",
+            Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
+            Signal::Hup => "SIGHUP",
+            Signal::Usr1 => "SIGUSR1",
+            Signal::Usr2 => "SIGUSR2",
+            Signal::Stop => "SIGSTOP",
+            Signal::Cont => "SIGCONT",
+        })
+    }
+}
+
 /// Something that happened in the cluster, from [`Cluster::next_event`](crate::Cluster::next_event).
 #[derive(Debug)]
 #[non_exhaustive]

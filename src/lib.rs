@@ -33,9 +33,13 @@
 //!   socket once and sends it to every worker (`SCM_RIGHTS`); workers `listen(2)` and
 //!   their threads block in `accept(2)`, and the kernel wakes one per connection.
 //! - [`Mode::RoundRobin`] (Node's `SCHED_RR`, the default): the primary listens and
-//!   accepts, and sends each connection to a worker thread that is waiting for one.
+//!   accepts, and sends each connection to a worker thread that is waiting for one,
+//!   chosen by a [`Scheduler`] ([`FewestDispatched`] by default).
+//! - [`Mode::ReusePort`] (Node 22's `reusePort`): the primary binds one `SO_REUSEPORT`
+//!   socket per worker on the same address and keeps it; each worker listens and
+//!   accepts on its own, and the kernel spreads connections by a hash.
 //!
-//! Either way the worker's code receives `std::net::TcpStream`s (or `UnixStream`s) and
+//! In every mode the worker's code receives `std::net::TcpStream`s (or `UnixStream`s) and
 //! the peer's address in a [`Connection`].
 //!
 //! The primary is single-threaded: `fork` copies only the calling thread, so **create
@@ -46,10 +50,24 @@
 //! # Reading order
 //!
 //! The crate is meant to be read. Bottom up: `sys` (every `unsafe` call,
-//! and the EINTR policy), `ipc` (the record format and channel), `bind` (creating
-//! listening sockets), `listener` (the worker's accept, and how blocked threads are
-//! woken), `worker` (the child after `fork`), `primary` and its `round_robin` and
-//! `shared` handles (Node's `primary.js`, `round_robin_handle.js`, `shared_handle.js`).
+//! and the EINTR policy), `ipc` (the record format and channel), `bind` and
+//! `socket_file` (creating listening sockets, and removing only the socket files
+//! created), `listener` (the worker's accept, and how blocked threads are woken),
+//! `settings` (the privilege drop), `worker` (the child after `fork`), `primary` with
+//! `listen` (listen requests: Node's `queryServer`) and its `shared`, `round_robin`
+//! (with `scheduler`) and `reuse_port` handles (Node's `primary.js`, `shared_handle.js`,
+//! `round_robin_handle.js`).
+//!
+//! # Threads
+//!
+//! [`Listener`], [`Connection`] and [`Worker`] are `Send` and `Sync` (checked at compile
+//! time): a worker's threads share them. [`Cluster`] is neither: it lives on the one
+//! thread of the primary, which must not start others while it forks.
+//!
+//! ```compile_fail
+//! fn send<T: Send>() {}
+//! send::<cluster::Cluster>();
+//! ```
 //!
 //! Linux only: it uses `accept4`, `SOCK_SEQPACKET` Unix sockets, `MSG_CMSG_CLOEXEC`,
 //! `PR_SET_PDEATHSIG` and `tgkill`.
@@ -82,7 +100,7 @@ mod worker;
 pub use addr::{AddrParseError, ListenAddr, PeerAddr, ToListenAddr};
 pub use connection::{Connection, Stream};
 pub use error::{Error, ListenError};
-pub use event::{Event, ExitStatus, WorkerId};
+pub use event::{Event, ExitStatus, Signal, WorkerId};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
 pub use mode::{Mode, ModeParseError};
@@ -93,7 +111,15 @@ pub use primary::{
     DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
-pub use worker::{Worker, LISTEN_REPLY_TIMEOUT};
+pub use worker::{Worker, INTERNAL_EXIT, LISTEN_REPLY_TIMEOUT};
+
+/// The promise of the "Threads" section, kept by the compiler.
+const _: () = {
+    fn send_sync<T: Send + Sync>() {}
+    let _ = send_sync::<Listener>;
+    let _ = send_sync::<Connection>;
+    let _ = send_sync::<Worker>;
+};
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

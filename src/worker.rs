@@ -98,6 +98,12 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// descriptor closed). Node's `queryServer` waits without a limit.
 pub const LISTEN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The exit code of a worker that cannot go on for a reason of the cluster's own, not
+/// its function's: the primary sent a record it cannot read, or the primary is already
+/// gone before the worker could start (`EX_SOFTWARE`, from `sysexits.h`). Setup
+/// failures are [`SETUP_FAILED_EXIT`](crate::SETUP_FAILED_EXIT) (78).
+pub const INTERNAL_EXIT: i32 = 70;
+
 /// How many messages from the primary may wait in a worker's inbox (taken by
 /// [`Worker::recv`]) before its control thread stops reading the channel. The same as the
 /// primary's outbox for one worker.
@@ -533,7 +539,7 @@ impl Runtime {
                         self.id,
                         other.name()
                     );
-                    process::exit_now(70);
+                    process::exit_now(INTERNAL_EXIT);
                 }
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The receive timeout: time to report the counters.
@@ -546,7 +552,7 @@ impl Runtime {
                         "worker {}: bad record from the primary: {e}; exiting",
                         self.id
                     );
-                    process::exit_now(70);
+                    process::exit_now(INTERNAL_EXIT);
                 }
                 Ok(Incoming::Eof) | Err(RecvError::Io(_)) => {
                     // The primary is gone: stop accepting, let the worker function
@@ -636,7 +642,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         return setup_failed(&control, id, SetupStage::DeathSignal, &e);
     }
     if process::getppid() != start.primary {
-        return 70; // the primary died before prctl: nobody will signal us
+        return INTERNAL_EXIT; // the primary died before prctl: nobody will signal us
     }
     if let Err(e) = signal::install_interrupt_handler() {
         return setup_failed(&control, id, SetupStage::Runtime, &e);
@@ -661,7 +667,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     });
     if RUNTIME.set(rt.clone()).is_err() {
         crate::log::report!("worker {id}: a worker runtime already exists in this process");
-        return 70;
+        return INTERNAL_EXIT;
     }
     let reader = rt.clone();
     let spawned = std::thread::Builder::new()
@@ -672,7 +678,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         return setup_failed(&rt.control, id, SetupStage::Runtime, &e);
     }
     if rt.control.send(&Message::Online, None).is_err() {
-        return 70; // the primary is already gone
+        return INTERNAL_EXIT; // the primary is already gone
     }
     let worker = Worker { rt: rt.clone() };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&worker)));

@@ -4,7 +4,7 @@
 //! passed descriptor arrives with the record it belongs to:
 //!
 //! ```text
-//! offset 0  kind      u8   which message (see `Kind`)
+//! offset 0  kind      u8   which message (the numbers are in the `kind` module)
 //! offset 1  reserved  [u8; 3], zero
 //! offset 4  length    u32 little-endian: payload bytes that follow
 //! offset 8  payload   `length` bytes, laid out per kind (integers little-endian)

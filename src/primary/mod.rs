@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::event::{Event, WorkerId};
+use crate::event::{Event, Signal, WorkerId};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
@@ -180,8 +180,10 @@ impl HandleEntry {
     }
 }
 
-/// A snapshot of one worker, from [`Cluster::workers`].
+/// A snapshot of one worker, from [`Cluster::workers`]. Non-exhaustive: fields may be
+/// added.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerInfo {
     /// The worker's id.
     pub id: WorkerId,
@@ -204,8 +206,10 @@ pub struct WorkerInfo {
     pub uptime: Duration,
 }
 
-/// Counters over the cluster's life, from [`Cluster::stats`].
+/// Counters over the cluster's life, from [`Cluster::stats`]. Non-exhaustive: counters
+/// may be added.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterStats {
     /// Workers forked.
     pub forks: u64,
@@ -413,10 +417,11 @@ impl Cluster {
     ///
     /// [`Error::NoSuchWorker`] when no live worker has this id; [`Error::Io`] when
     /// `kill` fails.
-    pub fn kill(&mut self, id: WorkerId, signal: i32) -> Result<(), Error> {
+    pub fn kill(&mut self, id: WorkerId, signal: Signal) -> Result<(), Error> {
         self.retire(id)?;
         let slot = self.workers.get_mut(&id).ok_or(Error::NoSuchWorker(id))?;
-        process::kill(slot.pid, signal).map_err(|e| Error::io(format!("kill worker {id}"), e))
+        process::kill(slot.pid, signal.number())
+            .map_err(|e| Error::io(format!("kill worker {id} with {signal}"), e))
     }
 
     /// Sends `data` to a worker, which reads it with [`Worker::recv`](crate::Worker::recv).

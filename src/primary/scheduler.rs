@@ -23,6 +23,7 @@ use crate::WorkerId;
 
 /// A worker that can take a connection now, as the scheduler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadyWorker {
     /// The worker.
     pub worker: WorkerId,

@@ -444,7 +444,9 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
             Ok(()) => "sent".into(),
             Err(e) => format!("error {e}"),
         }),
-        ["kill", n] => Some(done(worker(n).and_then(|n| cluster.kill(n, libc::SIGKILL)))),
+        ["kill", n] => Some(done(
+            worker(n).and_then(|n| cluster.kill(n, cluster::Signal::Kill)),
+        )),
         ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
         ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
         ["workers", n] => Some(match cluster.set_workers(n.parse().unwrap_or(1)) {
