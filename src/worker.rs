@@ -101,7 +101,7 @@ pub const LISTEN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit code of a worker that cannot go on for a reason of the cluster's own, not
 /// its function's: the primary sent a record it cannot read, or the primary is already
 /// gone before the worker could start (`EX_SOFTWARE`, from `sysexits.h`). Setup
-/// failures are [`SETUP_FAILED_EXIT`](crate::SETUP_FAILED_EXIT) (78).
+/// failures are [`SETUP_FAILED_EXIT`] (78).
 pub const INTERNAL_EXIT: i32 = 70;
 
 /// How many messages from the primary may wait in a worker's inbox (taken by
