@@ -173,6 +173,7 @@ impl Worker {
     /// attached, bypassing the codec. It exists so the crate's tests can play a rogue
     /// worker (garbage, oversized or unknown records, unexpected descriptors) and check
     /// that the primary survives it.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn send_raw_record_for_tests(
         &self,
@@ -186,6 +187,7 @@ impl Worker {
     /// [`send_raw_record_for_tests`](Worker::send_raw_record_for_tests), on any
     /// `SOCK_SEQPACKET` descriptor of this worker (a round-robin listener's hand-off
     /// channel, from `Listener::as_fd`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn send_raw_record_on_for_tests(
         channel: std::os::fd::BorrowedFd<'_>,
@@ -198,6 +200,7 @@ impl Worker {
     /// Not part of the API: `setsockopt(SO_LINGER)` on `fd` (`Some(seconds)`: on), so
     /// the crate's tests, which use no `unsafe`, can play a worker that hands the
     /// primary a socket whose close would linger.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn set_linger_for_tests(
         fd: std::os::fd::BorrowedFd<'_>,
