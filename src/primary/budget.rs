@@ -29,7 +29,7 @@
 
 use std::io;
 
-use super::{Cluster, Handle};
+use super::Cluster;
 use crate::addr::ListenAddr;
 use crate::error::ListenError;
 use crate::event::WorkerId;
@@ -73,11 +73,7 @@ impl Cluster {
             + self
                 .handles
                 .iter()
-                .map(|h| match &h.handle {
-                    Handle::Shared(_) => 0,
-                    Handle::RoundRobin(rr) => rr.descriptors_of(id),
-                    Handle::ReusePort(rp) => rp.descriptors_of(id),
-                })
+                .map(|h| h.handle.descriptors_of(id))
                 .sum::<usize>()
     }
 

@@ -7,8 +7,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use super::handle::Watch;
 use super::slot::Phase;
-use super::{Cluster, Handle, State};
+use super::{Cluster, State};
 use crate::error::Error;
 use crate::event::{Event, WorkerId};
 use crate::ipc::channel::{Incoming, RecvError};
@@ -29,8 +30,8 @@ const MESSAGES_PER_TURN: usize = 64;
 enum Token {
     Signals,
     Control(WorkerId),
-    Listener(u32),
-    Member(u32),
+    /// A descriptor of the handle with this id.
+    Handle(u32, Watch),
 }
 
 impl Cluster {
@@ -64,25 +65,9 @@ impl Cluster {
                         self.read_control(id);
                     }
                 }
-                Token::Member(h) => {
-                    let Some(i) = self.handle_index(h) else {
-                        continue;
-                    };
-                    if let Handle::RoundRobin(rr) = &mut self.handles[i].handle {
-                        if writable {
-                            rr.on_member_writable();
-                        }
-                        if readable {
-                            rr.on_member_readable();
-                        }
-                    }
-                }
-                Token::Listener(h) => {
-                    let Some(i) = self.handle_index(h) else {
-                        continue;
-                    };
-                    if let Handle::RoundRobin(rr) = &mut self.handles[i].handle {
-                        rr.set_readable();
+                Token::Handle(h, what) => {
+                    if let Some(i) = self.handle_index(h) {
+                        self.handles[i].handle.on_ready(what, readable, writable);
                     }
                 }
             }
@@ -93,12 +78,9 @@ impl Cluster {
             self.reap(now);
         }
         for h in &mut self.handles {
-            if let Handle::RoundRobin(rr) = &mut h.handle {
-                rr.check_stalls(now);
-                for (worker, n) in rr.take_returned() {
-                    if let Some(s) = self.workers.get_mut(&worker) {
-                        s.dispatched = s.dispatched.saturating_sub(n);
-                    }
+            for (worker, n) in h.handle.tick(now) {
+                if let Some(s) = self.workers.get_mut(&worker) {
+                    s.dispatched = s.dispatched.saturating_sub(n);
                 }
             }
         }
@@ -125,16 +107,12 @@ impl Cluster {
             fds.push(PollFd::new(s.control.as_fd(), s.wants_write()));
             tokens.push(Token::Control(s.id));
         }
+        let mut watched = Vec::new();
         for h in &self.handles {
-            if let Handle::RoundRobin(rr) = &h.handle {
-                if let Some(fd) = rr.listener_to_poll(now) {
-                    fds.push(PollFd::new(fd, false));
-                    tokens.push(Token::Listener(h.id));
-                }
-                for (fd, read, write) in rr.member_fds() {
-                    fds.push(PollFd::with(fd, read, write));
-                    tokens.push(Token::Member(h.id));
-                }
+            h.handle.watch(now, &mut watched);
+            for (fd, read, write, what) in watched.drain(..) {
+                fds.push(PollFd::with(fd, read, write));
+                tokens.push(Token::Handle(h.id, what));
             }
         }
         match poll::poll(&mut fds, timeout) {
@@ -179,13 +157,8 @@ impl Cluster {
             }
         }
         for h in &self.handles {
-            if let Handle::RoundRobin(rr) = &h.handle {
-                if let Some(t) = rr.resume_at(now) {
-                    consider(t);
-                }
-                if let Some(t) = rr.check_at() {
-                    consider(t);
-                }
+            if let Some(t) = h.handle.next_timer(now) {
+                consider(t);
             }
         }
         next
@@ -388,41 +361,28 @@ impl Cluster {
         self.reap_due = true;
     }
 
-    // ----------------------------------------------------------------- round-robin
+    // ----------------------------------------------------------------- handles
 
-    /// Round-robin handles: no new connections for this worker, at once.
+    /// No new connections for this worker, at once, on any handle.
     pub(super) fn stop_routing(&mut self, id: WorkerId) {
         for h in &mut self.handles {
-            if let Handle::RoundRobin(rr) = &mut h.handle {
-                rr.stop_routing(id);
-            }
+            h.handle.stop_routing(id);
         }
     }
 
-    /// Hands out connections on every round-robin handle that has work.
+    /// Hands out connections on every handle that has work (round-robin), and kills
+    /// the workers that broke the protocol meanwhile.
     pub(super) fn pump(&mut self, now: Instant) {
         let workers = &mut self.workers;
         let scheduler = &mut *self.config.scheduler;
+        let mut faults = Vec::new();
         for entry in &mut self.handles {
-            if let Handle::RoundRobin(rr) = &mut entry.handle {
-                if rr.wants_pump() {
-                    rr.pump(now, scheduler, &mut |w| {
-                        if let Some(s) = workers.get_mut(&w) {
-                            s.dispatched += 1;
-                        }
-                    });
+            faults.extend(entry.handle.pump(now, scheduler, &mut |w| {
+                if let Some(s) = workers.get_mut(&w) {
+                    s.dispatched += 1;
                 }
-            }
+            }));
         }
-        let faults: Vec<_> = self
-            .handles
-            .iter_mut()
-            .filter_map(|h| match &mut h.handle {
-                Handle::RoundRobin(rr) => Some(rr.take_faults()),
-                Handle::Shared(_) | Handle::ReusePort(_) => None,
-            })
-            .flatten()
-            .collect();
         for (worker, e) in faults {
             self.on_protocol_error(worker, e);
         }

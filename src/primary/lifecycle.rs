@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::reload::{self, Progress, Reload, Seen};
 use super::slot::{Phase, Slot};
-use super::{Cluster, Handle, State, HANDLED_SIGNALS};
+use super::{Cluster, State, HANDLED_SIGNALS};
 use crate::error::Error;
 use crate::event::{Event, ExitStatus, WorkerId};
 use crate::ipc::channel::Channel;
@@ -257,21 +257,13 @@ impl Cluster {
         let workers = &mut self.workers;
         let scheduler = &mut *self.config.scheduler;
         for entry in &mut self.handles {
-            match &mut entry.handle {
-                Handle::Shared(h) => h.close(),
-                Handle::ReusePort(h) => h.close(),
-                Handle::RoundRobin(h) => {
-                    let closed = h.close_listener(now, scheduler, &mut |w| {
-                        if let Some(s) = workers.get_mut(&w) {
-                            s.dispatched += 1;
-                        }
-                    });
-                    if closed > 0 {
-                        crate::log::report!(
-                            "shutdown closed {closed} connection(s) no worker could take"
-                        );
-                    }
+            let closed = entry.handle.shut(now, scheduler, &mut |w| {
+                if let Some(s) = workers.get_mut(&w) {
+                    s.dispatched += 1;
                 }
+            });
+            if closed > 0 {
+                crate::log::report!("shutdown closed {closed} connection(s) no worker could take");
             }
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
@@ -301,14 +293,6 @@ impl Cluster {
         let Some(slot) = self.workers.remove(&id) else {
             return;
         };
-        for h in &mut self.handles {
-            if let Handle::RoundRobin(rr) = &mut h.handle {
-                rr.remove_worker(id);
-            }
-        }
-        // A crash is replaced (unless respawn is off); anything asked for is not.
-        let replaced = !slot.requested && self.config.respawn.enabled;
-        self.release_holder(id, &slot.granted, replaced);
         self.stats.exits += 1;
         if !slot.requested {
             self.stats.crashes += 1;
@@ -324,15 +308,16 @@ impl Cluster {
                 }
             }
         }
-        // Reuse-port sockets outlive their worker (see `reuse_port.rs`): the next worker
-        // takes it over, unless the cluster now keeps fewer workers.
+        // Node's `remove`, on every handle. Round-robin takes back what the worker had
+        // not received; reuse-port sockets outlive their worker (see `reuse_port.rs`):
+        // the next worker takes it over, unless the cluster now keeps fewer workers.
         let target = self.target;
         for h in &mut self.handles {
-            if let Handle::ReusePort(rp) = &mut h.handle {
-                rp.worker_gone(id);
-                rp.prune(target);
-            }
+            h.handle.remove(id, target);
         }
+        // A crash is replaced (unless respawn is off); anything asked for is not.
+        let replaced = !slot.requested && self.config.respawn.enabled;
+        self.release_holder(id, &slot.granted, replaced);
         if !slot.eof {
             self.events.push_back(Event::Disconnect { worker: id });
         }

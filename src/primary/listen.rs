@@ -36,16 +36,14 @@
 use std::collections::BTreeSet;
 use std::io;
 
-use super::reuse_port::ReusePortHandle;
-use super::round_robin::RoundRobinHandle;
-use super::shared::SharedHandle;
+use super::handle::{Handle, Setup};
 use super::slot::Phase;
-use super::{Cluster, Handle, HandleEntry, State};
+use super::{Cluster, HandleEntry, State};
 use crate::addr::ListenAddr;
 use crate::bind::{self, BindOptions};
 use crate::error::{Error, ListenError};
 use crate::event::{Event, WorkerId};
-use crate::ipc::codec::{ListenGrant, Message, ProtocolError, Transport};
+use crate::ipc::codec::{ListenGrant, Message, ProtocolError};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
 
@@ -97,25 +95,19 @@ impl Cluster {
         let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
         let entry = &mut self.handles[idx];
         let local = entry.local().clone();
-        let errno = |e: io::Error| crate::error::errno_of(&e).unwrap_or(libc::EIO);
-        let (transport, granted) = match &mut entry.handle {
-            Handle::Shared(h) => (Transport::Socket, h.socket().ok_or(libc::ESHUTDOWN)),
-            Handle::RoundRobin(h) => (
-                Transport::Handoff,
-                h.add(id).map(|(_, fd)| fd).map_err(errno),
-            ),
-            Handle::ReusePort(h) => (Transport::Socket, h.grant(id, replacing).map_err(errno)),
-        };
         let handle = entry.id;
-        let result = match &granted {
-            Ok(_) => Ok(ListenGrant {
-                handle,
-                transport,
-                local,
-            }),
-            Err(errno) => Err(*errno),
+        let added = entry.handle.add(id, replacing);
+        let (result, fd) = match added {
+            Ok((transport, fd)) => (
+                Ok(ListenGrant {
+                    handle,
+                    transport,
+                    local,
+                }),
+                Some(fd),
+            ),
+            Err(e) => (Err(crate::error::errno_of(&e).unwrap_or(libc::EIO)), None),
         };
-        let fd = granted.ok();
         let granted = fd.is_some();
         let Some(slot) = self.workers.get_mut(&id) else {
             return;
@@ -211,21 +203,13 @@ impl Cluster {
         };
         let mut bound = bind::bind(key, bind_options, options)?;
         let socket_file = bound.socket_file.take();
-        let handle = match mode {
-            Mode::Shared => Ok(Handle::Shared(SharedHandle::new(
-                bound,
-                matches!(key, ListenAddr::Fd(_)),
-            ))),
-            Mode::ReusePort => Ok(Handle::ReusePort(ReusePortHandle::new(bound, options))),
-            Mode::RoundRobin => RoundRobinHandle::new(
-                bound,
-                options.backlog,
-                self.config.accept_window,
-                self.config.prefetch,
-            )
-            .map(|h| Handle::RoundRobin(Box::new(h))),
+        let setup = Setup {
+            options,
+            accept_window: self.config.accept_window,
+            prefetch: self.config.prefetch,
         };
-        let handle = match handle {
+        let adopted = matches!(key, ListenAddr::Fd(_));
+        let handle = match Handle::new(mode, adopted, bound, setup) {
             Ok(h) => h,
             Err(e) => {
                 if let Some(f) = socket_file {
@@ -358,11 +342,7 @@ impl Cluster {
 
     /// The end of one handle: stop listening, count what it dropped, remove its file.
     pub(super) fn retire_handle(&mut self, mut entry: HandleEntry) {
-        match &mut entry.handle {
-            Handle::Shared(h) => h.close(),
-            Handle::ReusePort(h) => h.close(),
-            Handle::RoundRobin(h) => self.stats.dropped_connections += h.dropped(),
-        }
+        self.stats.dropped_connections += entry.handle.close();
         if let Some(f) = entry.socket_file.take() {
             f.remove();
         }

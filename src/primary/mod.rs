@@ -24,8 +24,10 @@
 //! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
 //! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `shared.rs`, `round_robin.rs` (with `scheduler.rs`) and
-//! `reuse_port.rs` (the listening handles, one per mode).
+//! `slot.rs` (one worker), `handle.rs` (the one interface of the listening handles,
+//! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
+//! `round_robin.rs` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
+//! `budget.rs` (each worker's share of the primary's descriptors).
 //!
 //! # Trust
 //!
@@ -49,6 +51,7 @@
 mod budget;
 mod builder;
 mod event_loop;
+mod handle;
 mod lifecycle;
 mod listen;
 mod reload;
@@ -85,11 +88,9 @@ pub use builder::{
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
+use handle::Handle;
 use reload::Reload;
 use respawn::Backoff;
-use reuse_port::ReusePortHandle;
-use round_robin::RoundRobinHandle;
-use shared::SharedHandle;
 use slot::{Phase, Slot};
 
 /// The signals the primary handles (and resets to `SIG_DFL` in each worker).
@@ -136,15 +137,6 @@ enum State {
     Stopped,
 }
 
-/// One listening handle, by key.
-#[derive(Debug)]
-enum Handle {
-    Shared(SharedHandle),
-    // Boxed: by far the largest, and there are few handles.
-    RoundRobin(Box<RoundRobinHandle>),
-    ReusePort(ReusePortHandle),
-}
-
 #[derive(Debug)]
 struct HandleEntry {
     /// The number workers name it by (listen replies, `Listening`, `ListenerClosed`):
@@ -172,11 +164,7 @@ struct Hold {
 
 impl HandleEntry {
     fn local(&self) -> &ListenAddr {
-        match &self.handle {
-            Handle::Shared(h) => h.local(),
-            Handle::RoundRobin(h) => h.local(),
-            Handle::ReusePort(h) => h.local(),
-        }
+        self.handle.local()
     }
 }
 
@@ -498,14 +486,7 @@ impl Cluster {
     /// Counters over the cluster's life.
     pub fn stats(&self) -> ClusterStats {
         let mut s = self.stats.clone();
-        s.dropped_connections += self
-            .handles
-            .iter()
-            .map(|h| match &h.handle {
-                Handle::RoundRobin(rr) => rr.dropped(),
-                Handle::Shared(_) | Handle::ReusePort(_) => 0,
-            })
-            .sum::<u64>();
+        s.dropped_connections += self.handles.iter().map(|h| h.handle.dropped()).sum::<u64>();
         s
     }
 }

@@ -1,0 +1,254 @@
+//! One interface for the three kinds of listening handle (Node's `SharedHandle` and
+//! `RoundRobinHandle`, which `primary.js` drives through the same `add`/`remove`): the
+//! primary's loop, its listen requests and its lifecycle call these methods and never
+//! look at which kind a handle is. The kinds differ in what they need from the loop:
+//!
+//! - a shared handle ([`SharedHandle`]) only hands out its socket;
+//! - a reuse-port handle ([`ReusePortHandle`]) hands each worker a socket of its own and
+//!   keeps them across respawns;
+//! - a round-robin handle ([`RoundRobinHandle`]) is the one in the data path: it has
+//!   descriptors for `poll` (its listener, its members' channels), timers (a paused
+//!   accept, the stall check), connections to hand out after every turn (`pump`), and
+//!   workers to report for breaking the protocol.
+//!
+//! The matching on kinds happens here, once per method.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use super::reuse_port::ReusePortHandle;
+use super::round_robin::RoundRobinHandle;
+use super::scheduler::Scheduler;
+use super::shared::SharedHandle;
+use crate::addr::ListenAddr;
+use crate::bind::Bound;
+use crate::event::WorkerId;
+use crate::ipc::codec::{ProtocolError, Transport};
+use crate::mode::Mode;
+use crate::options::ListenOptions;
+
+/// A listening handle of one of the three kinds.
+#[derive(Debug)]
+pub(super) enum Handle {
+    Shared(SharedHandle),
+    // Boxed: by far the largest, and there are few handles.
+    RoundRobin(Box<RoundRobinHandle>),
+    ReusePort(ReusePortHandle),
+}
+
+/// What a descriptor a handle asked `poll` to watch stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    /// The listening socket (round-robin: a connection to accept).
+    Listener,
+    /// A worker's hand-off channel (round-robin: credits, room, a hang-up).
+    Member,
+}
+
+/// How a new handle is set up (what the cluster's settings say).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Setup<'a> {
+    pub(super) options: &'a ListenOptions,
+    pub(super) accept_window: Duration,
+    pub(super) prefetch: u32,
+}
+
+impl Handle {
+    /// Wraps a freshly bound socket as a handle of `mode`'s kind.
+    pub(super) fn new(
+        mode: Mode,
+        adopted: bool,
+        bound: Bound,
+        setup: Setup<'_>,
+    ) -> io::Result<Handle> {
+        Ok(match mode {
+            Mode::Shared => Handle::Shared(SharedHandle::new(bound, adopted)),
+            Mode::ReusePort => Handle::ReusePort(ReusePortHandle::new(bound, setup.options)),
+            Mode::RoundRobin => Handle::RoundRobin(Box::new(RoundRobinHandle::new(
+                bound,
+                setup.options.backlog,
+                setup.accept_window,
+                setup.prefetch,
+            )?)),
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub(super) fn local(&self) -> &ListenAddr {
+        match self {
+            Handle::Shared(h) => h.local(),
+            Handle::RoundRobin(h) => h.local(),
+            Handle::ReusePort(h) => h.local(),
+        }
+    }
+
+    /// Node's `add`: what `worker` listens through, to send in its listen reply (a
+    /// socket, or a hand-off channel). `replacing`: the worker it replaces in a reload,
+    /// whose reuse-port socket it takes over.
+    pub(super) fn add(
+        &mut self,
+        worker: WorkerId,
+        replacing: Option<WorkerId>,
+    ) -> io::Result<(Transport, BorrowedFd<'_>)> {
+        match self {
+            Handle::Shared(h) => h
+                .socket()
+                .map(|fd| (Transport::Socket, fd))
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESHUTDOWN)),
+            Handle::RoundRobin(h) => h.add(worker).map(|(_, fd)| (Transport::Handoff, fd)),
+            Handle::ReusePort(h) => h.grant(worker, replacing).map(|fd| (Transport::Socket, fd)),
+        }
+    }
+
+    /// Node's `remove`: `worker` has exited. Round-robin takes back what it had not
+    /// received; reuse-port keeps its sockets for whoever comes next, as long as the
+    /// cluster keeps `target` workers.
+    pub(super) fn remove(&mut self, worker: WorkerId, target: usize) {
+        match self {
+            Handle::Shared(_) => {}
+            Handle::RoundRobin(h) => h.remove_worker(worker),
+            Handle::ReusePort(h) => {
+                h.worker_gone(worker);
+                h.prune(target);
+            }
+        }
+    }
+
+    /// No new connections for `worker`, at once (it is going).
+    pub(super) fn stop_routing(&mut self, worker: WorkerId) {
+        if let Handle::RoundRobin(h) = self {
+            h.stop_routing(worker);
+        }
+    }
+
+    /// Descriptors the handle holds for `worker` (its share of the primary's budget).
+    pub(super) fn descriptors_of(&self, worker: WorkerId) -> usize {
+        match self {
+            Handle::Shared(_) => 0,
+            Handle::RoundRobin(h) => h.descriptors_of(worker),
+            Handle::ReusePort(h) => h.descriptors_of(worker),
+        }
+    }
+
+    /// The descriptors to `poll` this turn, with what to watch each for (readable,
+    /// writable), appended to `out`.
+    pub(super) fn watch<'a>(
+        &'a self,
+        now: Instant,
+        out: &mut Vec<(BorrowedFd<'a>, bool, bool, Watch)>,
+    ) {
+        if let Handle::RoundRobin(h) = self {
+            if let Some(fd) = h.listener_to_poll(now) {
+                out.push((fd, true, false, Watch::Listener));
+            }
+            out.extend(h.member_fds().map(|(fd, r, w)| (fd, r, w, Watch::Member)));
+        }
+    }
+
+    /// `poll` reported one of the descriptors of [`watch`](Handle::watch).
+    pub(super) fn on_ready(&mut self, what: Watch, readable: bool, writable: bool) {
+        if let Handle::RoundRobin(h) = self {
+            match what {
+                Watch::Listener => h.set_readable(),
+                Watch::Member => {
+                    if writable {
+                        h.on_member_writable();
+                    }
+                    if readable {
+                        h.on_member_readable();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The handle's next timer (a paused accept, a stall check).
+    pub(super) fn next_timer(&self, now: Instant) -> Option<Instant> {
+        match self {
+            Handle::RoundRobin(h) => match (h.resume_at(now), h.check_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            Handle::Shared(_) | Handle::ReusePort(_) => None,
+        }
+    }
+
+    /// After each turn: the stall check when due. Returns the connections taken back
+    /// from live workers (not dispatched to them after all), by worker.
+    pub(super) fn tick(&mut self, now: Instant) -> Vec<(WorkerId, u64)> {
+        match self {
+            Handle::RoundRobin(h) => {
+                h.check_stalls(now);
+                h.take_returned()
+            }
+            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+        }
+    }
+
+    /// Hands out what can be handed out (Node's `distribute`); `on_dispatch` hears of
+    /// each hand-off. Returns the workers that broke the protocol meanwhile.
+    pub(super) fn pump(
+        &mut self,
+        now: Instant,
+        scheduler: &mut dyn Scheduler,
+        on_dispatch: &mut dyn FnMut(WorkerId),
+    ) -> Vec<(WorkerId, ProtocolError)> {
+        match self {
+            Handle::RoundRobin(h) => {
+                if h.wants_pump() {
+                    h.pump(now, scheduler, on_dispatch);
+                }
+                h.take_faults()
+            }
+            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+        }
+    }
+
+    /// Cluster shutdown: stop taking connections, so clients are refused (round-robin
+    /// hands what is pending to the workers that can still take it). Returns how many
+    /// accepted connections had to be closed.
+    pub(super) fn shut(
+        &mut self,
+        now: Instant,
+        scheduler: &mut dyn Scheduler,
+        on_dispatch: &mut dyn FnMut(WorkerId),
+    ) -> u64 {
+        match self {
+            Handle::Shared(h) => {
+                h.close();
+                0
+            }
+            Handle::ReusePort(h) => {
+                h.close();
+                0
+            }
+            Handle::RoundRobin(h) => h.close_listener(now, scheduler, on_dispatch),
+        }
+    }
+
+    /// The end of the handle while the cluster runs (nobody serves its address any
+    /// more): stop listening, so clients are refused. Returns the connections it
+    /// dropped over its life.
+    pub(super) fn close(&mut self) -> u64 {
+        match self {
+            Handle::Shared(h) => {
+                h.close();
+                0
+            }
+            Handle::ReusePort(h) => {
+                h.close();
+                0
+            }
+            Handle::RoundRobin(h) => h.dropped(),
+        }
+    }
+
+    /// Accepted connections closed without a worker serving them (round-robin).
+    pub(super) fn dropped(&self) -> u64 {
+        match self {
+            Handle::RoundRobin(h) => h.dropped(),
+            Handle::Shared(_) | Handle::ReusePort(_) => 0,
+        }
+    }
+}
