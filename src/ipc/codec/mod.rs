@@ -98,8 +98,8 @@ pub(crate) enum Message<'a> {
     },
     /// Primary → worker, on a hand-off channel: "are you there?" The thread that receives
     /// it answers with a fresh `Ready` credit and waits again. Sent to a worker that left
-    /// a connection unreceived too long (see `round_robin.rs`): its answer shows it
-    /// takes connections again.
+    /// a connection unreceived too long (see `primary::round_robin::stall`): its answer
+    /// shows it takes connections again.
     Probe,
     /// Worker → primary, on a hand-off channel: `count` more threads wait in `accept`
     /// (the round-robin credit; it plays the part of Node's `accepted` ack).
