@@ -2,7 +2,7 @@
 //! working directory, silenced stdio, and the user to run as, with a privilege drop
 //! that is complete and verified.
 //!
-//! Order in the child, and why (the steps before and after are in `worker.rs`):
+//! Order in the child, and why (the steps before and after are in `worker/mod.rs`):
 //! 1. `chdir`, while still privileged (the directory may be readable by root only);
 //! 2. stdio to `/dev/null`, if asked; with a [`User`] and no silencing, stdin alone: a
 //!    worker that dropped privileges reads nothing from the terminal or pipe the
@@ -25,7 +25,7 @@
 //!       no capability at all, `PR_GET_NO_NEW_PRIVS` 1, and `setuid(0)` must *fail*
 //!       (unless the target is root itself). Anything left and the worker function
 //!       never runs;
-//! 4. only then `PR_SET_PDEATHSIG` (in `worker.rs`): the kernel *clears* the
+//! 4. only then `PR_SET_PDEATHSIG` (in `worker/mod.rs`): the kernel *clears* the
 //!    parent-death signal when a process's credentials change (`commit_creds`), so
 //!    setting it earlier would lose it.
 //!

@@ -11,5 +11,9 @@
 
 pub(crate) mod channel;
 pub(crate) mod codec;
+/// Property tests of the record format; the file lives with the other tests, out of
+/// `src/`, but is compiled here as a unit-test module so it reaches crate-private items
+/// (`cargo test --lib property`).
 #[cfg(test)]
+#[path = "../../tests/property/codec.rs"]
 mod property;

@@ -87,7 +87,7 @@ impl Cluster {
     /// listener blocking again, and the primary then sat in `accept4` for good); a
     /// shutdown would signal workers or remove socket files. So the structures are
     /// forgotten (`mem::forget`), their descriptors are closed by the worker's sweep
-    /// (`close_range`, step 1 in `worker.rs`), and the only thing undone is
+    /// (`close_range`, step 1 in `worker/mod.rs`), and the only thing undone is
     /// process-local: the signal handlers from before the cluster come back. The child
     /// never drops the `Cluster` itself either: it leaves with `_exit`.
     fn release_in_child(&mut self) {

@@ -26,7 +26,7 @@
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
 //! `slot.rs` (one worker), `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
-//! `round_robin.rs` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
+//! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
 //! `budget.rs` (each worker's share of the primary's descriptors).
 //!
 //! # Trust

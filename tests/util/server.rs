@@ -202,7 +202,7 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
 /// primary kills it).
 fn rogue(w: &Worker, how: &str, listener: &Listener) {
     // Kinds: 1 = online, 4 = listening, 8 = user, 10 = setup-failed (see
-    // `src/ipc/codec.rs`); headers are kind, three
+    // `src/ipc/codec/`); headers are kind, three
     // zero bytes, and the payload length (u32, little-endian).
     let record = |kind: u8, payload: &[u8]| {
         let mut r = vec![kind, 0, 0, 0];

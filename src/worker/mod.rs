@@ -54,25 +54,34 @@
 //! kills the worker, as for any worker that does not leave in time). A worker that is
 //! sent messages is expected to take them; one that never calls `recv` should not be
 //! sent any.
+//!
+//! # Where each part lives
+//!
+//! - This file: the [`Worker`] API, the runtime's state ([`Runtime`]), and the child's
+//!   start ([`run_child`], the order above).
+//! - [`control`]: what the runtime does over the control channel: the listen round
+//!   trip, the counters, the control thread.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::addr::ListenAddr;
-use crate::error::{Error, ListenError};
-use crate::ipc::channel::{Channel, Incoming, RecvError};
-use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_MESSAGE_LEN, MAX_RECORD_LEN};
-use crate::listener::{self, Listener};
-use crate::options::ListenOptions;
+use crate::error::Error;
+use crate::ipc::channel::Channel;
+use crate::ipc::codec::{ListenGrant, Message, MAX_MESSAGE_LEN};
+use crate::listener;
 use crate::settings::{SetupStage, WorkerSettings, SETUP_FAILED_EXIT};
 use crate::sys::process::{self, Pid};
 use crate::sys::{fd, signal, socket};
 use crate::WorkerId;
+
+mod control;
+
+pub(crate) use control::OpenGuard;
 
 /// The worker function's type, after [`Builder::start`](crate::Builder::start) erased
 /// its error type.
@@ -89,13 +98,13 @@ pub(crate) fn runtime() -> Option<&'static Arc<Runtime>> {
 /// How often a worker reports its counters to the primary (when they changed).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long [`Listener::bind`] waits for the primary's listen reply before it gives
-/// up with `TimedOut` (naming the address). A healthy primary answers within
-/// milliseconds; the reply can be lost (a send error in the primary), stuck behind
-/// messages the worker does not take (see the module docs), or the primary stopped.
-/// Ten seconds is long enough for a primary busy with a burst and short enough that a
-/// server's start-up fails visibly. A reply that comes later is dropped (its
-/// descriptor closed). Node's `queryServer` waits without a limit.
+/// How long [`Listener::bind`](crate::Listener::bind) waits for the primary's listen
+/// reply before it gives up with `TimedOut` (naming the address). A healthy primary
+/// answers within milliseconds; the reply can be lost (a send error in the primary),
+/// stuck behind messages the worker does not take (see the module docs), or the
+/// primary stopped. Ten seconds is long enough for a primary busy with a burst and
+/// short enough that a server's start-up fails visibly. A reply that comes later is
+/// dropped (its descriptor closed). Node's `queryServer` waits without a limit.
 pub const LISTEN_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exit code of a worker that cannot go on for a reason of the cluster's own, not
@@ -293,300 +302,6 @@ struct State {
     listeners: Vec<Weak<listener::Shared>>,
     disconnecting: bool,
     primary_gone: bool,
-}
-
-impl State {
-    fn inbox_full(&self) -> bool {
-        self.inbox.len() >= INBOX_LIMIT || self.inbox_bytes >= INBOX_BYTES
-    }
-
-    fn push_message(&mut self, data: Vec<u8>) {
-        self.inbox_bytes += data.len();
-        self.inbox.push_back(data);
-    }
-}
-
-impl Runtime {
-    /// Takes the oldest message; wakes the control thread when that makes room.
-    fn pop_message(&self, st: &mut State) -> Option<Vec<u8>> {
-        let was_full = st.inbox_full();
-        let m = st.inbox.pop_front()?;
-        st.inbox_bytes -= m.len();
-        if was_full && !st.inbox_full() {
-            self.changed.notify_all();
-        }
-        Some(m)
-    }
-
-    /// Back-pressure: while the inbox is full the control thread reads nothing more, so
-    /// the channel fills, then the primary's outbox, and `Cluster::send` says
-    /// `WouldBlock`. Nothing is lost. Counters are still reported meanwhile.
-    fn wait_for_inbox_room(&self) {
-        let mut st = self.lock();
-        while st.inbox_full() {
-            let (guard, waited) = self
-                .changed
-                .wait_timeout(st, STATS_INTERVAL)
-                .unwrap_or_else(PoisonError::into_inner);
-            st = guard;
-            if waited.timed_out() {
-                drop(st);
-                self.report_stats();
-                st = self.lock();
-            }
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Asks the primary for a listener on `addr` and waits for the reply (Node's
-    /// `queryServer` round trip).
-    pub(crate) fn listen(
-        &self,
-        addr: &ListenAddr,
-        options: &ListenOptions,
-    ) -> io::Result<Listener> {
-        let seq = {
-            let mut st = self.lock();
-            st.next_seq = st.next_seq.wrapping_add(1);
-            let seq = st.next_seq;
-            st.waiting.push(seq);
-            seq
-        };
-        let forget = |st: &mut State| st.waiting.retain(|&s| s != seq);
-        let request = Message::ListenRequest {
-            seq,
-            options: options.clone(),
-            addr: addr.clone(),
-        };
-        if let Err(e) = self.control.send(&request, None) {
-            forget(&mut self.lock());
-            return Err(ListenError::io(addr, e));
-        }
-        let deadline = crate::deadline::after(std::time::Instant::now(), LISTEN_REPLY_TIMEOUT);
-        let (result, fd) = {
-            let mut st = self.lock();
-            loop {
-                if let Some(i) = st.replies.iter().position(|r| r.0 == seq) {
-                    let (_, result, fd) = st.replies.swap_remove(i);
-                    forget(&mut st);
-                    break (result, fd);
-                }
-                if st.primary_gone {
-                    forget(&mut st);
-                    return Err(ListenError::io(
-                        addr,
-                        io::Error::new(io::ErrorKind::BrokenPipe, "the primary is gone"),
-                    ));
-                }
-                let now = std::time::Instant::now();
-                if now >= deadline {
-                    forget(&mut st);
-                    return Err(ListenError::io(
-                        addr,
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no answer from the primary within {LISTEN_REPLY_TIMEOUT:?}"),
-                        ),
-                    ));
-                }
-                st = self
-                    .changed
-                    .wait_timeout(st, deadline - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        };
-        let grant =
-            result.map_err(|errno| ListenError::io(addr, io::Error::from_raw_os_error(errno)))?;
-        let Some(fd) = fd else {
-            // The codec refuses a successful reply without a descriptor; stay total.
-            return Err(ListenError::io(
-                addr,
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "listen reply without a descriptor",
-                ),
-            ));
-        };
-        let listener = match grant.transport {
-            Transport::Socket => {
-                match Listener::from_granted_socket(grant.local, fd, options, grant.handle) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        self.listener_closed(grant.handle);
-                        return Err(e);
-                    }
-                }
-            }
-            Transport::Handoff => {
-                Listener::from_granted_handoff(grant.local, fd, options, grant.handle)
-            }
-        };
-        let disconnecting = {
-            let mut st = self.lock();
-            st.listeners.retain(|w| w.strong_count() > 0);
-            st.listeners.push(Arc::downgrade(listener.shared()));
-            // `Listening` goes out while the lock is held: a `Disconnect` arriving now
-            // makes the control thread close this listener (`close_listeners`, which
-            // takes the lock first), and its `ListenerClosed` must follow `Listening`.
-            // The other way round, the primary would see an announcement for a
-            // listener already given back, which it takes for a forged record.
-            let _ = self.control.send(
-                &Message::Listening {
-                    handle: grant.handle,
-                },
-                None,
-            );
-            st.disconnecting || st.primary_gone
-        };
-        if disconnecting {
-            listener.close();
-        }
-        Ok(listener)
-    }
-
-    /// Counts one accepted connection (reported to the primary with `Stats`).
-    pub(crate) fn count_accept(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Marks a connection open until the returned guard drops.
-    pub(crate) fn open_guard(self: &Arc<Self>) -> OpenGuard {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard { rt: self.clone() }
-    }
-
-    /// Connections open now, saturated to `u32` for the wire.
-    pub(crate) fn open_now(&self) -> u32 {
-        self.open.load(Ordering::Relaxed).min(u64::from(u32::MAX)) as u32
-    }
-
-    /// Sends the counters to the primary if they changed since the last report.
-    fn report_stats(&self) {
-        let now = (
-            self.accepted.load(Ordering::Relaxed),
-            u64::from(self.open_now()),
-        );
-        let mut last = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
-        if *last != now {
-            *last = now;
-            let _ = self.control.send(
-                &Message::Stats {
-                    accepted: now.0,
-                    open: now.1 as u32,
-                },
-                None,
-            );
-        }
-    }
-
-    /// Tells the primary that the listener for `handle` closed (best effort: when the
-    /// primary is gone there is nobody to tell).
-    pub(crate) fn listener_closed(&self, handle: u32) {
-        let _ = self.control.send(&Message::ListenerClosed { handle }, None);
-    }
-
-    /// Closes every listener of this worker (disconnect, or the primary is gone).
-    fn close_listeners(&self) {
-        let listeners: Vec<_> = {
-            let st = self.lock();
-            st.listeners.iter().filter_map(Weak::upgrade).collect()
-        };
-        for l in listeners {
-            l.close();
-        }
-    }
-
-    /// The control thread: reads the control channel until the primary is gone.
-    fn control_loop(self: Arc<Self>) {
-        let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
-        loop {
-            self.wait_for_inbox_room();
-            match self.control.recv(&mut buf, false) {
-                Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
-                    let mut st = self.lock();
-                    if st.waiting.contains(&seq) {
-                        st.replies.push((seq, result, fd));
-                        self.changed.notify_all();
-                    }
-                    // else: its `bind` gave up (LISTEN_REPLY_TIMEOUT); `fd` closes here.
-                }
-                // At its descriptor limit the worker cannot install the listener's
-                // descriptor (`MSG_CTRUNC`; the kernel closed it). The record arrived
-                // whole: `bind` gets `EMFILE` with the address, and the worker goes on.
-                // The primary keeps its side as granted (a hand-off channel with no
-                // credits, a reuse-port socket nobody listens on): nothing is routed
-                // there, and it goes when the worker does.
-                Ok(Incoming::FdLost(Message::ListenReply { seq, .. })) => {
-                    let mut st = self.lock();
-                    if st.waiting.contains(&seq) {
-                        st.replies.push((seq, Err(libc::EMFILE), None));
-                        self.changed.notify_all();
-                    }
-                }
-                Ok(Incoming::Message(Message::User(data), None)) => {
-                    self.lock().push_message(data.to_vec());
-                    self.changed.notify_all();
-                }
-                Ok(Incoming::Message(Message::Disconnect, None)) => {
-                    self.lock().disconnecting = true;
-                    self.changed.notify_all();
-                    self.close_listeners();
-                }
-                Ok(Incoming::Message(other, _) | Incoming::FdLost(other)) => {
-                    crate::log::report!(
-                        "worker {}: unexpected {} message from the primary; exiting",
-                        self.id,
-                        other.name()
-                    );
-                    process::exit_now(INTERNAL_EXIT);
-                }
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The receive timeout: time to report the counters.
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.report_stats();
-                    continue;
-                }
-                Err(RecvError::Protocol(e)) => {
-                    crate::log::report!(
-                        "worker {}: bad record from the primary: {e}; exiting",
-                        self.id
-                    );
-                    process::exit_now(INTERNAL_EXIT);
-                }
-                Ok(Incoming::Eof) | Err(RecvError::Io(_)) => {
-                    // The primary is gone: stop accepting, let the worker function
-                    // return, and leave after a grace period regardless.
-                    self.lock().primary_gone = true;
-                    self.changed.notify_all();
-                    self.close_listeners();
-                    std::thread::sleep(ORPHAN_GRACE);
-                    let _ = io::stdout().flush();
-                    process::exit_now(1);
-                }
-            }
-        }
-    }
-}
-
-/// A connection counted as open in its worker; dropping it counts it closed.
-pub(crate) struct OpenGuard {
-    rt: Arc<Runtime>,
-}
-
-impl fmt::Debug for OpenGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OpenGuard")
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.rt.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Everything the child needs from the primary, by value.

@@ -38,23 +38,33 @@
 //!   queued connections are still handed out by `accept`, then it is shut down, so they
 //!   are served instead of reset when the process exits. In a cluster, sockets are kept
 //!   by the primary too (shared, reuse-port), which decides when they close.
+//!
+//! # Where each part lives
+//!
+//! - This file: [`Listener`] and [`Incoming`], binding (standalone, or granted by the
+//!   primary), `accept` on a socket, and closing.
+//! - [`gate`]: the threads inside `accept(2)` and how `close` interrupts them.
+//! - [`handoff`]: the round-robin receive path (credit, wait, receive).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::addr::{ListenAddr, PeerAddr, ToListenAddr};
 use crate::bind::{self, BindOptions};
 use crate::connection::{Connection, Stream, StreamKind};
-use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
-use crate::ipc::codec::{Message, ProtocolError};
+use crate::ipc::channel::Channel;
 use crate::options::ListenOptions;
 use crate::socket_file::SocketFile;
-use crate::sys::process::{self, Tid};
 use crate::sys::{poll, signal, socket};
 use crate::worker;
+
+mod gate;
+mod handoff;
+
+use gate::Gate;
 
 /// The listen backlog used when none is given (Node's default, 511).
 pub const DEFAULT_BACKLOG: i32 = 511;
@@ -483,146 +493,6 @@ impl Shared {
         Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
 
-    /// Round-robin: one credit, then wait for the connection sent against it.
-    ///
-    /// The thread waits through an [`ExclusiveWait`](poll::ExclusiveWait) and then
-    /// receives without blocking, rather than blocking in `recvmsg`: if the worker is
-    /// killed while a thread is being woken, the connection stays in the channel, where
-    /// the primary takes it back and serves it elsewhere, instead of being received by
-    /// the dying thread inside the kernel and lost (measured with the `chaos` example:
-    /// about one connection lost per `SIGKILL` under load before).
-    ///
-    /// On kernels before 5.7, where `EPOLLEXCLUSIVE` can leave a record unread while a
-    /// thread waits (see [`poll::exclusive_wakeups_reliable`]), threads block in
-    /// `recvmsg` instead, as before.
-    fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
-        if !poll::exclusive_wakeups_reliable() {
-            return self.accept_handoff_with(ch, None);
-        }
-        let pooled = self.lock_waits().pop();
-        let wait = match pooled {
-            Some(w) => w,
-            None => match self.new_wait(ch)? {
-                Some(w) => w,
-                None => return Ok(None), // closed meanwhile
-            },
-        };
-        let result = self.accept_handoff_with(ch, Some(&wait));
-        self.lock_waits().push(wait);
-        result
-    }
-
-    /// A new wait instance for a thread that waits for the first time; out of
-    /// descriptors or memory, it backs off (as `accept` does) until it gets one or the
-    /// listener closes (`None`).
-    fn new_wait(&self, ch: &Channel) -> io::Result<Option<poll::ExclusiveWait>> {
-        let mut backoff = Backoff::new();
-        loop {
-            match poll::ExclusiveWait::new(ch.as_fd()) {
-                Ok(w) => return Ok(Some(w)),
-                Err(e)
-                    if matches!(classify(&e), AcceptFailure::Resources)
-                        || e.raw_os_error() == Some(libc::ENOSPC) =>
-                {
-                    // ENOSPC: fs.epoll.max_user_watches reached.
-                    if backoff.first() {
-                        crate::log::report!("{}: {e}; backing off", self.local);
-                    }
-                    backoff.wait();
-                    if self.gate.is_closed() {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn lock_waits(&self) -> MutexGuard<'_, Vec<poll::ExclusiveWait>> {
-        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn accept_handoff_with(
-        &self,
-        ch: &Channel,
-        wait: Option<&poll::ExclusiveWait>,
-    ) -> io::Result<Option<Connection>> {
-        let mut backoff = Backoff::new();
-        'credit: loop {
-            if self.gate.is_closed() {
-                return Ok(None);
-            }
-            // One credit for this call: the primary sends one connection against it.
-            let open = worker::runtime().map_or(0, |rt| rt.open_now());
-            match ch.send(&Message::Ready { count: 1, open }, None) {
-                Ok(()) => {}
-                // Shut down (closed here, or the primary went away): nothing more comes.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-            let mut buf = [0u8; 256];
-            loop {
-                if let Some(wait) = wait {
-                    match wait.wait() {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                match ch.recv(&mut buf, wait.is_some()) {
-                    Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
-                        // The primary's accept saw the family: an adopted abstract or
-                        // unnamed Unix socket's clients come as Unix peers.
-                        let kind = match peer {
-                            PeerAddr::Tcp(_) => StreamKind::Tcp,
-                            PeerAddr::Unix(_) => StreamKind::Unix,
-                        };
-                        return Ok(Some(Connection::new(Stream::from_fd(kind, fd), peer)));
-                    }
-                    Ok(Received::Eof) => return Ok(None),
-                    // The primary asks whether this worker still takes connections
-                    // (it left one unreceived too long): answer with a fresh credit.
-                    Ok(Received::Message(Message::Probe, None)) => continue 'credit,
-                    Ok(Received::Message(other, _fd)) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "unexpected {} message on the hand-off channel",
-                                other.name()
-                            ),
-                        ));
-                    }
-                    // Another thread took it, or the wake-up was spurious: wait again.
-                    Err(RecvError::Io(e))
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(RecvError::Io(e)) => return Err(e),
-                    // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
-                    // connection's descriptor and closed it (the client sees the
-                    // connection end); the record said which. Say so, back off as accept
-                    // does on EMFILE, and ask again: the credit was spent on it.
-                    Ok(Received::FdLost(_))
-                    | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
-                        crate::log::report!(
-                            "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
-                            self.local
-                        );
-                        backoff.wait();
-                        continue 'credit;
-                    }
-                    Err(RecvError::Protocol(e)) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e))
-                    }
-                }
-            }
-        }
-    }
-
     /// Closes the listener (idempotent); see [`Listener::close`].
     pub(crate) fn close(&self) {
         if self.gate.is_closed() {
@@ -660,106 +530,6 @@ impl Drop for Shared {
             if let Some(file) = unlink.take() {
                 file.remove();
             }
-        }
-    }
-}
-
-/// The set of threads inside `accept(2)` on one listener, and its closed flag.
-#[derive(Debug, Default)]
-struct Gate {
-    closed: AtomicBool,
-    inside: Mutex<Vec<Inside>>,
-}
-
-#[derive(Debug)]
-struct Inside {
-    tid: Tid,
-    signalled: bool,
-}
-
-/// A thread's registration inside a [`Gate`]; dropping it leaves.
-struct Ticket<'a> {
-    gate: &'a Gate,
-    tid: Tid,
-}
-
-/// The calling thread's id. Not cached: a cache in thread-local storage would survive
-/// `fork` into the child's main thread, which has another id.
-fn current_tid() -> Tid {
-    process::gettid()
-}
-
-impl Gate {
-    fn lock(&self) -> MutexGuard<'_, Vec<Inside>> {
-        self.inside.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Registers the calling thread; `None` when the gate is closed.
-    fn enter(&self) -> Option<Ticket<'_>> {
-        let tid = current_tid();
-        let mut inside = self.lock();
-        if self.is_closed() {
-            return None;
-        }
-        inside.push(Inside {
-            tid,
-            signalled: false,
-        });
-        Some(Ticket { gate: self, tid })
-    }
-
-    /// Closes the gate; `false` when it was already closed.
-    fn close(&self) -> bool {
-        let _inside = self.lock();
-        !self.closed.swap(true, Ordering::AcqRel)
-    }
-
-    /// Signals every registered thread until none is left inside (bounded: after 5 s
-    /// of trying, gives up and says so; threads that block the signal cannot be woken).
-    fn interrupt_all(&self, local: &ListenAddr) {
-        let started = Instant::now();
-        let mut pause = Duration::from_micros(50);
-        loop {
-            {
-                let mut inside = self.lock();
-                if inside.is_empty() {
-                    return;
-                }
-                for t in inside.iter_mut() {
-                    t.signalled = true;
-                    let _ = process::signal_thread(t.tid, signal::INTERRUPT_SIGNAL);
-                }
-            }
-            if started.elapsed() > Duration::from_secs(5) {
-                crate::log::report!(
-                    "threads still blocked in accept on {local} after 5 s of signals \
-                     (is SIGURG blocked?); giving up"
-                );
-                return;
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        let signalled = {
-            let mut inside = self.gate.lock();
-            match inside.iter().position(|t| t.tid == self.tid) {
-                Some(i) => inside.swap_remove(i).signalled,
-                None => false,
-            }
-        };
-        if signalled {
-            // The signal was sent while we were registered; have it delivered now, so
-            // it cannot interrupt the application's next call instead.
-            signal::deliver_pending();
         }
     }
 }

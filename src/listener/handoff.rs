@@ -1,0 +1,166 @@
+//! The round-robin receive path: how a worker thread gets a connection from the
+//! primary's hand-off channel.
+//!
+//! Node's counterpart is `child.js`'s `rr()` and `onconnection()`: the primary sends a
+//! `newconn` message with the handle, and the worker acks it (`accepted`), which frees
+//! it for the next one. Here a thread sends its credit (`Ready`) *before* it waits, so
+//! the primary hands a connection only to a thread that is waiting for one; it then
+//! waits through an exclusive epoll instance and receives without blocking (see
+//! [`accept_handoff`](Shared::accept_handoff)), answers a `Probe` with a fresh credit,
+//! and ends with `Ok(None)` when the channel reports EOF (closed here, or by the
+//! primary). The primary's side is `crate::primary::round_robin`.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::{MutexGuard, PoisonError};
+
+use crate::addr::PeerAddr;
+use crate::connection::{Connection, Stream, StreamKind};
+use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
+use crate::ipc::codec::{Message, ProtocolError};
+use crate::sys::poll;
+use crate::worker;
+
+use super::{classify, AcceptFailure, Backoff, Shared};
+
+impl Shared {
+    /// Round-robin: one credit, then wait for the connection sent against it.
+    ///
+    /// The thread waits through an [`ExclusiveWait`](poll::ExclusiveWait) and then
+    /// receives without blocking, rather than blocking in `recvmsg`: if the worker is
+    /// killed while a thread is being woken, the connection stays in the channel, where
+    /// the primary takes it back and serves it elsewhere, instead of being received by
+    /// the dying thread inside the kernel and lost (measured with the `chaos` example:
+    /// about one connection lost per `SIGKILL` under load before).
+    ///
+    /// On kernels before 5.7, where `EPOLLEXCLUSIVE` can leave a record unread while a
+    /// thread waits (see [`poll::exclusive_wakeups_reliable`]), threads block in
+    /// `recvmsg` instead, as before.
+    pub(super) fn accept_handoff(&self, ch: &Channel) -> io::Result<Option<Connection>> {
+        if !poll::exclusive_wakeups_reliable() {
+            return self.accept_handoff_with(ch, None);
+        }
+        let pooled = self.lock_waits().pop();
+        let wait = match pooled {
+            Some(w) => w,
+            None => match self.new_wait(ch)? {
+                Some(w) => w,
+                None => return Ok(None), // closed meanwhile
+            },
+        };
+        let result = self.accept_handoff_with(ch, Some(&wait));
+        self.lock_waits().push(wait);
+        result
+    }
+
+    /// A new wait instance for a thread that waits for the first time; out of
+    /// descriptors or memory, it backs off (as `accept` does) until it gets one or the
+    /// listener closes (`None`).
+    fn new_wait(&self, ch: &Channel) -> io::Result<Option<poll::ExclusiveWait>> {
+        let mut backoff = Backoff::new();
+        loop {
+            match poll::ExclusiveWait::new(ch.as_fd()) {
+                Ok(w) => return Ok(Some(w)),
+                Err(e)
+                    if matches!(classify(&e), AcceptFailure::Resources)
+                        || e.raw_os_error() == Some(libc::ENOSPC) =>
+                {
+                    // ENOSPC: fs.epoll.max_user_watches reached.
+                    if backoff.first() {
+                        crate::log::report!("{}: {e}; backing off", self.local);
+                    }
+                    backoff.wait();
+                    if self.gate.is_closed() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn lock_waits(&self) -> MutexGuard<'_, Vec<poll::ExclusiveWait>> {
+        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn accept_handoff_with(
+        &self,
+        ch: &Channel,
+        wait: Option<&poll::ExclusiveWait>,
+    ) -> io::Result<Option<Connection>> {
+        let mut backoff = Backoff::new();
+        'credit: loop {
+            if self.gate.is_closed() {
+                return Ok(None);
+            }
+            // One credit for this call: the primary sends one connection against it.
+            let open = worker::runtime().map_or(0, |rt| rt.open_now());
+            match ch.send(&Message::Ready { count: 1, open }, None) {
+                Ok(()) => {}
+                // Shut down (closed here, or the primary went away): nothing more comes.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+            let mut buf = [0u8; 256];
+            loop {
+                if let Some(wait) = wait {
+                    match wait.wait() {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                match ch.recv(&mut buf, wait.is_some()) {
+                    Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
+                        // The primary's accept saw the family: an adopted abstract or
+                        // unnamed Unix socket's clients come as Unix peers.
+                        let kind = match peer {
+                            PeerAddr::Tcp(_) => StreamKind::Tcp,
+                            PeerAddr::Unix(_) => StreamKind::Unix,
+                        };
+                        return Ok(Some(Connection::new(Stream::from_fd(kind, fd), peer)));
+                    }
+                    Ok(Received::Eof) => return Ok(None),
+                    // The primary asks whether this worker still takes connections
+                    // (it left one unreceived too long): answer with a fresh credit.
+                    Ok(Received::Message(Message::Probe, None)) => continue 'credit,
+                    Ok(Received::Message(other, _fd)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "unexpected {} message on the hand-off channel",
+                                other.name()
+                            ),
+                        ));
+                    }
+                    // Another thread took it, or the wake-up was spurious: wait again.
+                    Err(RecvError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(RecvError::Io(e)) => return Err(e),
+                    // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
+                    // connection's descriptor and closed it (the client sees the
+                    // connection end); the record said which. Say so, back off as accept
+                    // does on EMFILE, and ask again: the credit was spent on it.
+                    Ok(Received::FdLost(_))
+                    | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                        crate::log::report!(
+                            "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
+                            self.local
+                        );
+                        backoff.wait();
+                        continue 'credit;
+                    }
+                    Err(RecvError::Protocol(e)) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e))
+                    }
+                }
+            }
+        }
+    }
+}

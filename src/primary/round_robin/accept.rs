@@ -1,0 +1,115 @@
+//! Accepting: taking connections from the listening socket without ever blocking the
+//! primary (Node's counterpart: the handle's `onconnection`, which feeds `distribute`,
+//! and libuv's accept loop under it).
+//!
+//! [`accept_one`] is called by `pump` only while a connection can go somewhere, so the
+//! kernel's backlog holds clients otherwise. It makes at most [`ACCEPT_BATCH`] calls
+//! per readiness report, pauses with a growing delay when out of descriptors or memory
+//! (instead of spinning on a readable listener, the libuv trap), and before each batch
+//! on an adopted listener checks that its shared `O_NONBLOCK` is still set
+//! ([`ensure_nonblocking`]); see the module docs of [`round_robin`](super).
+//!
+//! [`accept_one`]: RoundRobinHandle::accept_one
+//! [`ensure_nonblocking`]: RoundRobinHandle::ensure_nonblocking
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use crate::addr::PeerAddr;
+use crate::connection::StreamKind;
+use crate::sys::{fd, socket};
+
+use super::{Pending, RoundRobinHandle, ACCEPT_BATCH, PAUSE_MAX, PAUSE_START};
+
+impl RoundRobinHandle {
+    /// Accepts one connection if the listener has one, without ever blocking: at most
+    /// [`ACCEPT_BATCH`] calls per readiness, the first after checking that the listener
+    /// is still non-blocking (see the module docs).
+    pub(super) fn accept_one(&mut self, now: Instant) -> Option<Pending> {
+        if !self.readable || self.resume_at(now).is_some() {
+            return None;
+        }
+        if self.batch == 0 && !self.ensure_nonblocking() {
+            self.readable = false;
+            return None;
+        }
+        let listener = self.listener.as_ref()?;
+        loop {
+            if self.batch >= ACCEPT_BATCH {
+                // Enough for this readiness: `poll` says again if more are waiting.
+                self.readable = false;
+                return None;
+            }
+            self.batch += 1;
+            match socket::accept(listener.as_fd()) {
+                Ok((fd, peer)) => {
+                    self.pause = PAUSE_START;
+                    self.paused_until = None;
+                    let peer = match self.kind {
+                        StreamKind::Tcp => peer
+                            .inet()
+                            .map(PeerAddr::Tcp)
+                            .unwrap_or(PeerAddr::Unix(None)),
+                        StreamKind::Unix => PeerAddr::Unix(peer.unix_path()),
+                    };
+                    return Some(Pending {
+                        fd,
+                        peer,
+                        bounced_from: None,
+                        attempts: 0,
+                    });
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        if self.pause == PAUSE_START {
+                            crate::log::report!("accept on {}: {e}; pausing", self.local);
+                        }
+                        self.paused_until = Some(now + self.pause);
+                        self.pause = (self.pause * 2).min(PAUSE_MAX);
+                        self.readable = false;
+                        return None;
+                    }
+                    _ => {
+                        // EAGAIN: the backlog is empty. Anything else: wait for poll.
+                        self.readable = false;
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// For an adopted listener: checks `O_NONBLOCK` on its shared open file description
+    /// (`F_GETFL`) and sets it again if someone cleared it. Returns whether accepting is
+    /// safe (the flag is set); a listener the primary created itself is shared with
+    /// nobody and is not checked.
+    fn ensure_nonblocking(&mut self) -> bool {
+        if !self.adopted {
+            return true;
+        }
+        let Some(listener) = self.listener.as_ref() else {
+            return false;
+        };
+        if let Ok(true) = fd::is_nonblocking(listener.as_fd()) {
+            return true;
+        }
+        let restored = fd::set_nonblocking(listener.as_fd(), true);
+        if !self.flag_restored {
+            self.flag_restored = true;
+            match &restored {
+                Ok(()) => crate::log::report!(
+                    "{}: someone cleared O_NONBLOCK on the adopted listener (its open file \
+                     description is shared with whoever passed it); set it again",
+                    self.local
+                ),
+                Err(e) => crate::log::report!(
+                    "{}: the adopted listener lost O_NONBLOCK and cannot get it back: {e}; \
+                     not accepting on it",
+                    self.local
+                ),
+            }
+        }
+        restored.is_ok()
+    }
+}
