@@ -214,6 +214,7 @@ mod tests {
         let (r, _w) = fd::pipe_nonblocking().unwrap();
         let msg = Message::NewConn {
             peer: PeerAddr::Tcp("127.0.0.1:9".parse().unwrap()),
+            attempts: 0,
         };
         a.send(&msg, Some(r.as_fd())).unwrap();
         let mut buf = buf();

@@ -111,7 +111,7 @@ impl Shared {
                     }
                 }
                 match ch.recv(&mut buf, wait.is_some()) {
-                    Ok(Received::Message(Message::NewConn { peer }, Some(fd))) => {
+                    Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
                         // The primary's accept saw the family: an adopted abstract or
                         // unnamed Unix socket's clients come as Unix peers.
                         let kind = match peer {

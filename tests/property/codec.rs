@@ -327,6 +327,7 @@ impl Gen {
                     1 => PeerAddr::Unix(Some(self.path())),
                     _ => PeerAddr::Tcp(self.socket_addr()),
                 },
+                attempts: self.rng.below(256) as u8,
             },
             6 => Message::Ready {
                 count: self.rng.u32().max(1),

@@ -241,7 +241,7 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
             // new-conn on the listener's hand-off channel (round-robin).
             while w.recv().is_some_and(|m| m != b"go") {}
             lingering_socket().and_then(|s| {
-                let new_conn = record(6, &[4, 127, 0, 0, 1, 80, 0]);
+                let new_conn = record(6, &[0, 4, 127, 0, 0, 1, 80, 0]);
                 match how {
                     "linger-online" => {
                         w.send_raw_record_for_tests(&record(1, b""), Some(s.as_fd()))

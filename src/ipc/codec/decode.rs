@@ -88,7 +88,8 @@ impl Message<'_> {
             }
             kind::NEW_CONN => {
                 r.kind = "new-conn";
-                let peer = match payload.first() {
+                let attempts = r.u8()?;
+                let peer = match payload.get(1) {
                     Some(&tag::UNIX) => {
                         r.u8()?;
                         let p = r.path()?;
@@ -100,7 +101,7 @@ impl Message<'_> {
                     }
                     _ => PeerAddr::Tcp(r.socket_addr()?),
                 };
-                r.done(Message::NewConn { peer })?
+                r.done(Message::NewConn { peer, attempts })?
             }
             kind::READY => {
                 r.kind = "ready";

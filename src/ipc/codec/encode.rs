@@ -42,10 +42,13 @@ impl Message<'_> {
             Message::Listening { handle } | Message::ListenerClosed { handle } => {
                 out.extend_from_slice(&handle.to_le_bytes());
             }
-            Message::NewConn { peer } => match peer {
-                PeerAddr::Tcp(a) => put_socket_addr(out, a),
-                PeerAddr::Unix(p) => put_path(out, p.as_deref().unwrap_or(Path::new(""))),
-            },
+            Message::NewConn { peer, attempts } => {
+                out.push(*attempts);
+                match peer {
+                    PeerAddr::Tcp(a) => put_socket_addr(out, a),
+                    PeerAddr::Unix(p) => put_path(out, p.as_deref().unwrap_or(Path::new(""))),
+                }
+            }
             Message::Ready { count, open } => {
                 out.extend_from_slice(&count.to_le_bytes());
                 out.extend_from_slice(&open.to_le_bytes());

@@ -95,6 +95,11 @@ pub(crate) enum Message<'a> {
     NewConn {
         /// Who connected, as the primary's `accept` saw it.
         peer: PeerAddr,
+        /// How often the connection came back before, from workers that died or closed
+        /// without receiving it. Workers ignore it; the primary reads it back when it
+        /// takes the record back from a worker's queue, so the count survives the trip
+        /// (the primary keeps no copy of a connection it sent).
+        attempts: u8,
     },
     /// Primary → worker, on a hand-off channel: "are you there?" The thread that receives
     /// it answers with a fresh `Ready` credit and waits again. Sent to a worker that left

@@ -60,15 +60,19 @@ fn every_message() -> Vec<Message<'static>> {
         Message::ListenerClosed { handle: 3 },
         Message::NewConn {
             peer: PeerAddr::Tcp("10.0.0.1:5555".parse().unwrap()),
+            attempts: 0,
         },
         Message::NewConn {
             peer: PeerAddr::Tcp("[2001:db8::1]:5555".parse().unwrap()),
+            attempts: 3,
         },
         Message::NewConn {
             peer: PeerAddr::Unix(None),
+            attempts: 255,
         },
         Message::NewConn {
             peer: PeerAddr::Unix(Some("/tmp/client".into())),
+            attempts: 1,
         },
         Message::Ready { count: 1, open: 0 },
         Message::Ready { count: 64, open: 7 },

@@ -506,6 +506,7 @@ impl RoundRobinHandle {
             let m = &mut self.members[i];
             let msg = Message::NewConn {
                 peer: conn.peer.clone(),
+                attempts: conn.attempts.min(u32::from(u8::MAX)) as u8,
             };
             match m.primary_end.try_send(&msg, Some(conn.fd.as_fd())) {
                 Ok(()) => {

@@ -150,6 +150,7 @@ impl RoundRobinHandle {
             for p in back {
                 let msg = Message::NewConn {
                     peer: p.peer.clone(),
+                    attempts: p.attempts.min(u32::from(u8::MAX)) as u8,
                 };
                 if !rest.is_empty() || m.primary_end.try_send(&msg, Some(p.fd.as_fd())).is_err() {
                     rest.push(p);
@@ -208,13 +209,13 @@ pub(super) fn take_back(m: &Member) -> (Vec<Pending>, u32) {
     let mut buf = [0u8; 256];
     loop {
         match m.worker_end.recv(&mut buf, true) {
-            Ok(Incoming::Message(Message::NewConn { peer }, Some(fd))) => {
+            Ok(Incoming::Message(Message::NewConn { peer, attempts }, Some(fd))) => {
                 records += 1;
                 back.push(Pending {
                     fd,
                     peer,
                     bounced_from: Some(m.worker),
-                    attempts: 0,
+                    attempts: u32::from(attempts),
                 });
             }
             Ok(Incoming::Message(..) | Incoming::FdLost(_)) | Err(RecvError::Protocol(_)) => {

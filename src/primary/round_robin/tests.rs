@@ -264,12 +264,10 @@ fn a_connection_that_bounced_up_to_max_attempts_times_is_still_served() {
     assert_eq!(h.dropped(), 0);
 }
 
-/// Fails today: a connection's bounce count does not survive a hand-off. The primary
-/// closes its copy after `sendmsg`, and `take_back` makes a new `Pending` with
-/// `attempts: 0` from what it reads back, so `requeue` never counts past 1 and a
-/// connection that keeps coming back is never closed. Kept as the reproduction.
+/// A connection's bounce count survives each trip through a worker's queue (the record
+/// carries it, and `take_back` reads it back), so after `MAX_ATTEMPTS` bounces it is
+/// closed and its client sees EOF.
 #[test]
-#[ignore = "defect: take_back resets the bounce count, so MAX_ATTEMPTS is never reached"]
 fn a_connection_that_bounces_too_often_is_closed() {
     use std::io::Read;
 
