@@ -80,7 +80,9 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("the cluster crate supports Linux only (accept4, SOCK_SEQPACKET, MSG_CMSG_CLOEXEC, PR_SET_PDEATHSIG)");
 
+mod accept;
 mod addr;
+mod backoff;
 mod bind;
 mod connection;
 mod deadline;

@@ -21,7 +21,9 @@ use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll;
 use crate::worker;
 
-use super::{classify, AcceptFailure, Backoff, Shared};
+use super::{back_off, Shared};
+use crate::accept::{classify, AcceptFailure};
+use crate::backoff::Doubling;
 
 impl Shared {
     /// Round-robin: one credit, then wait for the connection sent against it.
@@ -57,7 +59,7 @@ impl Shared {
     /// descriptors or memory, it backs off (as `accept` does) until it gets one or the
     /// listener closes (`None`).
     fn new_wait(&self, ch: &Channel) -> io::Result<Option<poll::ExclusiveWait>> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Doubling::out_of_resources();
         loop {
             match poll::ExclusiveWait::new(ch.as_fd()) {
                 Ok(w) => return Ok(Some(w)),
@@ -69,7 +71,7 @@ impl Shared {
                     if backoff.first() {
                         crate::log::report!("{}: {e}; backing off", self.local);
                     }
-                    backoff.wait();
+                    back_off(&mut backoff);
                     if self.gate.is_closed() {
                         return Ok(None);
                     }
@@ -88,7 +90,7 @@ impl Shared {
         ch: &Channel,
         wait: Option<&poll::ExclusiveWait>,
     ) -> io::Result<Option<Connection>> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Doubling::out_of_resources();
         'credit: loop {
             if self.gate.is_closed() {
                 return Ok(None);
@@ -153,7 +155,7 @@ impl Shared {
                             "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
                             self.local
                         );
-                        backoff.wait();
+                        back_off(&mut backoff);
                         continue 'credit;
                     }
                     Err(RecvError::Protocol(e)) => {

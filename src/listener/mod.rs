@@ -52,7 +52,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::addr::{ListenAddr, PeerAddr, ToListenAddr};
+use crate::accept::{classify, peer_of, AcceptFailure};
+use crate::addr::{ListenAddr, ToListenAddr};
+use crate::backoff::Doubling;
 use crate::bind::{self, BindOptions};
 use crate::connection::{Connection, Stream, StreamKind};
 use crate::ipc::channel::Channel;
@@ -348,66 +350,11 @@ impl AsFd for Listener {
     }
 }
 
-/// What to do after a failed `accept(2)`.
-enum AcceptFailure {
-    /// Interrupted: closed, or try again.
-    Interrupted,
-    /// No connection is queued and the socket did not wait: wait in `poll`.
-    NotReady,
-    /// The connection died before we took it: try again at once.
-    Skip,
-    /// Out of descriptors or memory: back off, then try again.
-    Resources,
-    /// The socket no longer listens.
-    Closed,
-    /// Give up.
-    Fatal,
-}
-
-fn classify(e: &io::Error) -> AcceptFailure {
-    match e.raw_os_error() {
-        Some(libc::EINTR) => AcceptFailure::Interrupted,
-        // EAGAIN: the socket is non-blocking (O_NONBLOCK belongs to the open file
-        // description, which every worker shares: one that sets it for its own event
-        // loop, or systemd's `NonBlocking=yes`, sets it for all), or the listening
-        // socket's receive timeout (a ListenOptions read timeout) ended the wait.
-        Some(libc::EAGAIN) => AcceptFailure::NotReady,
-        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::ENETDOWN | libc::ENONET) => {
-            AcceptFailure::Skip
-        }
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::EOPNOTSUPP) => {
-            AcceptFailure::Skip
-        }
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            AcceptFailure::Resources
-        }
-        // The socket stopped listening: the primary shut it down (cluster shutdown).
-        Some(libc::EINVAL) => AcceptFailure::Closed,
-        _ => AcceptFailure::Fatal,
-    }
-}
-
-const BACKOFF_START: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// A thread's back-off while out of descriptors or memory: 10 ms doubling to 500 ms,
-/// each wait cut short by a signal, so a close still wakes it.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(BACKOFF_START)
-    }
-
-    /// No wait yet: the moment to report the trouble (once, not on every retry).
-    fn first(&self) -> bool {
-        self.0 == BACKOFF_START
-    }
-
-    fn wait(&mut self) {
-        poll::interruptible_sleep(self.0);
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-    }
+/// A thread's back-off while out of descriptors or memory
+/// ([`Doubling::out_of_resources`]): each wait is cut short by a signal, so a close
+/// still wakes the thread.
+fn back_off(backoff: &mut Doubling) {
+    poll::interruptible_sleep(backoff.take());
 }
 
 impl Shared {
@@ -415,7 +362,7 @@ impl Shared {
         let Some(ticket) = self.gate.enter() else {
             return self.drain_one(fd, exclusive);
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = Doubling::out_of_resources();
         loop {
             match socket::accept(fd) {
                 Ok((conn, peer)) => {
@@ -444,7 +391,7 @@ impl Shared {
                                 self.local
                             );
                         }
-                        backoff.wait();
+                        back_off(&mut backoff);
                     }
                     AcceptFailure::Closed => {
                         drop(ticket);
@@ -485,11 +432,7 @@ impl Shared {
     }
 
     fn connection(&self, conn: OwnedFd, peer: &socket::SockAddr) -> Connection {
-        let peer = match self.kind {
-            StreamKind::Tcp => peer.inet().map(PeerAddr::Tcp),
-            StreamKind::Unix => Some(PeerAddr::Unix(peer.unix_path())),
-        };
-        let peer = peer.unwrap_or(PeerAddr::Unix(None));
+        let peer = peer_of(self.kind, peer);
         Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::respawn::{Backoff, Respawn};
+use super::respawn::{CrashStreak, Respawn};
 use super::scheduler::{FewestDispatched, Scheduler};
 use super::{Cluster, ClusterStats, Config, State, HANDLED_SIGNALS};
 use crate::addr::ListenAddr;
@@ -371,7 +371,7 @@ impl Builder {
             next_handle: 0,
             next_id: 1,
             target: count,
-            backoff: Backoff::default(),
+            backoff: CrashStreak::default(),
             reload: None,
             reload_again: false,
             reload_held: false,

@@ -90,7 +90,7 @@ pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Sched
 
 use handle::Handle;
 use reload::Reload;
-use respawn::Backoff;
+use respawn::CrashStreak;
 use slot::{Phase, Slot};
 
 /// The signals the primary handles (and resets to `SIG_DFL` in each worker).
@@ -229,7 +229,7 @@ pub struct Cluster {
     next_id: u32,
     /// How many workers to keep running.
     target: usize,
-    backoff: Backoff,
+    backoff: CrashStreak,
     reload: Option<Reload>,
     /// A reload was asked for while one ran: start again when it ends.
     reload_again: bool,

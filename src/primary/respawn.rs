@@ -83,14 +83,15 @@ impl Respawn {
     }
 }
 
-/// The back-off state: the streak of young deaths and when the next fork may happen.
+/// The respawn back-off's state: the streak of young deaths (each doubling the delay,
+/// as [`Respawn::delay`] says) and when the next fork may happen.
 #[derive(Debug, Default)]
-pub(crate) struct Backoff {
+pub(crate) struct CrashStreak {
     streak: u32,
     not_before: Option<Instant>,
 }
 
-impl Backoff {
+impl CrashStreak {
     /// A worker crashed after living `uptime`.
     pub(crate) fn crashed(&mut self, policy: &Respawn, uptime: Duration, now: Instant) {
         if uptime >= policy.min_uptime {
@@ -146,7 +147,7 @@ mod tests {
     fn a_long_life_resets_the_streak() {
         let p = Respawn::default();
         let now = Instant::now();
-        let mut b = Backoff::default();
+        let mut b = CrashStreak::default();
         b.crashed(&p, Duration::from_millis(10), now);
         b.crashed(&p, Duration::from_millis(10), now);
         assert!(b.backing_off() && !b.may_fork(now));

@@ -15,11 +15,10 @@
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use crate::addr::PeerAddr;
-use crate::connection::StreamKind;
 use crate::sys::{fd, socket};
 
-use super::{Pending, RoundRobinHandle, ACCEPT_BATCH, PAUSE_MAX, PAUSE_START};
+use super::{Pending, RoundRobinHandle, ACCEPT_BATCH};
+use crate::accept::{classify, peer_of, AcceptFailure};
 
 impl RoundRobinHandle {
     /// Accepts one connection if the listener has one, without ever blocking: at most
@@ -43,35 +42,29 @@ impl RoundRobinHandle {
             self.batch += 1;
             match socket::accept(listener.as_fd()) {
                 Ok((fd, peer)) => {
-                    self.pause = PAUSE_START;
+                    self.pause.reset();
                     self.paused_until = None;
-                    let peer = match self.kind {
-                        StreamKind::Tcp => peer
-                            .inet()
-                            .map(PeerAddr::Tcp)
-                            .unwrap_or(PeerAddr::Unix(None)),
-                        StreamKind::Unix => PeerAddr::Unix(peer.unix_path()),
-                    };
                     return Some(Pending {
                         fd,
-                        peer,
+                        peer: peer_of(self.kind, &peer),
                         bounced_from: None,
                         attempts: 0,
                     });
                 }
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        if self.pause == PAUSE_START {
+                Err(e) => match classify(&e) {
+                    AcceptFailure::Interrupted | AcceptFailure::Skip => continue,
+                    AcceptFailure::Resources => {
+                        // Out of descriptors: a readable listener would wake `poll` at
+                        // once, forever (libuv's trap); leave it alone for a while.
+                        if self.pause.first() {
                             crate::log::report!("accept on {}: {e}; pausing", self.local);
                         }
-                        self.paused_until = Some(now + self.pause);
-                        self.pause = (self.pause * 2).min(PAUSE_MAX);
+                        self.paused_until = Some(now + self.pause.take());
                         self.readable = false;
                         return None;
                     }
-                    _ => {
-                        // EAGAIN: the backlog is empty. Anything else: wait for poll.
+                    // EAGAIN: the backlog is empty. Anything else: wait for `poll`.
+                    AcceptFailure::NotReady | AcceptFailure::Closed | AcceptFailure::Fatal => {
                         self.readable = false;
                         return None;
                     }

@@ -96,6 +96,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use crate::addr::{ListenAddr, PeerAddr};
+use crate::backoff::Doubling;
 use crate::bind::Bound;
 use crate::connection::StreamKind;
 use crate::ipc::channel::Channel;
@@ -139,9 +140,6 @@ pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the workers' channels are checked for unreceived connections, while
 /// connections are being handed out or a worker is stalled.
 pub(crate) const STALL_CHECK: Duration = Duration::from_millis(250);
-
-const PAUSE_START: Duration = Duration::from_millis(10);
-const PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// One worker listener's hand-off channel, seen from the primary.
 #[derive(Debug)]
@@ -202,7 +200,7 @@ pub(crate) struct RoundRobinHandle {
     batch: u32,
     /// Accepting is paused until then (out of descriptors).
     paused_until: Option<Instant>,
-    pause: Duration,
+    pause: Doubling,
     /// The accept window: after a turn that accepted, the listener is left alone this
     /// long so the next connections are accepted in one batch (see `accept_window`).
     window: Duration,
@@ -259,7 +257,7 @@ impl RoundRobinHandle {
             readable: false,
             batch: 0,
             paused_until: None,
-            pause: PAUSE_START,
+            pause: Doubling::out_of_resources(),
             window,
             quiet_until: None,
             prefetch,
