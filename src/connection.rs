@@ -180,7 +180,7 @@ impl From<Stream> for OwnedFd {
 /// A connection returned by [`Listener::accept`](crate::Listener::accept).
 ///
 /// In a cluster worker, the connection counts as open (for
-/// [`LeastConnections`](crate::LeastConnections) scheduling) while this value lives:
+/// [`LeastConnections`](crate::round_robin::LeastConnections) scheduling) while this value lives:
 /// serve it through [`stream_mut`](Connection::stream_mut) and drop it when done.
 /// [`into_stream`](Connection::into_stream) and [`into_parts`](Connection::into_parts)
 /// hand over the std stream and end the counting.

@@ -34,7 +34,8 @@
 //!   their threads block in `accept(2)`, and the kernel wakes one per connection.
 //! - [`Mode::RoundRobin`] (Node's `SCHED_RR`, the default): the primary listens and
 //!   accepts, and sends each connection to a worker thread that is waiting for one,
-//!   chosen by a [`Scheduler`] ([`FewestDispatched`] by default).
+//!   chosen by a [`Scheduler`](round_robin::Scheduler)
+//!   ([`FewestDispatched`](round_robin::FewestDispatched) by default).
 //! - [`Mode::ReusePort`] (Node 22's `reusePort`): the primary binds one `SO_REUSEPORT`
 //!   socket per worker on the same address and keeps it; each worker listens and
 //!   accepts on its own, and the kernel spreads connections by a hash.
@@ -108,10 +109,22 @@ pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
 pub use mode::{Mode, ModeParseError};
 pub use options::ListenOptions;
 pub use primary::{
-    Builder, Cluster, ClusterStats, FewestDispatched, Fifo, LeastConnections, ReadyWorker, Respawn,
-    Scheduler, WorkerInfo, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
+    Builder, Cluster, ClusterStats, Respawn, WorkerInfo, DEFAULT_MESSAGE_LIMIT,
     DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
 };
+
+/// Round-robin tuning ([`Mode::RoundRobin`]): which waiting worker gets each
+/// connection ([`Builder::scheduler`] with a [`Scheduler`](round_robin::Scheduler):
+/// [`FewestDispatched`](round_robin::FewestDispatched) by default,
+/// [`Fifo`](round_robin::Fifo) for Node's order,
+/// [`LeastConnections`](round_robin::LeastConnections)), and how the primary batches
+/// ([`Builder::accept_window`], [`Builder::prefetch`]).
+pub mod round_robin {
+    pub use crate::primary::{
+        FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler, DEFAULT_ACCEPT_WINDOW,
+        DEFAULT_PREFETCH,
+    };
+}
 pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
 pub use worker::{Worker, INTERNAL_EXIT, LISTEN_REPLY_TIMEOUT};
 

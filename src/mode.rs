@@ -29,7 +29,7 @@ pub enum Mode {
     /// Primary round-robin (Node's `SCHED_RR`, the default): the primary listens and
     /// accepts, and passes each connection's descriptor to the worker thread that has
     /// waited longest for one (`sendmsg` with `SCM_RIGHTS`). Costs a hop per connection;
-    /// in exchange the primary decides (see [`Scheduler`](crate::Scheduler)), only free
+    /// in exchange the primary decides (see [`Scheduler`](crate::round_robin::Scheduler)), only free
     /// threads get work, and a worker that dies loses nothing it had not yet received.
     RoundRobin,
     /// One socket per worker (`SO_REUSEPORT`, beyond Node 20; Node 22's `reusePort`):

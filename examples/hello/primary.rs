@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cluster::{Cluster, Event, FewestDispatched, Fifo, LeastConnections, ListenAddr, Mode, User};
+use cluster::round_robin::{FewestDispatched, Fifo, LeastConnections};
+use cluster::{Cluster, Event, ListenAddr, Mode, User};
 
 use crate::server;
 

@@ -597,8 +597,8 @@ pub fn main() -> i32 {
         builder = builder.message_limit(n);
     }
     match env("SC_SCHEDULER", "default").as_str() {
-        "least-connections" => builder = builder.scheduler(cluster::LeastConnections),
-        "fifo" => builder = builder.scheduler(cluster::Fifo),
+        "least-connections" => builder = builder.scheduler(cluster::round_robin::LeastConnections),
+        "fifo" => builder = builder.scheduler(cluster::round_robin::Fifo),
         _ => {}
     }
     let started = builder.start(move |w| worker_main(w, &worker_addrs, threads));
