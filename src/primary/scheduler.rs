@@ -41,7 +41,7 @@ pub struct ReadyWorker {
 /// ([`Builder::scheduler`](crate::Builder::scheduler)).
 ///
 /// ```
-/// use cluster::{ReadyWorker, Scheduler};
+/// use cluster::round_robin::{ReadyWorker, Scheduler};
 ///
 /// /// Always the worker that has been handed the fewest connections.
 /// #[derive(Debug)]
