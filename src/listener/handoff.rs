@@ -6,7 +6,7 @@
 //! it for the next one. Here a thread sends its credit (`Ready`) *before* it waits, so
 //! the primary hands a connection only to a thread that is waiting for one; it then
 //! waits through an exclusive epoll instance and receives without blocking (see
-//! [`accept_handoff`](Shared::accept_handoff)), answers a `Probe` with a fresh credit,
+//! [`accept_handoff`](Endpoint::accept_handoff)), answers a `Probe` with a fresh credit,
 //! and ends with `Ok(None)` when the channel reports EOF (closed here, or by the
 //! primary). The primary's side is `crate::primary::round_robin`.
 
@@ -21,11 +21,11 @@ use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll;
 use crate::worker;
 
-use super::{back_off, Shared};
+use super::{back_off, Endpoint};
 use crate::accept::{classify, AcceptFailure};
 use crate::backoff::Doubling;
 
-impl Shared {
+impl Endpoint {
     /// Round-robin: one credit, then wait for the connection sent against it.
     ///
     /// The thread waits through an [`ExclusiveWait`](poll::ExclusiveWait) and then

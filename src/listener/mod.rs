@@ -88,12 +88,12 @@ pub const DEFAULT_BACKLOG: i32 = 511;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Listener {
-    shared: Arc<Shared>,
+    shared: Arc<Endpoint>,
 }
 
 /// What every clone of a listener shares.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Endpoint {
     local: ListenAddr,
     kind: StreamKind,
     source: Source,
@@ -236,7 +236,7 @@ impl Listener {
         // Set on each accepted Unix connection (TCP ones inherit the listener's).
         let unix_timeouts = (timeouts != (None, None)).then_some(timeouts);
         Listener {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Endpoint {
                 local,
                 kind,
                 source,
@@ -321,7 +321,7 @@ impl Listener {
     }
 
     /// The shared state, for the worker runtime's list of listeners to close.
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Endpoint> {
         &self.shared
     }
 }
@@ -357,7 +357,7 @@ fn back_off(backoff: &mut Doubling) {
     poll::interruptible_sleep(backoff.take());
 }
 
-impl Shared {
+impl Endpoint {
     fn accept_socket(&self, fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<Option<Connection>> {
         let Some(ticket) = self.gate.enter() else {
             return self.drain_one(fd, exclusive);
@@ -466,7 +466,7 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
+impl Drop for Endpoint {
     fn drop(&mut self) {
         self.close();
         if let Origin::Standalone { unlink } = &mut self.origin {

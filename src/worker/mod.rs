@@ -299,7 +299,7 @@ struct State {
     inbox: VecDeque<Vec<u8>>,
     /// Bytes in `inbox`.
     inbox_bytes: usize,
-    listeners: Vec<Weak<listener::Shared>>,
+    listeners: Vec<Weak<listener::Endpoint>>,
     disconnecting: bool,
     primary_gone: bool,
 }
