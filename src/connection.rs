@@ -9,10 +9,11 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::addr::PeerAddr;
-use crate::worker::OpenGuard;
 
 /// An accepted connection's stream: TCP or Unix, as std types.
 #[derive(Debug)]
@@ -177,6 +178,25 @@ impl From<Stream> for OwnedFd {
     }
 }
 
+/// One connection counted as open in a counter (a worker's, for its `Stats` reports);
+/// dropping it counts the connection closed.
+#[derive(Debug)]
+pub(crate) struct OpenCount(Arc<AtomicU64>);
+
+impl OpenCount {
+    /// Counts one more open connection in `counter`.
+    pub(crate) fn new(counter: &Arc<AtomicU64>) -> OpenCount {
+        counter.fetch_add(1, Ordering::Relaxed);
+        OpenCount(counter.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection returned by [`Listener::accept`](crate::Listener::accept).
 ///
 /// In a cluster worker, the connection counts as open (for
@@ -188,7 +208,7 @@ impl From<Stream> for OwnedFd {
 pub struct Connection {
     stream: Stream,
     peer: PeerAddr,
-    open: Option<OpenGuard>,
+    open: Option<OpenCount>,
 }
 
 impl Connection {
@@ -201,7 +221,7 @@ impl Connection {
     }
 
     /// Counts the connection open in its worker until it drops.
-    pub(crate) fn counted(mut self, guard: OpenGuard) -> Connection {
+    pub(crate) fn counted(mut self, guard: OpenCount) -> Connection {
         self.open = Some(guard);
         self
     }

@@ -4,9 +4,9 @@ use std::fmt;
 use std::io;
 
 use crate::addr::ListenAddr;
-use crate::ipc::codec::ProtocolError;
-use crate::settings::SetupStage;
-use crate::WorkerId;
+use crate::ipc::codec::error::ProtocolError;
+use crate::setup_stage::SetupStage;
+use crate::worker_id::WorkerId;
 
 /// What can go wrong in the primary.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl fmt::Display for Error {
             Error::MessageTooLarge { len } => write!(
                 f,
                 "message of {len} bytes exceeds the limit of {} bytes",
-                crate::MAX_MESSAGE_LEN
+                crate::ipc::codec::limits::MAX_MESSAGE_LEN
             ),
             Error::NoSuchWorker(id) => write!(f, "no live worker {id}"),
             Error::Protocol { worker, error } => {

@@ -6,17 +6,7 @@ use std::io;
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-
-/// A worker's id: 1, 2, 3, … in fork order, never reused within a cluster (Node's
-/// `worker.id`). A respawned worker gets a new id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(pub u32);
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+use crate::worker_id::WorkerId;
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

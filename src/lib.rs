@@ -96,18 +96,20 @@ mod mode;
 mod options;
 mod primary;
 mod settings;
+mod setup_stage;
 mod socket_file;
 pub(crate) mod sys;
 mod worker;
+mod worker_id;
 
 pub use addr::{AddrParseError, ListenAddr, PeerAddr, ToListenAddr};
 pub use connection::{Connection, Stream};
 pub use error::{Error, ListenError};
-pub use event::{Event, ExitStatus, Signal, WorkerId};
+pub use event::{Event, ExitStatus, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
-pub use listener::{Incoming, Listener, DEFAULT_BACKLOG};
+pub use listener::{Incoming, Listener};
 pub use mode::{Mode, ModeParseError};
-pub use options::ListenOptions;
+pub use options::{ListenOptions, DEFAULT_BACKLOG};
 pub use primary::{
     Builder, Cluster, ClusterStats, Respawn, WorkerInfo, DEFAULT_MESSAGE_LIMIT,
     DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
@@ -125,8 +127,10 @@ pub mod round_robin {
         DEFAULT_PREFETCH,
     };
 }
-pub use settings::{SetupStage, User, SETUP_FAILED_EXIT};
+pub use settings::{User, SETUP_FAILED_EXIT};
+pub use setup_stage::SetupStage;
 pub use worker::{Worker, INTERNAL_EXIT, LISTEN_REPLY_TIMEOUT};
+pub use worker_id::WorkerId;
 
 /// The promise of the "Threads" section, kept by the compiler.
 const _: () = {

@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
-use crate::addr::ToListenAddr;
-use crate::listener::{Listener, DEFAULT_BACKLOG};
+/// The listen backlog used when none is given (Node's default, 511).
+pub const DEFAULT_BACKLOG: i32 = 511;
 
-/// Settings for [`Listener::bind_with`]; `ListenOptions::new()` is what
-/// [`Listener::bind`] uses.
+/// Settings for [`Listener::bind_with`](crate::Listener::bind_with); `ListenOptions::new()`
+/// is what [`Listener::bind`](crate::Listener::bind) uses.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -88,10 +88,5 @@ impl ListenOptions {
     pub fn defer_accept(mut self, d: Option<Duration>) -> ListenOptions {
         self.defer_accept = d.filter(|d| !d.is_zero());
         self
-    }
-
-    /// Shorthand for [`Listener::bind_with`]`(addr, &self)`.
-    pub fn bind<A: ToListenAddr>(&self, addr: A) -> std::io::Result<Listener> {
-        Listener::bind_with(addr, self)
     }
 }

@@ -19,9 +19,8 @@ use crate::connection::{Connection, Stream, StreamKind};
 use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll;
-use crate::worker;
 
-use super::{back_off, Endpoint};
+use super::{back_off, Endpoint, Origin};
 use crate::accept::{classify, AcceptFailure};
 use crate::backoff::Doubling;
 
@@ -96,7 +95,10 @@ impl Endpoint {
                 return Ok(None);
             }
             // One credit for this call: the primary sends one connection against it.
-            let open = worker::runtime().map_or(0, |rt| rt.open_now());
+            let open = match &self.origin {
+                Origin::Worker { link, .. } => link.open_now(),
+                Origin::Standalone { .. } => 0,
+            };
             match ch.send(&Message::Ready { count: 1, open }, None) {
                 Ok(()) => {}
                 // Shut down (closed here, or the primary went away): nothing more comes.

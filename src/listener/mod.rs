@@ -57,19 +57,18 @@ use crate::addr::{ListenAddr, ToListenAddr};
 use crate::backoff::Doubling;
 use crate::bind::{self, BindOptions};
 use crate::connection::{Connection, Stream, StreamKind};
+use crate::error::ListenError;
 use crate::ipc::channel::Channel;
 use crate::options::ListenOptions;
 use crate::socket_file::SocketFile;
 use crate::sys::{poll, signal, socket};
-use crate::worker;
 
 mod gate;
 mod handoff;
+pub(crate) mod link;
 
 use gate::Gate;
-
-/// The listen backlog used when none is given (Node's default, 511).
-pub const DEFAULT_BACKLOG: i32 = 511;
+use link::WorkerLink;
 
 /// A listening endpoint that yields [`Connection`]s; safe to share between threads,
 /// which may all block in [`accept`](Listener::accept) at once.
@@ -120,12 +119,30 @@ enum Source {
 }
 
 /// Who made the listener, and so who must hear when it closes.
-#[derive(Debug)]
 enum Origin {
     /// Bound by this process; `unlink` is the Unix socket file it created.
     Standalone { unlink: Option<SocketFile> },
     /// Granted by the primary as handle `handle`.
-    Worker { handle: u32 },
+    Worker {
+        handle: u32,
+        /// The runtime to report to.
+        link: Arc<dyn WorkerLink>,
+    },
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Standalone { unlink } => f
+                .debug_struct("Standalone")
+                .field("unlink", unlink)
+                .finish(),
+            Origin::Worker { handle, .. } => f
+                .debug_struct("Worker")
+                .field("handle", handle)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Listener {
@@ -140,7 +157,7 @@ impl Listener {
     ///
     /// An `io::Error` of the OS error's kind whose message names the address, e.g.
     /// "cannot listen on 127.0.0.1:8080: Address already in use (os error 98)"; the
-    /// [`ListenError`](crate::ListenError) inside has the address and errno. In a
+    /// [`ListenError`] inside has the address and errno. In a
     /// cluster worker also: `EMFILE` when the worker's descriptor budget in the primary
     /// is spent, or when the worker itself is at its descriptor limit and cannot
     /// receive the listener; `TimedOut` when the primary gave no answer within
@@ -159,8 +176,8 @@ impl Listener {
     pub fn bind_with<A: ToListenAddr>(addr: A, options: &ListenOptions) -> io::Result<Listener> {
         let addr = addr.to_listen_addr()?;
         signal::install_interrupt_handler()?;
-        match worker::runtime() {
-            Some(rt) => rt.listen(&addr, options),
+        match link::registered() {
+            Some(worker) => worker.listen(&addr, options),
             None => Listener::bind_standalone(&addr, options),
         }
     }
@@ -178,8 +195,7 @@ impl Listener {
             options,
         );
         if let Source::Socket { fd, .. } = &listener.shared.source {
-            socket::listen(fd.as_fd(), options.backlog)
-                .map_err(|e| crate::ListenError::io(addr, e))?;
+            socket::listen(fd.as_fd(), options.backlog).map_err(|e| ListenError::io(addr, e))?;
         }
         Ok(listener)
     }
@@ -191,9 +207,9 @@ impl Listener {
         fd: OwnedFd,
         options: &ListenOptions,
         handle: u32,
+        link: Arc<dyn WorkerLink>,
     ) -> io::Result<Listener> {
-        socket::listen(fd.as_fd(), options.backlog)
-            .map_err(|e| crate::ListenError::io(&local, e))?;
+        socket::listen(fd.as_fd(), options.backlog).map_err(|e| ListenError::io(&local, e))?;
         Ok(Listener::new(
             local,
             // Shared with other workers, or kept by the primary (reuse-port): never
@@ -202,7 +218,7 @@ impl Listener {
                 fd,
                 exclusive: false,
             },
-            Origin::Worker { handle },
+            Origin::Worker { handle, link },
             options,
         ))
     }
@@ -213,11 +229,12 @@ impl Listener {
         fd: OwnedFd,
         options: &ListenOptions,
         handle: u32,
+        link: Arc<dyn WorkerLink>,
     ) -> Listener {
         Listener::new(
             local,
             Source::Handoff(Channel::from_fd(fd)),
-            Origin::Worker { handle },
+            Origin::Worker { handle, link },
             options,
         )
     }
@@ -286,9 +303,8 @@ impl Listener {
             return Ok(None);
         };
         s.accepted.fetch_add(1, Ordering::Relaxed);
-        if let (Origin::Worker { .. }, Some(rt)) = (&s.origin, worker::runtime()) {
-            rt.count_accept();
-            conn = conn.counted(rt.open_guard());
+        if let Origin::Worker { link, .. } = &s.origin {
+            conn = conn.counted(link.accepted());
         }
         if let (Some((read, write)), Stream::Unix(_)) = (s.unix_timeouts, conn.stream()) {
             conn.stream().set_read_timeout(read)?;
@@ -323,6 +339,13 @@ impl Listener {
     /// The shared state, for the worker runtime's list of listeners to close.
     pub(crate) fn shared(&self) -> &Arc<Endpoint> {
         &self.shared
+    }
+}
+
+impl ListenOptions {
+    /// Shorthand for [`Listener::bind_with`]`(addr, &self)`.
+    pub fn bind<A: ToListenAddr>(&self, addr: A) -> io::Result<Listener> {
+        Listener::bind_with(addr, self)
     }
 }
 
@@ -458,10 +481,8 @@ impl Endpoint {
             }
             Source::Socket { .. } => self.gate.interrupt_all(&self.local),
         }
-        if let Origin::Worker { handle } = self.origin {
-            if let Some(rt) = worker::runtime() {
-                rt.listener_closed(handle);
-            }
+        if let Origin::Worker { handle, link } = &self.origin {
+            link.listener_closed(*handle);
         }
     }
 }

@@ -32,7 +32,7 @@ use std::io;
 use super::Cluster;
 use crate::addr::ListenAddr;
 use crate::error::ListenError;
-use crate::event::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// The most workers a cluster keeps, whatever [`Builder::workers`](crate::Builder::workers),
 /// [`Cluster::set_workers`] or `SIGTTIN` ask for (fewer when the descriptor limit is low:

@@ -11,11 +11,12 @@ use super::handle::Watch;
 use super::slot::Phase;
 use super::{Cluster, State};
 use crate::error::Error;
-use crate::event::{Event, WorkerId};
+use crate::event::Event;
 use crate::ipc::channel::{Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll::{self, PollFd};
 use crate::sys::socket;
+use crate::worker_id::WorkerId;
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
 /// (signal handling turned off, or the signal was coalesced).

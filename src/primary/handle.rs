@@ -23,10 +23,10 @@ use super::scheduler::Scheduler;
 use super::shared::SharedHandle;
 use crate::addr::ListenAddr;
 use crate::bind::Bound;
-use crate::event::WorkerId;
 use crate::ipc::codec::{ProtocolError, Transport};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
+use crate::worker_id::WorkerId;
 
 /// A listening handle of one of the three kinds.
 #[derive(Debug)]

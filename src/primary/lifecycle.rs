@@ -16,12 +16,13 @@ use super::reload::{self, Progress, Reload, Seen};
 use super::slot::{Phase, Slot};
 use super::{Cluster, State, HANDLED_SIGNALS};
 use crate::error::Error;
-use crate::event::{Event, ExitStatus, WorkerId};
+use crate::event::{Event, ExitStatus};
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::process::{self, Fork, Pid, WaitStatus};
 use crate::sys::signal;
 use crate::worker::{self, ChildStart};
+use crate::worker_id::WorkerId;
 
 impl Cluster {
     /// Forks one worker.

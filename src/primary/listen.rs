@@ -42,10 +42,11 @@ use super::{Cluster, HandleEntry, State};
 use crate::addr::ListenAddr;
 use crate::bind::{self, BindOptions};
 use crate::error::{Error, ListenError};
-use crate::event::{Event, WorkerId};
+use crate::event::Event;
 use crate::ipc::codec::{ListenGrant, Message, ProtocolError};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
+use crate::worker_id::WorkerId;
 
 /// Listening handles (distinct addresses) a cluster keeps at most: a worker asking for
 /// more gets `ENFILE`, so a runaway worker cannot fill the primary's descriptor table.

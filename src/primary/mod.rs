@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::event::{Event, Signal, WorkerId};
+use crate::event::{Event, Signal};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
@@ -79,6 +79,7 @@ use crate::socket_file::SocketFile;
 use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
 use crate::worker::WorkerFn;
+use crate::worker_id::WorkerId;
 
 pub use budget::MAX_WORKERS;
 pub use builder::{

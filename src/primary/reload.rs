@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// What the reload needs to know about a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,7 +59,7 @@ use crate::addr::ListenAddr;
 use crate::bind::{self, BindOptions, Bound};
 use crate::options::ListenOptions;
 use crate::sys::socket;
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// One socket of the group and the workers that hold it (two while a replacement
 /// overlaps the worker it replaces; none while it waits for a respawn).

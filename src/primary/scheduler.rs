@@ -19,7 +19,7 @@
 //!   worker's last request for work. Wins when connections live long and unevenly
 //!   (keep-alive, streaming); in close mode it behaves like FIFO.
 
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// A worker that can take a connection now, as the scheduler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

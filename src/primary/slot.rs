@@ -10,7 +10,7 @@ use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::fd;
 use crate::sys::process::Pid;
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 /// How many user messages may wait for a worker that does not read its channel, before
 /// [`Cluster::send`](crate::Cluster::send) refuses more.

@@ -10,15 +10,16 @@
 //! gone: close, linger [`ORPHAN_GRACE`], exit); between records it reports the
 //! counters every [`STATS_INTERVAL`].
 
-use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError, Weak};
 
 use crate::addr::ListenAddr;
+use crate::connection::OpenCount;
 use crate::error::ListenError;
 use crate::ipc::channel::{Incoming, RecvError};
 use crate::ipc::codec::{Message, Transport, MAX_RECORD_LEN};
+use crate::listener::link::{self, WorkerLink};
 use crate::listener::Listener;
 use crate::options::ListenOptions;
 use crate::sys::process;
@@ -79,6 +80,13 @@ impl Runtime {
         addr: &ListenAddr,
         options: &ListenOptions,
     ) -> io::Result<Listener> {
+        // What the new listener reports to: this runtime, as registered at start.
+        let Some(link) = link::registered().cloned() else {
+            return Err(ListenError::io(
+                addr,
+                io::Error::other("the worker runtime is not registered"),
+            ));
+        };
         let seq = {
             let mut st = self.lock();
             st.next_seq = st.next_seq.wrapping_add(1);
@@ -144,7 +152,13 @@ impl Runtime {
         };
         let listener = match grant.transport {
             Transport::Socket => {
-                match Listener::from_granted_socket(grant.local, fd, options, grant.handle) {
+                match Listener::from_granted_socket(
+                    grant.local,
+                    fd,
+                    options,
+                    grant.handle,
+                    link.clone(),
+                ) {
                     Ok(l) => l,
                     Err(e) => {
                         self.listener_closed(grant.handle);
@@ -153,7 +167,7 @@ impl Runtime {
                 }
             }
             Transport::Handoff => {
-                Listener::from_granted_handoff(grant.local, fd, options, grant.handle)
+                Listener::from_granted_handoff(grant.local, fd, options, grant.handle, link)
             }
         };
         let disconnecting = {
@@ -177,17 +191,6 @@ impl Runtime {
             listener.close();
         }
         Ok(listener)
-    }
-
-    /// Counts one accepted connection (reported to the primary with `Stats`).
-    pub(crate) fn count_accept(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Marks a connection open until the returned guard drops.
-    pub(crate) fn open_guard(self: &Arc<Self>) -> OpenGuard {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard { rt: self.clone() }
     }
 
     /// Connections open now, saturated to `u32` for the wire.
@@ -303,19 +306,21 @@ impl Runtime {
     }
 }
 
-/// A connection counted as open in its worker; dropping it counts it closed.
-pub(crate) struct OpenGuard {
-    rt: Arc<Runtime>,
-}
-
-impl fmt::Debug for OpenGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OpenGuard")
+impl WorkerLink for Runtime {
+    fn listen(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener> {
+        Runtime::listen(self, addr, options)
     }
-}
 
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.rt.open.fetch_sub(1, Ordering::Relaxed);
+    fn accepted(&self) -> OpenCount {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        OpenCount::new(&self.open)
+    }
+
+    fn open_now(&self) -> u32 {
+        Runtime::open_now(self)
+    }
+
+    fn listener_closed(&self, handle: u32) {
+        Runtime::listener_closed(self, handle)
     }
 }

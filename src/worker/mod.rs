@@ -74,14 +74,13 @@ use crate::error::Error;
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::{ListenGrant, Message, MAX_MESSAGE_LEN};
 use crate::listener;
-use crate::settings::{SetupStage, WorkerSettings, SETUP_FAILED_EXIT};
+use crate::settings::{WorkerSettings, SETUP_FAILED_EXIT};
+use crate::setup_stage::SetupStage;
 use crate::sys::process::{self, Pid};
 use crate::sys::{fd, signal, socket};
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 mod control;
-
-pub(crate) use control::OpenGuard;
 
 /// The worker function's type, after [`Builder::start`](crate::Builder::start) erased
 /// its error type.
@@ -284,7 +283,7 @@ pub(crate) struct Runtime {
     /// Connections this worker's listeners returned.
     accepted: AtomicU64,
     /// Connections whose `Connection` still lives (least-connections scheduling).
-    open: AtomicU64,
+    open: Arc<AtomicU64>,
     /// The last counts sent to the primary (accepted, open).
     reported: Mutex<(u64, u64)>,
 }
@@ -380,10 +379,10 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         accepted: AtomicU64::new(0),
-        open: AtomicU64::new(0),
+        open: Arc::new(AtomicU64::new(0)),
         reported: Mutex::new((0, 0)),
     });
-    if RUNTIME.set(rt.clone()).is_err() {
+    if RUNTIME.set(rt.clone()).is_err() || !crate::listener::link::register(rt.clone()) {
         crate::log::report!("worker {id}: a worker runtime already exists in this process");
         return INTERNAL_EXIT;
     }

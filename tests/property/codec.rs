@@ -40,7 +40,7 @@ use super::codec::{
 };
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
-use crate::settings::SetupStage;
+use crate::setup_stage::SetupStage;
 use crate::sys::fd;
 use crate::sys::scm::{BATCH, BATCH_RECORD};
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
-use crate::settings::SetupStage;
+use crate::setup_stage::SetupStage;
 
 use super::{kind, tag, FdRule, ListenGrant, Message, ProtocolError, Transport};
 use super::{HEADER_LEN, MAX_RECORD_LEN};

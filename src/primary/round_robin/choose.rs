@@ -13,7 +13,7 @@
 
 use super::{Member, RoundRobinHandle};
 use crate::primary::scheduler::{ReadyWorker, Scheduler};
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 impl RoundRobinHandle {
     /// The credit to use (its position in `free`): the scheduler chooses among the

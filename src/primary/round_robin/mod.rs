@@ -105,7 +105,7 @@ use crate::sys::fd;
 
 use super::scheduler::{ReadyWorker, Scheduler};
 use crate::sys::socket;
-use crate::WorkerId;
+use crate::worker_id::WorkerId;
 
 mod accept;
 mod choose;
