@@ -69,9 +69,10 @@
 //!
 //! # Where each part lives
 //!
-//! - This file, the Node-shaped core: the handle and its members, [`add`] /
-//!   [`remove_worker`] / [`stop_routing`] (Node's `add` / `remove`), [`pump`] (Node's
-//!   `distribute` + `handoff`), closing.
+//! - This file, the Node-shaped core: the handle, what `poll` watches for it, [`pump`]
+//!   (Node's `distribute` + `handoff`), closing.
+//! - [`members`]: the workers on the handle, [`add`] / [`remove_worker`] /
+//!   [`stop_routing`] (Node's `add` / `remove`).
 //! - [`accept`]: accepting without ever blocking, and pausing when out of descriptors.
 //! - [`choose`]: the choice of a credit for each connection ([`choose_for`], [`pick`],
 //!   [`pick_ahead`]).
@@ -110,6 +111,7 @@ use crate::worker_id::WorkerId;
 mod accept;
 mod choose;
 mod credits;
+mod members;
 mod stall;
 #[cfg(test)]
 mod tests;
@@ -284,48 +286,6 @@ impl RoundRobinHandle {
         &self.local
     }
 
-    /// Descriptors this handle holds for `worker`: both ends of each of its hand-off
-    /// channels (its share of the primary's descriptor budget).
-    pub(crate) fn descriptors_of(&self, worker: WorkerId) -> usize {
-        2 * self.members.iter().filter(|m| m.worker == worker).count()
-    }
-
-    /// Adds a hand-off channel for `worker`; returns the member id and the worker's
-    /// end, to send in the listen reply.
-    pub(crate) fn add(&mut self, worker: WorkerId) -> io::Result<(u32, BorrowedFd<'_>)> {
-        if self.members.iter().filter(|m| m.worker == worker).count() >= MAX_LISTENERS_PER_WORKER {
-            return Err(io::Error::from_raw_os_error(libc::EMFILE));
-        }
-        let (primary_end, worker_end) = Channel::pair()?;
-        let id = self.next_member;
-        self.next_member = self.next_member.wrapping_add(1).max(1);
-        // A newcomer's share counter starts at the average, so a scheduler that evens
-        // out the counts does not hand it everything until it has caught up.
-        let dispatched = match self.members.len() as u64 {
-            0 => 0,
-            n => self.members.iter().map(|m| m.dispatched).sum::<u64>() / n,
-        };
-        self.members.push(Member {
-            id,
-            worker,
-            primary_end,
-            worker_end,
-            credits: 0,
-            open: 0,
-            dispatched,
-            queued: 0,
-            blocked: false,
-            retired: false,
-            closed: false,
-            credits_seen: 0,
-            stuck_since: None,
-            stalled: false,
-            probed: false,
-        });
-        let last = self.members.len() - 1; // just pushed
-        Ok((id, self.members[last].worker_end.as_fd()))
-    }
-
     /// The listener, when it should be polled: open, not paused, with a free credit
     /// and nothing pending (otherwise the kernel backlog holds the clients).
     pub(crate) fn listener_to_poll(&self, now: Instant) -> Option<BorrowedFd<'_>> {
@@ -412,59 +372,6 @@ impl RoundRobinHandle {
     /// primary un-counts them from the workers' dispatched counters.
     pub(crate) fn take_returned(&mut self) -> Vec<(WorkerId, u64)> {
         std::mem::take(&mut self.returned)
-    }
-
-    /// The worker is disconnecting: no new connections for it, at once. Its channels
-    /// stay until it shuts them down or dies, so nothing sent to it is lost.
-    pub(crate) fn stop_routing(&mut self, worker: WorkerId) {
-        let ids: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|m| m.worker == worker)
-            .map(|m| m.id)
-            .collect();
-        self.free.retain(|id| !ids.contains(id));
-        for m in self.members.iter_mut().filter(|m| m.worker == worker) {
-            m.credits = 0;
-            m.retired = true;
-        }
-    }
-
-    /// The worker is gone: remove its members, taking back what it never received.
-    pub(crate) fn remove_worker(&mut self, worker: WorkerId) {
-        let ids: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|m| m.worker == worker)
-            .map(|m| m.id)
-            .collect();
-        for id in ids {
-            self.remove_member(id);
-        }
-    }
-
-    fn remove_member(&mut self, id: u32) {
-        let Some(i) = self.members.iter().position(|m| m.id == id) else {
-            return;
-        };
-        let m = self.members.swap_remove(i);
-        self.free.retain(|&f| f != id);
-        let (back, _) = stall::take_back(&m);
-        self.requeue(back, true);
-    }
-
-    /// Puts connections taken back from a worker before the ones accepted since (they
-    /// are older). `bounced`: the worker is gone or not running, and this counts as one
-    /// of a connection's [`MAX_ATTEMPTS`]; those that bounced too often are closed.
-    fn requeue(&mut self, back: Vec<Pending>, bounced: bool) {
-        for mut p in back.into_iter().rev() {
-            p.attempts += u32::from(bounced);
-            if p.attempts > MAX_ATTEMPTS {
-                self.dropped += 1;
-                continue; // dropping closes it: the client sees EOF, not a hang
-            }
-            self.pending.push_front(p);
-        }
     }
 
     /// Hands connections to free credits: pending ones first, then freshly accepted
