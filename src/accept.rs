@@ -7,7 +7,7 @@ use std::io;
 
 use crate::addr::PeerAddr;
 use crate::connection::StreamKind;
-use crate::sys::socket::SockAddr;
+use crate::sys::sockaddr::SockAddr;
 
 /// What to do after a failed `accept(2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::sys::socket::UNIX_PATH_MAX;
+use crate::sys::sockaddr::UNIX_PATH_MAX;
 
 /// The address a listener binds: the key under which the primary keeps one listening
 /// handle for all workers (Node's `key` in `queryServer`: address, port, family, or path).

@@ -22,7 +22,8 @@ use crate::connection::StreamKind;
 use crate::error::ListenError;
 use crate::options::ListenOptions;
 use crate::socket_file::{SocketDir, SocketFile};
-use crate::sys::socket::{self, Domain, SockAddr};
+use crate::sys::sockaddr::{Domain, SockAddr};
+use crate::sys::socket;
 
 /// A bound socket and what a worker needs to know about it.
 #[derive(Debug)]

@@ -28,7 +28,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::sys::fd::{self, FileId};
-use crate::sys::socket::{self, Domain, SockAddr};
+use crate::sys::sockaddr::{Domain, SockAddr};
+use crate::sys::socket;
 
 /// The directory a Unix socket path lives in, held open, and the socket's name in it.
 #[derive(Debug)]

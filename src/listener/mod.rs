@@ -61,6 +61,7 @@ use crate::error::ListenError;
 use crate::ipc::channel::Channel;
 use crate::options::ListenOptions;
 use crate::socket_file::SocketFile;
+use crate::sys::sockaddr::SockAddr;
 use crate::sys::{poll, signal, socket};
 
 mod gate;
@@ -454,7 +455,7 @@ impl Endpoint {
         }
     }
 
-    fn connection(&self, conn: OwnedFd, peer: &socket::SockAddr) -> Connection {
+    fn connection(&self, conn: OwnedFd, peer: &SockAddr) -> Connection {
         let peer = peer_of(self.kind, peer);
         Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
