@@ -59,6 +59,35 @@
 //! (with `scheduler`) and `reuse_port` handles (Node's `primary.js`, `shared_handle.js`,
 //! `round_robin_handle.js`).
 //!
+//! # Two paths through the code
+//!
+//! **A listen request** (Node's `server.listen` in a worker → `queryServer`), in six files:
+//!
+//! 1. `listener/mod.rs`: [`Listener::bind_with`] finds the worker runtime registered in
+//!    `listener/link.rs` and asks it;
+//! 2. `worker/control.rs`: `Runtime::listen` sends a `ListenRequest` record (the
+//!    vocabulary is `ipc/codec/mod.rs`) and waits; its control thread receives the
+//!    reply;
+//! 3. `primary/event_loop.rs`: the primary's `read_control` reads the record;
+//! 4. `primary/listen.rs`: `on_listen_request` authorises the address, checks the
+//!    worker's descriptor budget (`budget.rs`) and finds or creates the handle;
+//! 5. `bind.rs`: a new handle's socket is created and bound (`socket_file.rs` for a
+//!    Unix path);
+//! 6. `primary/handle.rs`: `Handle::add` gives the worker its socket or hand-off
+//!    channel, sent back in the reply; steps 2 and 1 wrap it in a [`Listener`].
+//!
+//! **A round-robin hand-off** (Node's `RoundRobinHandle.distribute` → `handoff`), in six
+//! files:
+//!
+//! 1. `primary/event_loop.rs`: `poll` reports the listener readable; after each turn the
+//!    loop pumps every handle;
+//! 2. `primary/handle.rs`: `Handle::pump`;
+//! 3. `primary/round_robin/mod.rs`: `pump` accepts (`accept.rs`), chooses a waiting
+//!    worker thread (`choose.rs`) and sends the connection in a `NewConn` record;
+//! 4. `primary/round_robin/credits.rs`: `refill` reads the credits the threads sent;
+//! 5. `listener/handoff.rs`: a worker thread sends its credit, waits, receives;
+//! 6. `listener/mod.rs`: [`Listener::accept`] returns the [`Connection`].
+//!
 //! # Threads
 //!
 //! [`Listener`], [`Connection`] and [`Worker`] are `Send` and `Sync` (checked at compile
