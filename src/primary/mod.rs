@@ -219,6 +219,9 @@ pub struct ClusterStats {
 /// Drive it with [`next_event`](Cluster::next_event): the primary does its work (hands
 /// off connections, answers listen requests, reaps, respawns, reloads) inside that
 /// call. Dropping a cluster that has not stopped kills its workers and waits for them.
+///
+/// Not `Send`: a cluster lives on the primary's one thread (`fork` copies only the
+/// calling thread, so the primary must not start others while it forks).
 pub struct Cluster {
     mode: Mode,
     config: Config,
