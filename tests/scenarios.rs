@@ -16,6 +16,8 @@ mod util;
 mod core_modes;
 #[path = "scenarios/demo.rs"]
 mod demo;
+#[path = "scenarios/deploy.rs"]
+mod deploy;
 #[path = "scenarios/isolation.rs"]
 mod isolation;
 #[path = "scenarios/limits.rs"]
@@ -42,6 +44,7 @@ fn main() {
     }
     use core_modes::*;
     use demo::*;
+    use deploy::*;
     use limits::*;
     use robust::*;
     use supervision::*;
@@ -171,6 +174,23 @@ fn main() {
     scenarios.push(("listen_reply_deadline", Box::new(listen_reply_deadline)));
     scenarios.extend(both("adopted_abstract_unix", adopted_abstract_unix));
     scenarios.push(("worker_cap", Box::new(worker_cap)));
+    // Deployment: a service manager's signals.
+    for mode in ["round-robin", "shared", "reuse-port"] {
+        for (sig, whom) in [("TERM", "all"), ("INT", "all"), ("TERM", "primary")] {
+            let name: &'static str = Box::leak(
+                format!(
+                    "signal_{}_{whom}_{}",
+                    sig.to_lowercase(),
+                    mode.replace('-', "_")
+                )
+                .into_boxed_str(),
+            );
+            scenarios.push((
+                name,
+                Box::new(move || signalled_with_requests_in_flight(mode, sig, whom)),
+            ));
+        }
+    }
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

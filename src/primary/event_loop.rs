@@ -46,14 +46,8 @@ impl Cluster {
         }
         let ready = self.poll(now, timeout)?;
         // Signals first (the self-pipe pattern: drain, then act).
-        let mut signals = Vec::new();
-        if let Some(pipe) = &self.signals {
-            if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {
-                pipe.drain(&mut signals);
-            }
-        }
-        for sig in signals {
-            self.on_signal(sig);
+        if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {
+            self.take_signals();
         }
         for &(token, readable, writable) in &ready {
             match token {
@@ -74,7 +68,15 @@ impl Cluster {
             }
         }
         let now = Instant::now();
-        if self.reap_due || self.workers.values().any(|s| s.eof) {
+        let reaping = self.reap_due || self.workers.values().any(|s| s.eof);
+        if reaping || (self.state == State::Running && self.live_count() < self.target) {
+            // Signals that came after `poll` looked, before anything is reaped or
+            // forked: under a service manager's control-group kill the primary's
+            // SIGTERM and its workers' exits race, and a worker that left because of
+            // the same signal must not be taken for a crash and replaced.
+            self.take_signals();
+        }
+        if reaping {
             self.reap_due = false;
             self.reap(now);
         }
@@ -163,6 +165,17 @@ impl Cluster {
             }
         }
         next
+    }
+
+    /// Reads the self-pipe and acts on every signal in it, in order.
+    fn take_signals(&mut self) {
+        let mut signals = Vec::new();
+        if let Some(pipe) = &self.signals {
+            pipe.drain(&mut signals);
+        }
+        for sig in signals {
+            self.on_signal(sig);
+        }
     }
 
     fn on_signal(&mut self, sig: i32) {

@@ -11,6 +11,7 @@
 //! counters every [`STATS_INTERVAL`].
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError, Weak};
 
@@ -22,6 +23,7 @@ use crate::ipc::codec::{Message, Transport, MAX_RECORD_LEN};
 use crate::listener::link::{self, WorkerLink};
 use crate::listener::Listener;
 use crate::options::ListenOptions;
+use crate::sys::poll::{self, PollFd};
 use crate::sys::process;
 
 use super::{Runtime, State, INBOX_BYTES, INBOX_LIMIT, ORPHAN_GRACE, STATS_INTERVAL};
@@ -64,6 +66,8 @@ impl Runtime {
             if waited.timed_out() {
                 drop(st);
                 self.report_stats();
+                // Not reading the channel meanwhile, but still hearing signals.
+                self.on_signals();
                 st = self.lock();
             }
         }
@@ -234,12 +238,54 @@ impl Runtime {
         }
     }
 
+    /// Node's `worker.disconnect()` seen from the worker: no new connections (every
+    /// listener closes), what it holds it finishes; the worker function then returns.
+    /// Asked by the primary (`Disconnect`) or by a signal (`SIGTERM`, `SIGINT`).
+    fn disconnect(&self) {
+        self.lock().disconnecting = true;
+        self.changed.notify_all();
+        self.close_listeners();
+    }
+
+    /// Signals arrived: `SIGTERM` and `SIGINT` disconnect the worker. A service
+    /// manager's control-group kill (systemd's default `KillMode`) sends them to the
+    /// primary and every worker at once; taken as a disconnect, the requests a worker
+    /// has begun are still answered, while the primary, signalled too, shuts the
+    /// cluster down. A worker signalled alone leaves the same way, and the primary
+    /// replaces it.
+    fn on_signals(&self) {
+        let mut got = Vec::new();
+        self.signals.drain(&mut got);
+        if got.iter().any(|&s| s == libc::SIGTERM || s == libc::SIGINT) {
+            self.disconnect();
+        }
+    }
+
     /// The control thread: reads the control channel until the primary is gone.
     pub(super) fn control_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
         loop {
             self.wait_for_inbox_room();
-            match self.control.recv(&mut buf, false) {
+            // The channel, and the pipe SIGTERM/SIGINT write into; at least once a
+            // second (to report the counters).
+            let (record, signalled) = {
+                let mut fds = [
+                    PollFd::new(self.control.as_fd(), false),
+                    PollFd::new(self.signals.as_fd(), false),
+                ];
+                match poll::poll(&mut fds, Some(STATS_INTERVAL)) {
+                    Ok(_) => (fds[0].readable(), fds[1].readable()),
+                    Err(_) => (false, false), // EINTR: look again
+                }
+            };
+            if signalled {
+                self.on_signals();
+            }
+            if !record {
+                self.report_stats();
+                continue;
+            }
+            match self.control.recv(&mut buf, true) {
                 Ok(Incoming::Message(Message::ListenReply { seq, result }, fd)) => {
                     let mut st = self.lock();
                     if st.waiting.contains(&seq) {
@@ -265,11 +311,7 @@ impl Runtime {
                     self.lock().push_message(data.to_vec());
                     self.changed.notify_all();
                 }
-                Ok(Incoming::Message(Message::Disconnect, None)) => {
-                    self.lock().disconnecting = true;
-                    self.changed.notify_all();
-                    self.close_listeners();
-                }
+                Ok(Incoming::Message(Message::Disconnect, None)) => self.disconnect(),
                 Ok(Incoming::Message(other, _) | Incoming::FdLost(other)) => {
                     crate::log::report!(
                         "worker {}: unexpected {} message from the primary; exiting",
@@ -278,11 +320,13 @@ impl Runtime {
                     );
                     process::exit_now(INTERNAL_EXIT);
                 }
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The receive timeout: time to report the counters.
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.report_stats();
-                    continue;
+                Err(RecvError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    continue
                 }
                 Err(RecvError::Protocol(e)) => {
                     crate::log::report!(

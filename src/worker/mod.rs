@@ -26,10 +26,14 @@
 //! 4. `PR_SET_PDEATHSIG(SIGTERM)` — after step 3, because a change of credentials clears
 //!    it — then a check that the primary is still the parent (it may have died between
 //!    `fork` and `prctl`, and then nobody would send the signal);
-//! 5. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`,
-//!    and one small thread that reads the control channel (listen replies, messages,
-//!    disconnect, EOF when the primary is gone) and reports the worker's counters about
-//!    once a second;
+//! 5. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`;
+//!    the primary's own signals (`SIGHUP`, `SIGTTIN`, `SIGTTOU`, `SIGUSR2`) ignored;
+//!    `SIGTERM` and `SIGINT` written into a self-pipe, for they mean *disconnect* (a
+//!    service manager's control-group kill, `kill` of a worker, the primary's death
+//!    through `PR_SET_PDEATHSIG`): stop accepting, finish what it holds, exit 0; and one
+//!    small thread that watches the control channel and that pipe (listen replies,
+//!    messages, disconnect, EOF when the primary is gone) and reports the worker's
+//!    counters about once a second;
 //!
 //! A failure in steps 1–5 is reported to the primary (`SetupFailed`, with the step and
 //! `errno`) and the worker exits with code 78. Then:
@@ -77,7 +81,8 @@ use crate::listener;
 use crate::settings::{WorkerSettings, SETUP_FAILED_EXIT};
 use crate::setup_stage::SetupStage;
 use crate::sys::process::{self, Pid};
-use crate::sys::{fd, signal, socket};
+use crate::sys::signal::SignalPipe;
+use crate::sys::{fd, signal};
 use crate::worker_id::WorkerId;
 
 mod control;
@@ -120,6 +125,11 @@ pub(crate) const INBOX_LIMIT: usize = 1024;
 /// How many bytes of messages may wait in a worker's inbox before its control thread
 /// stops reading the channel (64 messages of the largest size).
 pub(crate) const INBOX_BYTES: usize = 64 * MAX_MESSAGE_LEN;
+
+/// Signals a worker ignores: the primary's (`SIGHUP` reload, `SIGTTIN`/`SIGTTOU` one
+/// worker more or fewer, `SIGUSR2` upgrade). systemd's control-group kill, `kill -- -PGID`
+/// and a terminal send them to every process; only the primary acts on them.
+const PRIMARY_ONLY_SIGNALS: [i32; 4] = [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGUSR2];
 
 /// How long a worker lingers after its primary vanished without the death signal
 /// arriving (the control channel's EOF is the backstop), before it exits.
@@ -214,7 +224,7 @@ impl Worker {
         fd: std::os::fd::BorrowedFd<'_>,
         seconds: Option<u32>,
     ) -> std::io::Result<()> {
-        socket::set_linger(fd, seconds)
+        crate::sys::socket::set_linger(fd, seconds)
     }
 
     /// Waits for the next message from the primary; `None` once the worker is
@@ -286,6 +296,8 @@ pub(crate) struct Runtime {
     open: Arc<AtomicU64>,
     /// The last counts sent to the primary (accepted, open).
     reported: Mutex<(u64, u64)>,
+    /// `SIGTERM` and `SIGINT` arrive here (the self-pipe), for the control thread.
+    signals: SignalPipe,
 }
 
 #[derive(Default)]
@@ -364,14 +376,18 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     if let Err(e) = signal::install_interrupt_handler() {
         return setup_failed(&control, id, SetupStage::Runtime, &e);
     }
-    // The control thread wakes at least this often to report counters.
-    if let Err(e) = socket::set_timeout(
-        control.as_fd(),
-        socket::Timeout::Receive,
-        Some(STATS_INTERVAL),
-    ) {
-        return setup_failed(&control, id, SetupStage::Runtime, &e);
+    // The primary's signals, which a service manager's group kill or a terminal also
+    // sends the workers: not theirs to act on.
+    for sig in PRIMARY_ONLY_SIGNALS {
+        if let Err(e) = signal::ignore(sig) {
+            return setup_failed(&control, id, SetupStage::Signals, &e);
+        }
     }
+    // SIGTERM and SIGINT are a disconnect (see `control.rs`).
+    let signals = match SignalPipe::install(&[libc::SIGTERM, libc::SIGINT]) {
+        Ok(p) => p,
+        Err(e) => return setup_failed(&control, id, SetupStage::Signals, &e),
+    };
     let rt = Arc::new(Runtime {
         id,
         control,
@@ -381,6 +397,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         accepted: AtomicU64::new(0),
         open: Arc::new(AtomicU64::new(0)),
         reported: Mutex::new((0, 0)),
+        signals,
     });
     if RUNTIME.set(rt.clone()).is_err() || !crate::listener::link::register(rt.clone()) {
         crate::log::report!("worker {id}: a worker runtime already exists in this process");

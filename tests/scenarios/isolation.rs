@@ -67,6 +67,29 @@ fn ask_every_worker(
     ))
 }
 
+/// Whether the descriptors a worker had at start beyond 0, 1, 2 are its own and the
+/// kept one: its control channel (a socket) and the self-pipe its `SIGTERM` handler
+/// writes into (both ends of one pipe), nothing else.
+fn only_its_own(pid: u32, extra: &[&str], kept: Option<&str>) -> bool {
+    let targets = proc::fd_targets(pid);
+    let target = |n: &str| {
+        targets
+            .iter()
+            .find(|(fd, _)| fd.to_string() == n)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    let own: Vec<String> = extra
+        .iter()
+        .filter(|n| Some(**n) != kept)
+        .map(|n| target(n))
+        .collect();
+    let sockets = own.iter().filter(|t| t.starts_with("socket:")).count();
+    let pipes: Vec<&String> = own.iter().filter(|t| t.starts_with("pipe:")).collect();
+    let kept_ok = kept.map_or(true, |k| extra.contains(&k));
+    kept_ok && own.len() == 3 && sockets == 1 && pipes.len() == 2 && pipes[0] == pipes[1]
+}
+
 /// A primary holds a 0600 root file open (and, as root, its stdin is a pipe); its
 /// workers run as nobody. Each worker starts with descriptors 0, 1, 2 and its channel,
 /// nothing else; none holds the file; stdin is /dev/null. Not root: the same without
@@ -121,14 +144,18 @@ pub fn iso_inherit_nothing() -> Outcome {
                 proc::fd_targets(*pid)
             )
         })?;
-        check(fds.len() == 4 && fds[..3] == ["0", "1", "2"], || {
-            format!(
-                "worker {} started with descriptors {} (want 0,1,2 and its channel): {:?}",
-                r.worker,
-                r.text,
-                proc::fd_targets(*pid)
-            )
-        })?;
+        check(
+            fds[..3] == ["0", "1", "2"] && only_its_own(*pid, &fds[3..], None),
+            || {
+                format!(
+                    "worker {} started with descriptors {} (want 0,1,2, its channel and its \
+                 signal pipe): {:?}",
+                    r.worker,
+                    r.text,
+                    proc::fd_targets(*pid)
+                )
+            },
+        )?;
         if root {
             check(stdin == "/dev/null", || {
                 format!("worker {} runs as nobody with stdin {stdin}", r.worker)
@@ -369,12 +396,16 @@ pub fn iso_keep_fd() -> Outcome {
             "    worker {} (pid {pid}): descriptors at start {} (the log is {kept})",
             r.worker, r.text
         );
-        check(fds.len() == 5 && fds.contains(&kept.as_str()), || {
-            format!(
-                "worker {} started with {} (want 0,1,2, its channel and {kept})",
-                r.worker, r.text
-            )
-        })?;
+        check(
+            fds[..3] == ["0", "1", "2"] && only_its_own(*pid, &fds[3..], Some(&kept)),
+            || {
+                format!(
+                    "worker {} started with {} (want 0,1,2, its channel, its signal pipe \
+                     and {kept})",
+                    r.worker, r.text
+                )
+            },
+        )?;
     }
     let mut logged = std::collections::BTreeSet::new();
     for _ in 0..200 {

@@ -304,9 +304,15 @@ impl Drop for Server {
 
 /// Sends a signal by pid with kill(1) (test code stays free of `unsafe`).
 pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
+    signal_all(&[pid], sig)
+}
+
+/// Sends a signal to every pid in one kill(1) call, back to back, as a service
+/// manager's control-group kill does.
+pub fn signal_all(pids: &[u32], sig: &str) -> Result<(), String> {
     let st = Command::new("kill")
         .arg(format!("-{sig}"))
-        .arg(pid.to_string())
+        .args(pids.iter().map(u32::to_string))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -314,7 +320,7 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
     if st.success() {
         Ok(())
     } else {
-        Err(format!("kill -{sig} {pid} failed"))
+        Err(format!("kill -{sig} {pids:?} failed"))
     }
 }
 
