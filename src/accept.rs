@@ -4,6 +4,7 @@
 //! `ECONNABORTED` and pauses on `EMFILE`.
 
 use std::io;
+use std::net::SocketAddr;
 
 use crate::addr::PeerAddr;
 use crate::connection::StreamKind;
@@ -62,11 +63,16 @@ pub(crate) fn classify(e: &io::Error) -> AcceptFailure {
 }
 
 /// The peer of an accepted connection, as user code sees it: a TCP address, or a Unix
-/// path (`None` for an unnamed client socket, the usual case). A TCP socket whose
-/// address cannot be read counts as unnamed too, rather than failing the connection.
+/// path (`None` for an unnamed client socket, the usual case). A TCP connection whose
+/// address cannot be read gets the unspecified address `0.0.0.0:0` rather than failing:
+/// it stays a TCP peer, since a worker receiving a round-robin hand-off tells TCP from
+/// Unix by its peer.
 pub(crate) fn peer_of(kind: StreamKind, addr: &SockAddr) -> PeerAddr {
     match kind {
-        StreamKind::Tcp => addr.inet().map_or(PeerAddr::Unix(None), PeerAddr::Tcp),
+        StreamKind::Tcp => PeerAddr::Tcp(
+            addr.inet()
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        ),
         StreamKind::Unix => PeerAddr::Unix(addr.unix_path()),
     }
 }

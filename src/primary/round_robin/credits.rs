@@ -85,15 +85,19 @@ impl RoundRobinHandle {
                     });
                 }
                 if let Some(e) = fault {
-                    self.faults.push((m.worker, e));
+                    // Reported once, and the worker is killed on this turn; its
+                    // channel stays until it is reaped (`remove_worker`), so it is
+                    // killed before it can see its listener end and leave on its own.
+                    if !std::mem::replace(&mut m.faulted, true) {
+                        self.faults.push((m.worker, e));
+                    }
                     m.retired = true;
-                    m.closed = true;
                 }
                 if eof {
                     m.closed = true;
                 }
                 match got {
-                    Ok(n) if n == BATCH && !m.closed => continue, // maybe more queued
+                    Ok(n) if n == BATCH && !m.closed && !m.retired => continue, // maybe more queued
                     Ok(_) => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

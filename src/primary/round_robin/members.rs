@@ -44,6 +44,7 @@ impl RoundRobinHandle {
             blocked: false,
             retired: false,
             closed: false,
+            faulted: false,
             credits_seen: 0,
             stuck_since: None,
             stalled: false,

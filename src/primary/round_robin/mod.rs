@@ -167,6 +167,9 @@ struct Member {
     retired: bool,
     /// Its channel reported EOF or failed: to be removed.
     closed: bool,
+    /// It sent something that breaks the protocol: reported (once), retired, kept
+    /// until its worker, killed for it, is reaped.
+    faulted: bool,
     /// Credits received from it so far: a change shows it is alive.
     credits_seen: u64,
     /// Since when its channel has held an unreceived record, and `credits_seen` then.
