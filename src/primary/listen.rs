@@ -86,7 +86,8 @@ impl Cluster {
                 return;
             }
         };
-        if self.handles.len() > handles_before {
+        let created = self.handles.len() > handles_before;
+        if created {
             if let Some(s) = self.workers.get_mut(&id) {
                 s.handles_created += 1;
             }
@@ -110,10 +111,33 @@ impl Cluster {
             Err(e) => (Err(crate::error::errno_of(&e).unwrap_or(libc::EIO)), None),
         };
         let granted = fd.is_some();
+        if let Some(slot) = self.workers.get_mut(&id) {
+            let sent = slot.send(&Message::ListenReply { seq, result }, fd);
+            self.after_listen_reply(id, seq, idx, handle, granted, sent);
+        }
+        // A handle made for this request that nobody holds after all (the grant or its
+        // reply failed) is not left listening with nobody to serve it.
+        if created && self.handles[idx].holders.is_empty() {
+            self.close_handle(idx);
+        }
+    }
+
+    /// After a listen reply went (or failed to): the worker holds handle `idx` once the
+    /// grant is on its way; a worker that does not read its replies is killed; a reply
+    /// that could not go is answered with its error.
+    fn after_listen_reply(
+        &mut self,
+        id: WorkerId,
+        seq: u32,
+        idx: usize,
+        handle: u32,
+        granted: bool,
+        sent: io::Result<()>,
+    ) {
         let Some(slot) = self.workers.get_mut(&id) else {
             return;
         };
-        match slot.send(&Message::ListenReply { seq, result }, fd) {
+        match sent {
             Ok(()) if granted => {
                 slot.granted.insert(handle);
                 self.handles[idx].holders.entry(id).or_default().granted += 1;

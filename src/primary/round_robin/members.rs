@@ -101,7 +101,8 @@ impl RoundRobinHandle {
             p.attempts += u32::from(bounced);
             if p.attempts > MAX_ATTEMPTS {
                 self.dropped += 1;
-                continue; // dropping closes it: the client sees EOF, not a hang
+                p.let_go(); // the client sees EOF, not a hang
+                continue;
             }
             self.pending.push_front(p);
         }

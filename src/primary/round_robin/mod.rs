@@ -192,6 +192,20 @@ struct Pending {
     attempts: u32,
 }
 
+impl Pending {
+    /// Closes a connection no worker will serve, without ever waiting in `close`. One
+    /// that came back from a worker's channel may have been copied by that worker
+    /// (`MSG_PEEK` on the record duplicates the descriptor), which could have set
+    /// `SO_LINGER` on it and filled its send buffer: the primary's close, the last one,
+    /// would then block for the linger time. Lingering off first: the close returns at
+    /// once, and the kernel still ends the connection gracefully (the client sees EOF).
+    fn let_go(self) {
+        if self.bounced_from.is_some() {
+            let _ = socket::set_linger(self.fd.as_fd(), None);
+        }
+    }
+}
+
 /// A round-robin handle: one listening socket and the workers listening on it.
 #[derive(Debug)]
 pub(crate) struct RoundRobinHandle {
@@ -471,7 +485,9 @@ impl RoundRobinHandle {
         self.release_listener();
         self.pump(now, scheduler, on_dispatch);
         let closed = self.pending.len() as u64;
-        self.pending.clear();
+        for p in self.pending.drain(..) {
+            p.let_go();
+        }
         self.dropped += closed;
         closed
     }
@@ -499,5 +515,8 @@ impl Drop for RoundRobinHandle {
     /// open file description the primary is still accepting on.
     fn drop(&mut self) {
         self.release_listener();
+        for p in self.pending.drain(..) {
+            p.let_go();
+        }
     }
 }
