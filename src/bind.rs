@@ -48,6 +48,9 @@ pub(crate) struct BindOptions {
     pub(crate) reuse_port: bool,
     /// Create the socket non-blocking (the primary's round-robin listener).
     pub(crate) nonblocking: bool,
+    /// Unix paths: bind through the directory held open, not by path (see
+    /// `SocketDir::address`); the primary sets it when workers are untrusted.
+    pub(crate) pin_directory: bool,
 }
 
 /// Creates and binds (does not listen on) a socket for `addr`, and sets `options` on
@@ -98,8 +101,8 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
             })
         }
         ListenAddr::Unix(path) => {
-            let sockaddr = SockAddr::from_unix_path(path)?;
             let dir = SocketDir::open(path)?;
+            let sockaddr = dir.address(&SockAddr::from_unix_path(path)?, opts.pin_directory);
             dir.remove_stale(&sockaddr)?;
             let fd = socket::stream_socket(Domain::Unix, opts.nonblocking)?;
             socket::bind(fd.as_fd(), &sockaddr)?;

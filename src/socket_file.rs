@@ -66,9 +66,27 @@ impl SocketDir {
         })
     }
 
+    /// The socket's address as `bind` and `connect` should use it: with `pinned`, the
+    /// name inside the held directory (`/proc/self/fd/N/NAME`), so that a directory on
+    /// the path swapped for a symlink since [`open`](SocketDir::open) changes nothing;
+    /// else (or when that form does not fit in `sun_path`) the path as given.
+    ///
+    /// The price of pinning: the socket's own name (`getsockname`, and a client's
+    /// `getpeername`) is that `/proc` path. The primary pins when its workers are
+    /// untrusted (`Builder::user`), since then a worker that may write to a directory on
+    /// an allowed path could otherwise make the root primary create a socket file
+    /// anywhere.
+    pub(crate) fn address(&self, path: &SockAddr, pinned: bool) -> SockAddr {
+        if !pinned {
+            return *path;
+        }
+        SockAddr::from_unix_path(&fd::path_in(self.dir.as_fd(), &self.name)).unwrap_or(*path)
+    }
+
     /// Removes a stale socket file (nobody listens on it); leaves everything else
     /// alone: `EADDRINUSE` for a live socket (its backlog full included) and for a file
-    /// that is not a socket (someone else's data, or a symlink).
+    /// that is not a socket (someone else's data, or a symlink). `addr` is what
+    /// [`address`](SocketDir::address) gave.
     pub(crate) fn remove_stale(&self, addr: &SockAddr) -> io::Result<()> {
         let before = match self.stat() {
             Ok(id) => id,
@@ -164,6 +182,33 @@ mod tests {
             !root.join("d.old/s.sock").exists(),
             "did not remove its own file"
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_bind_lands_in_the_directory_opened_not_behind_a_symlink() {
+        let root = scratch("pinned");
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::create_dir(root.join("elsewhere")).unwrap();
+        let path = root.join("d/s.sock");
+        let dir = SocketDir::open(&path).unwrap();
+        // Between the check and the bind, `d` becomes a symlink to another directory.
+        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("d")).unwrap();
+        let addr = dir.address(&SockAddr::from_unix_path(&path).unwrap(), true);
+        dir.remove_stale(&addr).unwrap();
+        let fd = socket::stream_socket(Domain::Unix, false).unwrap();
+        socket::bind(fd.as_fd(), &addr).unwrap();
+        assert!(
+            root.join("d.old/s.sock").exists(),
+            "not in the directory opened"
+        );
+        assert!(
+            !root.join("elsewhere/s.sock").exists(),
+            "created behind the symlink"
+        );
+        dir.created().unwrap().remove();
+        assert!(!root.join("d.old/s.sock").exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

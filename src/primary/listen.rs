@@ -225,6 +225,9 @@ impl Cluster {
             // SO_REUSEPORT, so binding fails if anyone else already holds the port,
             // rather than joining their group; the workers' sockets join it after.
             reuse_port: false,
+            // Untrusted workers: a directory on a Unix path cannot be swapped under
+            // the primary between its check and its bind.
+            pin_directory: self.config.settings.user.is_some(),
         };
         let mut bound = bind::bind(key, bind_options, options)?;
         let socket_file = bound.socket_file.take();

@@ -8,7 +8,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{cvt, cvt_r};
 
@@ -275,6 +275,16 @@ pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 pub(crate) fn c_path(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path"))
+}
+
+/// The path that names `name` inside the directory `dir` holds, through the kernel's
+/// view of this process's descriptors: `/proc/self/fd/N/NAME`. A call given it resolves
+/// `dir` itself, not whatever path once led there, for calls that have no `*at` form
+/// (`bind(2)` and `connect(2)` of a Unix socket).
+pub(crate) fn path_in(dir: BorrowedFd<'_>, name: &CStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    p
 }
 
 #[cfg(test)]

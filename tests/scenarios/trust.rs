@@ -53,12 +53,16 @@ pub fn untrusted_listen_requests() -> Outcome {
         "admin,unix:{},127.0.0.1:1,timeouts@127.0.0.2:0",
         sock.display()
     );
+    // An allowed Unix socket too: with untrusted workers the primary binds it through
+    // the directory it checked (a `/proc/self/fd` path), and it must still serve.
+    let served = dir.join("served.sock");
+    let listen = format!("127.0.0.1:0,unix:{}", served.display());
     let s = spec(
         "round-robin",
-        "127.0.0.1:0".into(),
+        listen.clone(),
         vec![
             ("SC_USER", "nobody".into()),
-            ("SC_ALLOW", "127.0.0.1:0,127.0.0.2:0".into()),
+            ("SC_ALLOW", format!("{listen},127.0.0.2:0")),
             ("SC_ADMIN", "1".into()),
             ("SC_ASK", asks),
             ("SC_RESPAWN", "never".into()),
@@ -82,9 +86,14 @@ pub fn untrusted_listen_requests() -> Outcome {
     check(!sock.exists(), || {
         format!("{} was created for a worker", sock.display())
     })?;
-    let reply = client::ask(&targets[0], "hi", Duration::from_secs(5))?;
-    check(reply.worker == 1, || format!("{reply:?}"))?;
+    for t in &targets {
+        let reply = client::ask(t, "hi", Duration::from_secs(5))?;
+        check(reply.worker == 1, || format!("{reply:?}"))?;
+    }
     stop_and_check(&mut srv)?;
+    check(!served.exists(), || {
+        format!("{} was left behind", served.display())
+    })?;
     std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
 }
 
