@@ -7,13 +7,15 @@
 //! `fork` copies only the calling thread, so the primary never starts a thread, and
 //! the `sys` layer refuses to fork a process that has more than one: create the cluster
 //! before starting threads. It forks with every signal blocked, so no handler of the
-//! primary's can run in the child before the child has replaced it. Everything the primary waits for is one `poll(2)` set
-//! (`event_loop.rs`):
+//! primary's can run in the child before the child has replaced it. Everything the
+//! primary waits for is one `poll(2)` set (`event_loop.rs`):
 //!
-//! - the self-pipe its signal handlers write into, read first on every turn;
+//! - the self-pipe its signal handlers write into, read first on every turn (and again
+//!   before anything is reaped or forked);
 //! - each worker's control channel (and `POLLOUT` when messages wait for room);
-//! - each round-robin handle's listening socket, while a credit is free;
-//! - the round-robin hand-off channels, while the primary waits for a credit.
+//! - each round-robin handle's listening socket, while a connection can go somewhere
+//!   (a waiting thread, or room to queue one ahead) and none is pending;
+//! - the round-robin hand-off channels, while the primary needs credits.
 //!
 //! Timers (a disconnect's deadline, a respawn back-off, a reload step, a paused accept)
 //! become `poll`'s timeout.
