@@ -54,15 +54,19 @@ impl RoundRobinHandle {
         Ok((id, self.members[last].worker_end.as_fd()))
     }
 
-    /// The worker is disconnecting: no new connections for it, at once. Its channels
-    /// stay until it shuts them down or dies, so nothing sent to it is lost.
-    pub(crate) fn stop_routing(&mut self, worker: WorkerId) {
-        let ids: Vec<u32> = self
-            .members
+    /// The ids of `worker`'s members.
+    fn members_of(&self, worker: WorkerId) -> Vec<u32> {
+        self.members
             .iter()
             .filter(|m| m.worker == worker)
             .map(|m| m.id)
-            .collect();
+            .collect()
+    }
+
+    /// The worker is disconnecting: no new connections for it, at once. Its channels
+    /// stay until it shuts them down or dies, so nothing sent to it is lost.
+    pub(crate) fn stop_routing(&mut self, worker: WorkerId) {
+        let ids = self.members_of(worker);
         self.free.retain(|id| !ids.contains(id));
         for m in self.members.iter_mut().filter(|m| m.worker == worker) {
             m.credits = 0;
@@ -72,13 +76,7 @@ impl RoundRobinHandle {
 
     /// The worker is gone: remove its members, taking back what it never received.
     pub(crate) fn remove_worker(&mut self, worker: WorkerId) {
-        let ids: Vec<u32> = self
-            .members
-            .iter()
-            .filter(|m| m.worker == worker)
-            .map(|m| m.id)
-            .collect();
-        for id in ids {
+        for id in self.members_of(worker) {
             self.remove_member(id);
         }
     }
