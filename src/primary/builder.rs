@@ -87,6 +87,7 @@ impl Builder {
                 prefetch: DEFAULT_PREFETCH,
                 allowed: None,
                 message_limit: DEFAULT_MESSAGE_LIMIT,
+                notify: true,
                 kept: Vec::new(),
             },
         }
@@ -211,6 +212,17 @@ impl Builder {
     /// channel ([`Worker::send`] and the crate's own records, a handful a second).
     pub fn message_limit(mut self, per_second: u32) -> Builder {
         self.config.message_limit = per_second;
+        self
+    }
+
+    /// Whether the primary tells a service manager how the cluster is doing (default
+    /// on), when `NOTIFY_SOCKET` names one (systemd's `Type=notify`): `READY=1` once
+    /// every worker listens, `RELOADING=1` and `READY=1` around a rolling restart,
+    /// `STOPPING=1` at shutdown, `WATCHDOG=1` at half of `WATCHDOG_USEC` while the loop
+    /// turns, and `MAINPID=`. The primary takes `NOTIFY_SOCKET` out of its environment
+    /// either way, so workers never inherit it.
+    pub fn notify_service_manager(mut self, on: bool) -> Builder {
+        self.config.notify = on;
         self
     }
 
@@ -369,6 +381,7 @@ impl Builder {
             workers: Default::default(),
             handles: Vec::new(),
             next_handle: 0,
+            notifier: None,
             next_id: 1,
             target: count,
             backoff: CrashStreak::default(),
@@ -384,6 +397,11 @@ impl Builder {
             stats: ClusterStats::default(),
             fd_limit,
         };
+        // Read and cleared before the first fork: no worker inherits NOTIFY_SOCKET.
+        let notifier = super::notify::Notifier::from_env(std::time::Instant::now());
+        if cluster.config.notify {
+            cluster.notifier = notifier;
+        }
         // The first fork must work (a cluster that cannot fork at all is a
         // configuration problem); the rest are kept up by the loop, with back-off.
         cluster.spawn()?;

@@ -88,6 +88,9 @@ impl Cluster {
             }
         }
         self.pump(now);
+        if let Some(n) = &mut self.notifier {
+            n.tick(now);
+        }
         self.expire_deadlines(now);
         self.maintain(now);
         self.finish_if_done();
@@ -163,6 +166,9 @@ impl Cluster {
             if let Some(t) = h.handle.next_timer(now) {
                 consider(t);
             }
+        }
+        if let Some(t) = self.notifier.as_ref().and_then(|n| n.next_timer()) {
+            consider(t);
         }
         next
     }

@@ -178,6 +178,9 @@ impl Cluster {
         self.reload = Some(Reload::new(old, self.config.shutdown_timeout));
         self.reload_held = true;
         self.events.push_back(Event::ReloadStarted);
+        if let Some(n) = &mut self.notifier {
+            n.reloading();
+        }
     }
 
     fn advance_reload(&mut self, now: Instant) {
@@ -196,6 +199,7 @@ impl Cluster {
                     replaced,
                     complete: true,
                 });
+                self.notify_reloaded();
                 if std::mem::take(&mut self.reload_again) {
                     self.begin_reload();
                 }
@@ -207,8 +211,17 @@ impl Cluster {
                     replaced,
                     complete: false,
                 });
+                self.notify_reloaded();
             }
         }
+    }
+
+    /// A reload ended: `READY=1` again, once every worker listens.
+    fn notify_reloaded(&mut self) {
+        if let Some(n) = &mut self.notifier {
+            n.reloading_done();
+        }
+        self.notify_if_ready();
     }
 
     // ----------------------------------------------------------------- going away
@@ -248,6 +261,9 @@ impl Cluster {
         let now = Instant::now();
         let deadline = crate::deadline::after(now, self.config.shutdown_timeout);
         self.state = State::Stopping { deadline };
+        if let Some(n) = &mut self.notifier {
+            n.stopping();
+        }
         if let Some(r) = self.reload.take() {
             drop(r);
             self.events.push_back(Event::ReloadFinished {

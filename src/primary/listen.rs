@@ -292,7 +292,26 @@ impl Cluster {
             s.listening += 1;
         }
         self.events.push_back(Event::Listening { worker: id, addr });
+        self.notify_if_ready();
         Ok(())
+    }
+
+    /// `READY=1` to the service manager once as many workers as the cluster keeps
+    /// listen (each on at least one address), outside a reload.
+    pub(super) fn notify_if_ready(&mut self) {
+        if self.reload.is_some() || self.state != State::Running {
+            return;
+        }
+        let listening = self
+            .workers
+            .values()
+            .filter(|s| !s.requested && s.listening > 0)
+            .count();
+        if listening >= self.target {
+            if let Some(n) = &mut self.notifier {
+                n.ready(listening);
+            }
+        }
     }
 
     /// `ListenerClosed`: worker `id` let go of one listener on `handle`. A live worker

@@ -56,6 +56,7 @@ mod event_loop;
 mod handle;
 mod lifecycle;
 mod listen;
+mod notify;
 mod reload;
 mod respawn;
 mod reuse_port;
@@ -92,6 +93,7 @@ pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
 use handle::Handle;
+use notify::Notifier;
 use reload::Reload;
 use respawn::CrashStreak;
 use slot::{Phase, Slot};
@@ -127,6 +129,8 @@ struct Config {
     allowed: Option<Vec<(ListenAddr, ListenOptions)>>,
     /// Messages a second one worker may send (0: any number).
     message_limit: u32,
+    /// Tell a service manager (`NOTIFY_SOCKET`) how the cluster is doing.
+    notify: bool,
     /// Descriptors every worker keeps (`Builder::keep_fd`), held open by the primary
     /// for the cluster's life; every other descriptor is closed in a worker.
     kept: Vec<std::os::fd::OwnedFd>,
@@ -232,6 +236,8 @@ pub struct Cluster {
     handles: Vec<HandleEntry>,
     /// The id the next handle gets.
     next_handle: u32,
+    /// The service manager, when `NOTIFY_SOCKET` names one (`notify.rs`).
+    notifier: Option<Notifier>,
     next_id: u32,
     /// How many workers to keep running.
     target: usize,

@@ -230,3 +230,15 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur as u64)
 }
+
+/// Corresponds to `clock_gettime(CLOCK_MONOTONIC)`, in microseconds: the clock systemd's
+/// `MONOTONIC_USEC=` refers to (`Instant` does not expose its value).
+pub(crate) fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000) + (ts.tv_nsec as u64) / 1_000
+}

@@ -145,6 +145,29 @@ impl SockAddr {
         Ok(out)
     }
 
+    /// A Unix socket address in the abstract namespace (Linux): `name` without the
+    /// leading NUL that marks it, as systemd's `NOTIFY_SOCKET=@name` spells it.
+    ///
+    /// # Errors
+    ///
+    /// `ENAMETOOLONG` when the name does not fit.
+    pub(crate) fn from_abstract(name: &[u8]) -> io::Result<SockAddr> {
+        if name.len() > UNIX_PATH_MAX {
+            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        let mut out = SockAddr::zeroed();
+        let mut un = empty_sockaddr_un();
+        un.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in un.sun_path[1..].iter_mut().zip(name) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_un.
+        unsafe { std::ptr::write((&mut out.storage as *mut libc::sockaddr_storage).cast(), un) };
+        // Family + the leading NUL + the name: abstract names are not NUL-terminated.
+        out.len = (mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
+        Ok(out)
+    }
+
     /// The address family (`AF_INET`, `AF_INET6`, `AF_UNIX`, …).
     pub(crate) fn family(&self) -> libc::c_int {
         self.storage.ss_family as libc::c_int

@@ -23,6 +23,37 @@ pub(crate) fn stream_socket(domain: Domain, nonblocking: bool) -> io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Corresponds to `socket(2)` with `AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC`: an unbound
+/// datagram socket, for sending to a service manager's notification socket.
+pub(crate) fn unix_datagram_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers and returns a new fd or -1.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Corresponds to `sendto(2)` with `MSG_NOSIGNAL`, retried on `EINTR`: one datagram.
+pub(crate) fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: &SockAddr) -> io::Result<()> {
+    // SAFETY: `data` is valid for `data.len()` bytes and `addr` for `addr.len` bytes.
+    cvt_r(|| unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_NOSIGNAL,
+            addr.as_ptr(),
+            addr.len,
+        )
+    })?;
+    Ok(())
+}
+
 /// Corresponds to `socketpair(2)` with `AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC`.
 ///
 /// `SOCK_SEQPACKET` keeps message boundaries (one `sendmsg` is one `recvmsg`, and the

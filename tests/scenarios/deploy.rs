@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use crate::util::check::{check, clean_end, exited_ok, spec, Outcome};
@@ -88,4 +89,74 @@ pub fn signalled_with_requests_in_flight(mode: &str, sig: &str, whom: &str) -> O
         format!("forked after the signal: {forks:?}")
     })?;
     clean_end(&srv, &end)
+}
+
+/// Receives datagrams from the cluster until one starts with `state`, counting the
+/// watchdog pings on the way; returns that datagram.
+fn until_state(sock: &UnixDatagram, state: &str, pings: &mut u32) -> Result<String, String> {
+    let mut buf = [0u8; 512];
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("no {state} from the cluster within {T:?}"));
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg == "WATCHDOG=1" {
+                    *pings += 1;
+                }
+                if msg.starts_with(state) {
+                    return Ok(msg);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// systemd's `Type=notify` protocol: `READY=1` (with `MAINPID`) once every worker
+/// listens, `RELOADING=1` then `READY=1` around a `SIGHUP`, watchdog pings at half of
+/// `WATCHDOG_USEC` meanwhile, `STOPPING=1` at `SIGTERM`; and no worker sees
+/// `NOTIFY_SOCKET`.
+pub fn service_manager_notify() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("cluster-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let env = [
+        ("NOTIFY_SOCKET", path.to_str().ok_or("path")?),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let (mut srv, targets) = spec("round-robin", 2, 2, &env).start()?;
+    let mut pings = 0;
+    let ready = until_state(&sock, "READY=1", &mut pings)?;
+    check(ready.contains(&format!("MAINPID={}", srv.pid())), || {
+        ready.clone()
+    })?;
+    // Two pings, 100 ms apart, while nothing else happens.
+    let before = pings;
+    while pings < before + 2 {
+        until_state(&sock, "WATCHDOG=1", &mut pings)?;
+    }
+    let seen = crate::util::client::ask(&targets[0], "env NOTIFY_SOCKET", T)?;
+    check(seen.text == "unset", || {
+        format!("worker {} sees NOTIFY_SOCKET={}", seen.worker, seen.text)
+    })?;
+    srv.signal("HUP")?;
+    let reloading = until_state(&sock, "RELOADING=1", &mut pings)?;
+    check(reloading.contains("MONOTONIC_USEC="), || reloading.clone())?;
+    until_state(&sock, "READY=1", &mut pings)?;
+    srv.signal("TERM")?;
+    until_state(&sock, "STOPPING=1", &mut pings)?;
+    println!("    READY=1 ({ready:?}), RELOADING=1, READY=1, STOPPING=1; {pings} watchdog ping(s) meanwhile");
+    let end = exited_ok(&mut srv, T)?;
+    clean_end(&srv, &end)?;
+    drop(sock);
+    std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
 }

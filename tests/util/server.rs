@@ -124,6 +124,13 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 Err(e) => format!(" bind-error {e}"),
             };
         }
+        ["env", name] => {
+            // The worker's view of one environment variable.
+            extra = format!(
+                " {}",
+                std::env::var(name).unwrap_or_else(|_| "unset".into())
+            );
+        }
         ["send", rest @ ..] => {
             // Tells the primary TEXT and answers at once (no reply awaited).
             if let Some(w) = Worker::current() {
