@@ -206,6 +206,30 @@ pub(crate) fn block_all() -> io::Result<SigMask> {
     Ok(SigMask(old))
 }
 
+/// Blocks (`block` true: `SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) `signals` in this
+/// thread (`pthread_sigmask`); threads it starts later inherit the mask.
+pub(crate) fn set_blocked(signals: &[i32], block: bool) -> io::Result<()> {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: `set` is initialised; an invalid number only makes this fail.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
 /// Sets this thread's signal mask to `mask` (`pthread_sigmask(SIG_SETMASK)`).
 pub(crate) fn set_mask(mask: &SigMask) -> io::Result<()> {
     // SAFETY: `mask.0` is an initialised sigset_t; the old mask is not needed.

@@ -25,6 +25,7 @@ use crate::listener::Listener;
 use crate::options::ListenOptions;
 use crate::sys::poll::{self, PollFd};
 use crate::sys::process;
+use crate::sys::signal;
 
 use super::{Runtime, State, INBOX_BYTES, INBOX_LIMIT, ORPHAN_GRACE, STATS_INTERVAL};
 use super::{INTERNAL_EXIT, LISTEN_REPLY_TIMEOUT};
@@ -263,6 +264,8 @@ impl Runtime {
 
     /// The control thread: reads the control channel until the primary is gone.
     pub(super) fn control_loop(self: Arc<Self>) {
+        // This thread takes SIGTERM and SIGINT for the worker (the others block them).
+        let _ = signal::set_blocked(&super::DISCONNECT_SIGNALS, false);
         let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
         loop {
             self.wait_for_inbox_room();

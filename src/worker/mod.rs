@@ -131,6 +131,9 @@ pub(crate) const INBOX_BYTES: usize = 64 * MAX_MESSAGE_LEN;
 /// and a terminal send them to every process; only the primary acts on them.
 const PRIMARY_ONLY_SIGNALS: [i32; 4] = [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGUSR2];
 
+/// Signals a worker takes as a disconnect (see `control.rs`).
+const DISCONNECT_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+
 /// How long a worker lingers after its primary vanished without the death signal
 /// arriving (the control channel's EOF is the backstop), before it exits.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
@@ -384,7 +387,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         }
     }
     // SIGTERM and SIGINT are a disconnect (see `control.rs`).
-    let signals = match SignalPipe::install(&[libc::SIGTERM, libc::SIGINT]) {
+    let signals = match SignalPipe::install(&DISCONNECT_SIGNALS) {
         Ok(p) => p,
         Err(e) => return setup_failed(&control, id, SetupStage::Signals, &e),
     };
@@ -410,6 +413,13 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         .spawn(move || reader.control_loop());
     if let Err(e) = spawned {
         return setup_failed(&rt.control, id, SetupStage::Runtime, &e);
+    }
+    // SIGTERM and SIGINT for the control thread alone: blocked in this thread from now
+    // on, and so in every thread the worker function starts, so that their handler
+    // never interrupts the application's own calls (a `read` with a timeout returns
+    // EINTR whatever SA_RESTART says).
+    if let Err(e) = signal::set_blocked(&DISCONNECT_SIGNALS, true) {
+        return setup_failed(&rt.control, id, SetupStage::Signals, &e);
     }
     if rt.control.send(&Message::Online, None).is_err() {
         return INTERNAL_EXIT; // the primary is already gone
