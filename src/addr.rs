@@ -37,6 +37,13 @@ pub enum ListenAddr {
     /// passed by systemd socket activation (`LISTEN_FDS`, starting at 3). The cluster
     /// adopts it: it must be a listening stream socket.
     Fd(i32),
+    /// A socket passed by systemd socket activation (`systemd`, or `systemd:NAME`):
+    /// checked against `LISTEN_PID`, found among `LISTEN_FDS` (by its
+    /// `FileDescriptorName=` in `LISTEN_FDNAMES` when named; without a name, the one
+    /// socket passed). The variables are read once and taken out of the environment,
+    /// so workers do not inherit them; a missing or mismatched one is an error naming
+    /// it. Like `fd:N`, the socket is adopted: it belongs to the service manager.
+    Systemd(Option<String>),
 }
 
 impl ListenAddr {
@@ -63,6 +70,8 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Tcp(a) => write!(f, "{a}"),
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             ListenAddr::Fd(n) => write!(f, "fd:{n}"),
+            ListenAddr::Systemd(None) => f.write_str("systemd"),
+            ListenAddr::Systemd(Some(name)) => write!(f, "systemd:{name}"),
         }
     }
 }
@@ -135,6 +144,19 @@ impl FromStr for ListenAddr {
                 ));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if s == "systemd" {
+            return Ok(ListenAddr::Systemd(None));
+        }
+        if let Some(name) = s.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') || name.len() > 255 || !name.is_ascii() {
+                return Err(AddrParseError::new(
+                    s,
+                    "systemd:NAME needs a socket name as in FileDescriptorName= (ASCII, \
+                     no ':', at most 255 bytes)",
+                ));
+            }
+            return Ok(ListenAddr::Systemd(Some(name.to_string())));
         }
         if let Some(n) = s.strip_prefix("fd:") {
             return match n.parse::<i32>() {

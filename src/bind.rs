@@ -114,39 +114,49 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
                 adopted: false,
             })
         }
-        ListenAddr::Fd(n) => {
-            let fd = crate::sys::fd::dup_number(*n)?;
-            if !socket::is_listening_stream(fd.as_fd())? {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("descriptor {n} is not a listening stream socket"),
-                ));
-            }
-            if opts.nonblocking {
-                crate::sys::fd::set_nonblocking(fd.as_fd(), true)?;
-            }
-            let sockname = socket::local_addr(fd.as_fd())?;
-            let (local, kind) = if let Some(a) = sockname.inet() {
-                (ListenAddr::Tcp(a), StreamKind::Tcp)
-            } else if let Some(p) = sockname.unix_path() {
-                (ListenAddr::Unix(p), StreamKind::Unix)
-            } else if sockname.family() == libc::AF_UNIX {
-                (addr.clone(), StreamKind::Unix) // abstract or unnamed: keep fd:N
-            } else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("descriptor {n} is not a TCP or Unix socket"),
-                ));
-            };
-            Ok(Bound {
-                fd,
-                local,
-                kind,
-                socket_file: None,
-                adopted: true,
-            })
+        ListenAddr::Systemd(name) => {
+            let n = crate::activation::descriptor(name.as_deref())
+                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
+            adopt(n, addr, opts)
         }
+        ListenAddr::Fd(n) => adopt(*n, addr, opts),
     }
+}
+
+/// An adopted descriptor (`fd:N`, or one systemd passed): duplicated (the original stays
+/// where it was), checked to be a listening stream socket, its address and kind read
+/// from the socket itself.
+fn adopt(n: i32, addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    let fd = crate::sys::fd::dup_number(n)?;
+    if !socket::is_listening_stream(fd.as_fd())? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {n} is not a listening stream socket"),
+        ));
+    }
+    if opts.nonblocking {
+        crate::sys::fd::set_nonblocking(fd.as_fd(), true)?;
+    }
+    let sockname = socket::local_addr(fd.as_fd())?;
+    let (local, kind) = if let Some(a) = sockname.inet() {
+        (ListenAddr::Tcp(a), StreamKind::Tcp)
+    } else if let Some(p) = sockname.unix_path() {
+        (ListenAddr::Unix(p), StreamKind::Unix)
+    } else if sockname.family() == libc::AF_UNIX {
+        (addr.clone(), StreamKind::Unix) // abstract or unnamed: keep fd:N
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {n} is not a TCP or Unix socket"),
+        ));
+    };
+    Ok(Bound {
+        fd,
+        local,
+        kind,
+        socket_file: None,
+        adopted: true,
+    })
 }
 
 /// Sets `options` on a bound socket before it listens: `TCP_NODELAY`, the timeouts and

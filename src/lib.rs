@@ -111,6 +111,7 @@
 compile_error!("the cluster crate supports Linux only (accept4, SOCK_SEQPACKET, MSG_CMSG_CLOEXEC, PR_SET_PDEATHSIG)");
 
 mod accept;
+mod activation;
 mod addr;
 mod backoff;
 mod bind;

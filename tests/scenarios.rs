@@ -192,6 +192,7 @@ fn main() {
         }
     }
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
+    scenarios.push(("socket_activation", Box::new(socket_activation)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -6,7 +6,8 @@
 //!            [--threads T] [--user NAME]
 //! ```
 //!
-//! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …) or `unix:PATH`; default
+//! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …), `unix:PATH`, `fd:N`, or
+//!   `systemd` / `systemd:NAME` (a socket passed by systemd socket activation); default
 //!   `127.0.0.1:8080`. `--workers` defaults to the number of CPUs, `--mode` to
 //!   `CLUSTER_SCHED_POLICY`, then round-robin; `--threads` (accepting threads per
 //!   worker, each serving one connection at a time) to 4. More threads hold more

@@ -10,7 +10,7 @@ use cluster::{Cluster, Event, ListenAddr, Mode, User};
 use crate::server;
 
 /// How to call it.
-pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH] [--workers N] \
+pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
      [--prefetch N] [--accept-window-us US]";
 

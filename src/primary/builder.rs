@@ -397,7 +397,9 @@ impl Builder {
             stats: ClusterStats::default(),
             fd_limit,
         };
-        // Read and cleared before the first fork: no worker inherits NOTIFY_SOCKET.
+        // Read and cleared before the first fork: no worker inherits LISTEN_FDS and the
+        // rest of socket activation, nor NOTIFY_SOCKET.
+        crate::activation::take_from_env();
         let notifier = super::notify::Notifier::from_env(std::time::Instant::now());
         if cluster.config.notify {
             cluster.notifier = notifier;

@@ -236,7 +236,7 @@ impl Cluster {
             accept_window: self.config.accept_window,
             prefetch: self.config.prefetch,
         };
-        let adopted = matches!(key, ListenAddr::Fd(_));
+        let adopted = matches!(key, ListenAddr::Fd(_) | ListenAddr::Systemd(_));
         let handle = match Handle::new(mode, adopted, bound, setup) {
             Ok(h) => h,
             Err(e) => {

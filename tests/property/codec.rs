@@ -264,9 +264,11 @@ impl Gen {
     }
 
     fn listen_addr(&mut self) -> ListenAddr {
-        match self.rng.below(3) {
+        match self.rng.below(5) {
             0 => ListenAddr::Tcp(self.socket_addr()),
             1 => ListenAddr::Unix(self.path()),
+            2 => ListenAddr::Systemd(None),
+            3 => ListenAddr::Systemd(Some(format!("name{}", self.rng.below(1000)))),
             _ => ListenAddr::Fd(self.rng.i32() & i32::MAX),
         }
     }

@@ -160,3 +160,88 @@ pub fn service_manager_notify() -> Outcome {
     drop(sock);
     std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
 }
+
+/// The scenario server started as systemd starts a socket-activated service: the
+/// listening socket `listener` as descriptor 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES=web`,
+/// and `LISTEN_PID` this process (or `pid` when given, to see it refused).
+fn activated(
+    listener: std::net::TcpListener,
+    listen: &str,
+    mode: &str,
+    pid: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<Server, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let set_pid = match pid {
+        Some(p) => format!("export LISTEN_PID={p}; "),
+        None => "export LISTEN_PID=$$; ".into(),
+    };
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{set_pid}exec 3<&0 0</dev/null \"$0\""))
+        .arg(exe)
+        .env("CLUSTER_SCENARIO_SERVER", "1")
+        .env("SC_MODE", mode)
+        .env("SC_WORKERS", "2")
+        .env("SC_LISTEN", listen)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "web");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let stdin = std::process::Stdio::from(std::os::fd::OwnedFd::from(listener));
+    Server::spawn_with_stdin(cmd, stdin)
+}
+
+/// Socket activation: `systemd:web` finds the passed socket by name, round-robin
+/// serves it through a worker's respawn and a reload, and no worker inherits the
+/// activation variables; a wrong `LISTEN_PID` and an unknown name are refused, naming
+/// what is wrong.
+pub fn socket_activation() -> Outcome {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut srv = activated(listener, "systemd:web", "round-robin", None, &[])?;
+    let ready = srv.expect("ready ", T)?;
+    check(ready == format!("ready {addr}"), || {
+        format!("the passed socket is {addr}, the cluster says {ready}")
+    })?;
+    let t = Target::Tcp(addr);
+    let seen = crate::util::client::ask(&t, "env LISTEN_FDS", T)?;
+    check(seen.text == "unset", || {
+        format!("worker {} sees LISTEN_FDS={}", seen.worker, seen.text)
+    })?;
+    // A worker killed and respawned, then a rolling restart: still served.
+    let victim = *srv.workers.keys().next().ok_or("no worker")?;
+    proc::signal(victim, "KILL")?;
+    srv.expect("fork 3 ", T)?;
+    srv.signal("HUP")?;
+    srv.expect("reload-finished ", T)?;
+    let load = crate::util::client::load(&t, 50, 2, "hi", T);
+    println!(
+        "    systemd:web ({addr}), round-robin: served after a respawn and a reload: {} ok",
+        load.ok
+    );
+    check(load.ok == 50, || {
+        format!("{} ok, {:?}", load.ok, load.errors.first())
+    })?;
+    srv.signal("TERM")?;
+    let end = exited_ok(&mut srv, T)?;
+    clean_end(&srv, &end)?;
+    for (listen, pid, want) in [
+        (
+            "systemd:web",
+            Some("1"),
+            "LISTEN_PID is 1, not this process",
+        ),
+        ("systemd:other", None, "no passed socket is named \"other\""),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let mut srv = activated(listener, listen, "shared", pid, &[("SC_RESPAWN", "never")])?;
+        let failed = srv.expect("listen-failed ", T)?;
+        println!("    {failed}");
+        check(failed.contains(want), || failed.clone())?;
+        let end = exited_ok(&mut srv, T)?;
+        clean_end(&srv, &end)?;
+    }
+    Ok(())
+}

@@ -258,6 +258,16 @@ impl<'a> Reader<'a> {
                 }
                 Ok(ListenAddr::Fd(n))
             }
+            tag::SYSTEMD => {
+                self.u8()?;
+                let name = self.path()?;
+                let name = name
+                    .to_str()
+                    .ok_or_else(|| self.malformed("a systemd socket name that is not text"))?;
+                Ok(ListenAddr::Systemd(
+                    (!name.is_empty()).then(|| name.to_string()),
+                ))
+            }
             _ => Err(self.malformed("unknown address family")),
         }
     }

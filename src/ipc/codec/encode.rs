@@ -118,5 +118,12 @@ fn put_listen_addr(out: &mut Vec<u8>, a: &ListenAddr) {
             out.push(tag::FD);
             out.extend_from_slice(&n.to_le_bytes());
         }
+        ListenAddr::Systemd(name) => {
+            let bytes = name.as_deref().unwrap_or("").as_bytes();
+            let bytes = &bytes[..bytes.len().min(u16::MAX as usize)];
+            out.push(tag::SYSTEMD);
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
     }
 }

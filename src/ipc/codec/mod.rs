@@ -168,6 +168,7 @@ mod tag {
     pub(super) const V6: u8 = 6;
     pub(super) const UNIX: u8 = b'U';
     pub(super) const FD: u8 = b'F';
+    pub(super) const SYSTEMD: u8 = b'S';
     pub(super) const SOCKET: u8 = 1;
     pub(super) const HANDOFF: u8 = 2;
 }
