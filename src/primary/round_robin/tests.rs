@@ -240,20 +240,25 @@ fn a_connection_taken_back_is_not_sent_straight_back_to_its_worker() {
     assert_eq!((received(&a), received(&b), received(&c)), (0, 0, 1));
 }
 
+/// A new worker takes the one connection and closes its listener without receiving it:
+/// the primary takes it back.
+fn bounce_through(h: &mut RoundRobinHandle, worker: u32) {
+    let ch = join(h, worker);
+    credit(&ch, 1);
+    h.pump(Instant::now(), &mut FewestDispatched, &mut |_| {});
+    assert!(h.pending.is_empty(), "handed to worker {worker}");
+    ch.shutdown().unwrap();
+    h.on_member_readable();
+    assert_eq!(received(&ch), 0);
+}
+
 #[test]
 fn a_connection_that_bounced_up_to_max_attempts_times_is_still_served() {
     let mut h = handle();
     let _client = TcpStream::connect(h.local().as_tcp().unwrap()).unwrap();
     h.set_readable();
     for worker in 1..=MAX_ATTEMPTS {
-        // A new worker takes it and closes its listener without receiving it.
-        let ch = join(&mut h, worker);
-        credit(&ch, 1);
-        h.pump(Instant::now(), &mut FewestDispatched, &mut |_| {});
-        assert!(h.pending.is_empty(), "handed to worker {worker}");
-        ch.shutdown().unwrap();
-        h.on_member_readable();
-        assert_eq!(received(&ch), 0);
+        bounce_through(&mut h, worker);
         assert_eq!(h.pending.len(), 1, "taken back from worker {worker}");
         assert_eq!(h.pending[0].bounced_from, Some(WorkerId(worker)));
     }
@@ -280,14 +285,7 @@ fn a_connection_that_bounces_too_often_is_closed() {
         .unwrap();
     h.set_readable();
     for worker in 1..=MAX_ATTEMPTS + 1 {
-        // A new worker takes it and closes its listener without receiving it.
-        let ch = join(&mut h, worker);
-        credit(&ch, 1);
-        h.pump(Instant::now(), &mut FewestDispatched, &mut |_| {});
-        assert!(h.pending.is_empty(), "handed to worker {worker}");
-        ch.shutdown().unwrap();
-        h.on_member_readable();
-        assert_eq!(received(&ch), 0);
+        bounce_through(&mut h, worker);
         if worker <= MAX_ATTEMPTS {
             assert_eq!(h.pending.len(), 1, "back after {worker} bounce(s)");
             assert_eq!(h.pending[0].attempts, worker);
