@@ -162,6 +162,13 @@ mod tests {
         d
     }
 
+    /// What a worker that may write in `root` can do: move `root/d` to `root/d.old`
+    /// and put a symlink to `root/to` in its place.
+    fn swap_for_symlink(root: &std::path::Path, to: &str) {
+        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(root.join(to), root.join("d")).unwrap();
+    }
+
     #[test]
     fn removes_only_the_file_it_created_through_the_directory_it_opened() {
         let root = scratch("swap");
@@ -173,8 +180,7 @@ mod tests {
         let file = dir.created().unwrap();
         // The directory is swapped for a symlink to another one holding a file of the
         // same name: removing must not reach through the symlink.
-        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
-        std::os::unix::fs::symlink(root.join("victim"), root.join("d")).unwrap();
+        swap_for_symlink(&root, "victim");
         std::fs::write(root.join("victim/s.sock"), b"keep").unwrap();
         file.remove();
         assert!(root.join("victim/s.sock").exists(), "followed the symlink");
@@ -193,8 +199,7 @@ mod tests {
         let path = root.join("d/s.sock");
         let dir = SocketDir::open(&path).unwrap();
         // Between the check and the bind, `d` becomes a symlink to another directory.
-        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
-        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("d")).unwrap();
+        swap_for_symlink(&root, "elsewhere");
         let addr = dir.address(&SockAddr::from_unix_path(&path).unwrap(), true);
         dir.remove_stale(&addr).unwrap();
         let fd = socket::stream_socket(Domain::Unix, false).unwrap();
