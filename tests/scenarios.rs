@@ -18,6 +18,8 @@ mod core_modes;
 mod demo;
 #[path = "scenarios/deploy.rs"]
 mod deploy;
+#[path = "scenarios/hello_deploy.rs"]
+mod hello_deploy;
 #[path = "scenarios/isolation.rs"]
 mod isolation;
 #[path = "scenarios/limits.rs"]
@@ -191,6 +193,21 @@ fn main() {
             ));
         }
     }
+    for mode in ["round-robin", "shared", "reuse-port"] {
+        for whom in ["primary", "all"] {
+            let name: &'static str = Box::leak(
+                format!("hello_graceful_stop_{whom}_{}", mode.replace('-', "_")).into_boxed_str(),
+            );
+            scenarios.push((
+                name,
+                Box::new(move || hello_deploy::hello_graceful_stop(mode, whom)),
+            ));
+        }
+    }
+    scenarios.extend(all(
+        "hello_keepalive_reloads",
+        hello_deploy::hello_keepalive_reloads,
+    ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     // The examples.

@@ -9,9 +9,14 @@
 //! - Reads wake every [`TICK`] so an idle connection notices a shutdown, and a client
 //!   that sends nothing for [`IDLE_LIMIT`] is dropped: a silent or vanished client costs
 //!   a thread for at most that long.
+//! - A graceful stop (shutdown, reload, upgrade) loses no request: a request whose first
+//!   byte has arrived is answered, with `Connection: close`; so is the next request on a
+//!   busy keep-alive connection. A connection idle between requests is closed only
+//!   after a last [`GRACE`] look finds nothing arrived, and then with a FIN and a
+//!   lingering close, not a reset.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::Shutdown;
 use std::time::Duration;
 
 use cluster::{ListenOptions, Stream};
@@ -20,6 +25,9 @@ use cluster::{ListenOptions, Stream};
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long a connection may stay silent.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
+/// At a graceful stop, how long an idle keep-alive connection is still watched for a
+/// request already on its way before it is closed.
+pub const GRACE: Duration = Duration::from_millis(50);
 
 const BUF: usize = 8192;
 
@@ -176,15 +184,16 @@ fn error_response(status: &'static str) -> Response {
 }
 
 /// Serves one connection until the client closes it, asks to close, misbehaves, stays
-/// silent too long, or `stop` is set (then after the current request). Returns the
-/// number of requests answered.
+/// silent too long, or `stopping()` turns true (then after the current request, or at
+/// once if the connection is idle and stays so for [`GRACE`]). Returns the number of
+/// requests answered.
 ///
 /// The stream must come from a listener set up with [`listen_options`]: reads time out
-/// after [`TICK`], so an idle connection keeps looking at `stop`.
+/// after [`TICK`], so an idle connection keeps looking at `stopping`.
 pub fn serve(
     stream: &mut Stream,
     worker: u32,
-    stop: &AtomicBool,
+    stopping: &dyn Fn() -> bool,
     router: &dyn Fn(&Request<'_>) -> Response,
 ) -> u64 {
     let mut buf = [0u8; BUF];
@@ -216,23 +225,15 @@ pub fn serve(
             }
             // Skip the body: what is buffered, then the rest from the socket.
             let buffered = len - head.len;
-            let mut body_left = head.content_length.saturating_sub(buffered);
+            let body_left = head.content_length.saturating_sub(buffered);
             let consumed = head.len + head.content_length.min(buffered);
             buf.copy_within(consumed..len, 0);
             len -= consumed;
-            while body_left > 0 {
-                let mut sink = [0u8; 4096];
-                let want = body_left.min(sink.len());
-                match stream.read(&mut sink[..want]) {
-                    Ok(0) => return answered,
-                    Ok(n) => body_left -= n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return answered, // timeouts included: a stalled body
-                }
+            if !skip_body(stream, body_left) {
+                return answered;
             }
             let response = response.unwrap_or_else(|| error_response("500 Internal Server Error"));
-            let keep_alive =
-                head.keep_alive && !stop.load(Ordering::Relaxed) && !response.then_crash;
+            let keep_alive = head.keep_alive && !stopping() && !response.then_crash;
             if write_response(stream, worker, &response, keep_alive, head.method_head).is_err() {
                 return answered;
             }
@@ -260,19 +261,78 @@ pub fn serve(
                 len += n;
                 silent = Duration::ZERO;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 silent += TICK;
-                if stop.load(Ordering::Relaxed) || silent >= IDLE_LIMIT {
+                if silent >= IDLE_LIMIT {
                     return answered;
+                }
+                // A request that has begun is answered, however the stop comes; an idle
+                // connection gets a last look before it is closed.
+                if len == 0 && stopping() {
+                    match last_look(stream, &mut buf) {
+                        Some(n) => len = n,
+                        None => return answered,
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return answered,
         }
     }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads and drops `left` bytes of request body, allowing the client [`IDLE_LIMIT`] of
+/// silence; false when the body did not come.
+fn skip_body(stream: &mut Stream, mut left: usize) -> bool {
+    let mut silent = Duration::ZERO;
+    let mut sink = [0u8; 4096];
+    while left > 0 {
+        let want = left.min(sink.len());
+        match stream.read(&mut sink[..want]) {
+            Ok(0) => return false,
+            Ok(n) => {
+                left -= n;
+                silent = Duration::ZERO;
+            }
+            Err(e) if is_timeout(&e) => {
+                silent += TICK;
+                if silent >= IDLE_LIMIT {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// At a graceful stop, an idle keep-alive connection: watches it for [`GRACE`] more,
+/// and returns what arrived meanwhile (a request to answer, with `Connection: close`).
+/// `None` when nothing came: the write side is then shut first (a FIN) and the input
+/// drained for up to [`GRACE`] (nginx's lingering close), so a client whose request
+/// crossed the FIN reads a clean end of stream rather than a reset.
+fn last_look(stream: &mut Stream, buf: &mut [u8]) -> Option<usize> {
+    let _ = stream.set_read_timeout(Some(GRACE));
+    let got = loop {
+        match stream.read(buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break 0,
+        }
+    };
+    if got > 0 {
+        let _ = stream.set_read_timeout(Some(TICK));
+        return Some(got);
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    while let Ok(1..) = stream.read(buf) {}
+    None
 }

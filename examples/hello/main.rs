@@ -21,7 +21,9 @@
 //!   the primary keeps its own, so a root primary can serve port 80. The workers are
 //!   then untrusted: they may listen on `--listen`'s address only (see the README's
 //!   security model).
-//! - `SIGTERM` / `SIGINT`: stop accepting, finish what is in progress, print each
+//! - `SIGTERM` / `SIGINT` (to the primary, or to the whole group as systemd and Ctrl-C
+//!   send them): stop accepting, answer every request that has begun (with
+//!   `Connection: close`), close idle keep-alive connections cleanly, print each
 //!   worker's count of served connections on stderr, exit 0.
 //! - `SIGHUP`: rolling restart, one worker at a time, no connection refused.
 //!   `SIGTTIN` / `SIGTTOU`: one worker more / fewer. A crashed worker is replaced

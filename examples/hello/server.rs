@@ -2,7 +2,7 @@
 //! the listener's `accept`, each serving one connection at a time (so a keep-alive
 //! client holds a thread while it stays, and the others keep accepting).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cluster::{ListenAddr, Listener, Worker};
 
@@ -27,13 +27,14 @@ pub fn route(req: &http::Request<'_>) -> http::Response {
 }
 
 /// A worker: `threads` threads block in the listener's accept. When the primary asks
-/// the worker to disconnect, accept returns `None`, the flag tells busy threads to
-/// finish after their current request, and the worker returns.
+/// the worker to disconnect (or it gets `SIGTERM`), the listener closes: accept returns
+/// `None`, busy threads see `is_closed` and finish after their current request (with
+/// `Connection: close`), and the worker returns.
 pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Result<()> {
     let listener = Listener::bind_with(addr, &http::listen_options())?;
     let id = worker.id().0;
     let served = AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
+    let stopping = || listener.is_closed();
     std::thread::scope(|s| -> std::io::Result<()> {
         for _ in 0..threads {
             std::thread::Builder::new()
@@ -45,7 +46,7 @@ pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Res
                                 served.fetch_add(1, Ordering::Relaxed);
                                 // Served through the Connection, which counts as open
                                 // in this worker until it drops (least-connections).
-                                http::serve(conn.stream_mut(), id, &stop, &route);
+                                http::serve(conn.stream_mut(), id, &stopping, &route);
                             }
                             Ok(None) => break,
                             Err(e) => {
@@ -54,9 +55,8 @@ pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Res
                             }
                         }
                     }
-                    // The listener closed: the worker is stopping; idle connections of
-                    // the other threads notice at their next tick.
-                    stop.store(true, Ordering::Relaxed);
+                    // The listener closed: the worker is stopping; the other threads'
+                    // connections notice at their next request or read tick.
                 })?;
         }
         Ok(())

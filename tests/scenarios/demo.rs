@@ -21,7 +21,9 @@ pub fn start_hello(args: &[&str], env: &[(&str, &str)]) -> Result<Server, String
 
 pub fn http_get(conn: &mut Conn, path: &str, close: bool) -> Result<(), String> {
     let extra = if close { "Connection: close\r\n" } else { "" };
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").map_err(|e| e.to_string())
+    // One write: pieces written apiece would wait on Nagle's algorithm.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    conn.write_all(req.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// The demo's contract: `ready ADDR`, 200 with `X-Worker` 1..N, keep-alive, `Connection:

@@ -1,0 +1,251 @@
+//! The demo through what a deployment does to it: a stop while requests are under way,
+//! rolling restarts under keep-alive load. Nothing a client began is lost.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::demo::{http_get, start_hello};
+use crate::util::check::{check, exited_ok, Outcome};
+use crate::util::client::{self, Conn, Target};
+use crate::util::proc::{self, Server};
+
+const T: Duration = Duration::from_secs(10);
+
+/// The demo, `workers` workers of 8 threads in `mode`, and its address.
+fn hello(mode: &str, workers: &str) -> Result<(Server, Target), String> {
+    let mut srv = start_hello(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            workers,
+            "--mode",
+            mode,
+            "--threads",
+            "8",
+        ],
+        &[],
+    )?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    let target = Target::parse(&ready["ready ".len()..])?;
+    Ok((srv, target))
+}
+
+/// One keep-alive request on `conn`: the worker that answered, and whether the server
+/// announced it closes.
+fn ask(conn: &mut Conn) -> Result<(u32, bool), String> {
+    http_get(conn, "/", false)?;
+    let resp = client::read_response(&mut BufReader::new(conn))?;
+    check(resp.status == 200, || format!("status {}", resp.status))?;
+    let worker = resp
+        .header("X-Worker")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no X-Worker")?;
+    Ok((worker, resp.header("Connection") == Some("close")))
+}
+
+/// The demo's workers now: pid and start time, to check later that they are gone.
+fn workers_of(srv: &Server) -> Vec<(u32, u64)> {
+    proc::children_of(srv.pid())
+        .iter()
+        .filter_map(|c| Some((c.0, proc::start_time(c.0)?)))
+        .collect()
+}
+
+/// Every one of `workers` has exited (bounded).
+fn gone(workers: &[(u32, u64)]) -> Outcome {
+    let alive = || {
+        workers
+            .iter()
+            .filter(|(pid, start)| proc::start_time(*pid) == Some(*start) && !proc::is_zombie(*pid))
+            .count()
+    };
+    proc::wait_until("the workers to exit", Duration::from_secs(2), || {
+        alive() == 0
+    })
+    .map_err(|_| format!("{} worker(s) left behind", alive()))
+}
+
+/// Whether the server ended `conn` with a clean end of stream (not a reset).
+fn clean_eof(conn: &mut Conn) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match conn.read(&mut b) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("unexpected bytes".into()),
+        Err(e) => Err(format!("not a clean close: {e}")),
+    }
+}
+
+/// `hello` in `mode` with 2 workers. Each worker holds an idle keep-alive connection
+/// and one whose next request has begun (its first bytes sent). Then `SIGTERM` to the
+/// primary, or to the primary and every worker at once (`whom` = `"all"`, systemd's
+/// control-group kill):
+/// - the idle connections end with a clean end of stream, not a reset;
+/// - the begun requests, completed after that, are answered with `Connection: close`;
+/// - the demo exits 0 and leaves no process.
+pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
+    let (mut srv, target) = hello(mode, "2")?;
+    // Connections, each with one request answered, sorted by the worker that holds it,
+    // until both workers hold two.
+    let mut held: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
+    for _ in 0..64 {
+        if held.len() == 2 && held.values().all(|c| c.len() >= 2) {
+            break;
+        }
+        let mut conn = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+        let (w, _) = ask(&mut conn)?;
+        let mine = held.entry(w).or_default();
+        if mine.len() < 2 {
+            mine.push(conn);
+        }
+    }
+    check(
+        held.len() == 2 && held.values().all(|c| c.len() == 2),
+        || {
+            format!(
+                "64 connections did not reach both workers twice: {:?}",
+                held.keys()
+            )
+        },
+    )?;
+    let (mut idle, mut begun) = (Vec::new(), Vec::new());
+    for (_, mut conns) in held {
+        let mut b = conns.pop().ok_or("no connection")?;
+        b.write_all(b"GET / HT").map_err(|e| e.to_string())?;
+        begun.push(b);
+        idle.extend(conns);
+    }
+    let workers = workers_of(&srv);
+    let mut pids = vec![srv.pid()];
+    if whom == "all" {
+        pids.extend(workers.iter().map(|w| w.0));
+    }
+    proc::signal_all(&pids, "TERM")?;
+    // Each worker closes its idle connection once it has seen the stop.
+    for c in &mut idle {
+        clean_eof(c).map_err(|e| format!("idle keep-alive connection: {e}"))?;
+    }
+    let mut answered = 0;
+    for c in &mut begun {
+        c.write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(&mut *c);
+        let resp = client::read_response(&mut r).map_err(|e| format!("begun request: {e}"))?;
+        check(
+            resp.status == 200 && resp.header("Connection") == Some("close"),
+            || format!("begun request answered {resp:?}"),
+        )?;
+        check(client::closed_by_server(&mut r), || {
+            "open after Connection: close".into()
+        })?;
+        answered += 1;
+    }
+    println!("    {mode}, SIGTERM to {whom}: idle connections closed cleanly, {answered} of 2 begun requests answered");
+    exited_ok(&mut srv, T)?;
+    gone(&workers)
+}
+
+/// What keep-alive clients saw.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    closes: u64,
+    errors: Vec<String>,
+}
+
+/// A keep-alive client until `stop`: requests on one connection, a new connection
+/// when the server announces a close.
+fn keep_alive_client(target: &Target, stop: &AtomicBool, progress: &AtomicU64) -> Seen {
+    let mut seen = Seen::default();
+    'conn: while !stop.load(Ordering::Relaxed) {
+        let mut conn = match Conn::connect(target, T) {
+            Ok(c) => c,
+            Err(e) => {
+                seen.errors.push(format!("connect: {e}"));
+                continue;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            match ask(&mut conn) {
+                Ok((_, closing)) => {
+                    seen.ok += 1;
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    if closing {
+                        seen.closes += 1;
+                        continue 'conn;
+                    }
+                }
+                Err(e) => {
+                    seen.errors.push(e);
+                    continue 'conn;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Waits until the clients have made `n` more requests (bounded).
+fn progressed(progress: &AtomicU64, n: u64) -> Outcome {
+    let start = progress.load(Ordering::Relaxed);
+    proc::wait_until("the clients to make progress", T, || {
+        progress.load(Ordering::Relaxed) >= start + n
+    })
+}
+
+/// 16 keep-alive clients against `hello` (4 workers) in `mode` through two rolling
+/// restarts: no request fails, and the workers' graceful closes (`Connection: close`)
+/// are what moves the clients to the new workers.
+pub fn hello_keepalive_reloads(mode: &str) -> Outcome {
+    let (mut srv, target) = hello(mode, "4")?;
+    let stop = AtomicBool::new(false);
+    let progress = AtomicU64::new(0);
+    let (seen, reloads) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| keep_alive_client(&target, &stop, &progress)))
+            .collect();
+        let reloads = (|| -> Result<Vec<String>, String> {
+            let mut done = Vec::new();
+            for _ in 0..2 {
+                progressed(&progress, 2000)?;
+                srv.signal("HUP")?;
+                done.push(srv.expect_containing("reload finished", T)?);
+            }
+            progressed(&progress, 2000)?;
+            Ok(done)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let seen: Vec<Seen> = clients
+            .into_iter()
+            .map(|c| c.join().unwrap_or_default())
+            .collect();
+        (seen, reloads)
+    });
+    let reloads = reloads?;
+    let ok: u64 = seen.iter().map(|s| s.ok).sum();
+    let closes: u64 = seen.iter().map(|s| s.closes).sum();
+    let errors: Vec<&String> = seen.iter().flat_map(|s| &s.errors).collect();
+    println!(
+        "    {mode}: {ok} keep-alive requests through 2 reloads, {closes} closed by the server, {} failed",
+        errors.len()
+    );
+    check(errors.is_empty(), || {
+        format!(
+            "{} failed requests: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        )
+    })?;
+    check(
+        reloads
+            .iter()
+            .all(|l| l.contains("4 replaced") && !l.contains("early")),
+        || format!("reloads did not replace every worker: {reloads:?}"),
+    )?;
+    let workers = workers_of(&srv);
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, T)?;
+    gone(&workers)
+}
