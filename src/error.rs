@@ -43,6 +43,9 @@ pub enum Error {
     /// A reload stopped early; the message says why (the workers not yet replaced keep
     /// running).
     Reload(String),
+    /// A binary upgrade ([`Cluster::upgrade`](crate::Cluster::upgrade), `SIGUSR2`) could
+    /// not start or failed; the message says why. The cluster keeps serving as it was.
+    Upgrade(String),
     /// A worker asked to listen on an address the cluster does not allow
     /// ([`Builder::listen_only`](crate::Builder::listen_only)), or, run as another user,
     /// with options the cluster does not allow for it; it was refused (`EACCES`),
@@ -101,6 +104,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Reload(reason) => write!(f, "reload stopped: {reason}"),
+            Error::Upgrade(reason) => write!(f, "upgrade failed: {reason}"),
             Error::ListenDenied {
                 worker,
                 addr,

@@ -165,6 +165,28 @@ pub enum Event {
         /// Whether every worker was replaced.
         complete: bool,
     },
+    /// A binary upgrade begins (`SIGUSR2` or [`Cluster::upgrade`](crate::Cluster::upgrade)):
+    /// the program at `program`, the path this one was started from, is being tried.
+    /// If the trial passes, the primary runs it in place (same pid); the next events
+    /// then come from the new program's cluster, ending with [`Event::Upgraded`].
+    UpgradeStarted {
+        /// The program file tried.
+        program: std::path::PathBuf,
+    },
+    /// A binary upgrade failed ([`Error::Upgrade`] says why: the new program exited or
+    /// hung before `Builder::start`, could not run, or its workers do not listen). The
+    /// workers that served before keep serving; a later upgrade may be tried.
+    UpgradeFailed {
+        /// Why.
+        error: Error,
+    },
+    /// In the program a binary upgrade started: its workers listen and the previous
+    /// program's workers have all finished and exited; no code of the previous program
+    /// runs any more.
+    Upgraded {
+        /// How many workers of the previous program were retired.
+        previous_workers: usize,
+    },
     /// Something failed and the primary recovered (a worker broke the protocol and was
     /// killed, a send failed, …); the cluster keeps running.
     Error(Error),

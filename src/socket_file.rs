@@ -21,9 +21,9 @@
 //! which counts as in use. A blocking probe would wait for room in that backlog, for
 //! good if its owner does not accept.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -140,6 +140,19 @@ impl SocketDir {
 }
 
 impl SocketFile {
+    /// What a binary upgrade passes on: the directory, the name, the file's identity.
+    pub(crate) fn parts(&self) -> (BorrowedFd<'_>, &CStr, FileId) {
+        (self.at.dir.as_fd(), &self.at.name, self.id)
+    }
+
+    /// The file a previous program of this process created, from its [`parts`](Self::parts).
+    pub(crate) fn from_parts(dir: OwnedFd, name: CString, id: FileId) -> SocketFile {
+        SocketFile {
+            at: SocketDir { dir, name },
+            id,
+        }
+    }
+
     /// Removes the file if the name in its directory still shows it; says nothing when
     /// it is already gone or was replaced (then it is not ours any more).
     pub(crate) fn remove(self) {

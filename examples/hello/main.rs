@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example hello -- [--listen ADDR] [--workers N]
 //!            [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections]
-//!            [--threads T] [--user NAME]
+//!            [--threads T] [--user NAME] [--upgrade-timeout SECS]
 //! ```
 //!
 //! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …), `unix:PATH`, `fd:N`, or
@@ -26,6 +26,11 @@
 //!   `Connection: close`), close idle keep-alive connections cleanly, print each
 //!   worker's count of served connections on stderr, exit 0.
 //! - `SIGHUP`: rolling restart, one worker at a time, no connection refused.
+//! - `SIGUSR2`: binary upgrade: the program file now at the path `hello` was started
+//!   from is tried (it must reach `Builder::start` within `--upgrade-timeout`, default
+//!   30 s), then run in place (same pid) with every listening socket; its workers take
+//!   over, the previous ones finish what they hold. A failed trial is reported and the
+//!   running program keeps serving. The new program prints `ready ADDR` again.
 //!   `SIGTTIN` / `SIGTTOU`: one worker more / fewer. A crashed worker is replaced
 //!   (with back-off if they keep crashing).
 

@@ -12,7 +12,7 @@ use crate::server;
 /// How to call it.
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
-     [--prefetch N] [--accept-window-us US]";
+     [--prefetch N] [--accept-window-us US] [--upgrade-timeout SECS]";
 
 /// The command line.
 pub struct Options {
@@ -25,6 +25,7 @@ pub struct Options {
     scheduler: Option<String>,
     prefetch: Option<u32>,
     accept_window_us: Option<u64>,
+    upgrade_timeout: Option<u64>,
 }
 
 /// Parses the command line (without the program name).
@@ -38,6 +39,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         scheduler: None,
         prefetch: None,
         accept_window_us: None,
+        upgrade_timeout: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -84,6 +86,17 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                         .map_err(|_| format!("--accept-window-us: {v:?} is not a number"))?,
                 );
             }
+            "--upgrade-timeout" => {
+                let v = value("--upgrade-timeout")?;
+                match v.parse::<u64>() {
+                    Ok(n) if n > 0 => opts.upgrade_timeout = Some(n),
+                    _ => {
+                        return Err(format!(
+                            "--upgrade-timeout: {v:?} is not a positive number of seconds"
+                        ))
+                    }
+                }
+            }
             "--scheduler" => {
                 let v = value("--scheduler")?;
                 match v.as_str() {
@@ -122,6 +135,9 @@ pub fn run(opts: Options) -> ExitCode {
     }
     if let Some(n) = opts.prefetch {
         builder = builder.prefetch(n);
+    }
+    if let Some(secs) = opts.upgrade_timeout {
+        builder = builder.upgrade_timeout(Duration::from_secs(secs));
     }
     if let Some(us) = opts.accept_window_us {
         builder = builder.accept_window(Duration::from_micros(us));
@@ -208,6 +224,13 @@ pub fn run(opts: Options) -> ExitCode {
                     if complete { "" } else { " (stopped early)" }
                 )
             }
+            Event::UpgradeStarted { program } => {
+                eprintln!("hello: upgrade: trying {}", program.display())
+            }
+            // (An upgrade's failure is on stderr already: the crate logs it.)
+            Event::Upgraded { previous_workers } => eprintln!(
+                "hello: upgrade finished: {previous_workers} worker(s) of the previous program retired"
+            ),
             Event::Error(e) => eprintln!("hello: {e}"),
             _ => {}
         }

@@ -59,6 +59,7 @@ pub struct Builder {
     workers: Option<usize>,
     mode: Option<Mode>,
     signals: bool,
+    upgrade_timeout: Duration,
     /// Everything else, as the cluster keeps it.
     config: Config,
 }
@@ -78,6 +79,7 @@ impl Builder {
             workers: None,
             mode: None,
             signals: true,
+            upgrade_timeout: super::DEFAULT_UPGRADE_TIMEOUT,
             config: Config {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 accept_window: DEFAULT_ACCEPT_WINDOW,
@@ -318,6 +320,15 @@ impl Builder {
         self
     }
 
+    /// How long a binary upgrade's new program has to reach [`Builder::start`] in its
+    /// trial, and, once it runs, its workers to listen before that is reported (default
+    /// [`DEFAULT_UPGRADE_TIMEOUT`](super::DEFAULT_UPGRADE_TIMEOUT), 30 s). See
+    /// [`Cluster::upgrade`].
+    pub fn upgrade_timeout(mut self, d: Duration) -> Builder {
+        self.upgrade_timeout = d;
+        self
+    }
+
     /// Forks the workers; each runs `worker` and exits with its result (0 for `Ok`, 1
     /// for `Err`, whose message goes to stderr, 101 for a panic).
     ///
@@ -366,6 +377,11 @@ impl Builder {
         if count > max {
             return Err(Error::Config(super::too_many_workers(count, max, fd_limit)));
         }
+        // An upgrade's trial of this program ends here: its settings are good.
+        super::upgrade::end_trial_here(mode);
+        // Before the notifier takes the service manager's variables out of the
+        // environment: the upgrade gives them back to the next program.
+        let (upgrades, handover) = super::upgrade::Upgrades::at_start(self.upgrade_timeout)?;
         let signals = if self.signals {
             let pipe = SignalPipe::install(HANDLED_SIGNALS)
                 .map_err(|e| Error::io("install signal handlers", e))?;
@@ -396,6 +412,7 @@ impl Builder {
             pid: process::getpid(),
             stats: ClusterStats::default(),
             fd_limit,
+            upgrades,
         };
         // Read and cleared before the first fork: no worker inherits LISTEN_FDS and the
         // rest of socket activation, nor NOTIFY_SOCKET.
@@ -403,6 +420,12 @@ impl Builder {
         let notifier = super::notify::Notifier::from_env(std::time::Instant::now());
         if cluster.config.notify {
             cluster.notifier = notifier;
+        }
+        if let Some(h) = handover {
+            cluster.adopt_previous(h);
+            // Blocked by the previous program across execve: delivered now, to the
+            // handlers installed above.
+            let _ = crate::sys::signal::set_blocked(HANDLED_SIGNALS, false);
         }
         // The first fork must work (a cluster that cannot fork at all is a
         // configuration problem); the rest are kept up by the loop, with back-off.

@@ -30,6 +30,8 @@ const MESSAGES_PER_TURN: usize = 64;
 #[derive(Debug, Clone, Copy)]
 enum Token {
     Signals,
+    /// A binary upgrade's trial reports.
+    Trial,
     Control(WorkerId),
     /// A descriptor of the handle with this id.
     Handle(u32, Watch),
@@ -52,6 +54,7 @@ impl Cluster {
         for &(token, readable, writable) in &ready {
             match token {
                 Token::Signals => {}
+                Token::Trial => self.on_trial_output(),
                 Token::Control(id) => {
                     if writable {
                         self.flush_outbox(id);
@@ -92,6 +95,7 @@ impl Cluster {
             n.tick(now);
         }
         self.expire_deadlines(now);
+        self.upgrade_tick(now);
         self.maintain(now);
         self.finish_if_done();
         Ok(())
@@ -108,6 +112,10 @@ impl Cluster {
         if let Some(pipe) = &self.signals {
             fds.push(PollFd::new(pipe.as_fd(), false));
             tokens.push(Token::Signals);
+        }
+        if let Some(fd) = self.trial_fd() {
+            fds.push(PollFd::new(fd, false));
+            tokens.push(Token::Trial);
         }
         for s in self.workers.values().filter(|s| !s.eof) {
             fds.push(PollFd::new(s.control.as_fd(), s.wants_write()));
@@ -170,6 +178,9 @@ impl Cluster {
         if let Some(t) = self.notifier.as_ref().and_then(|n| n.next_timer()) {
             consider(t);
         }
+        if let Some(t) = self.upgrade_timer() {
+            consider(t);
+        }
         next
     }
 
@@ -194,6 +205,12 @@ impl Cluster {
                 State::Stopped => {}
             },
             libc::SIGHUP => self.begin_reload(),
+            libc::SIGUSR2 => {
+                if let Err(e) = self.begin_upgrade() {
+                    crate::log::report!("{e}");
+                    self.events.push_back(Event::UpgradeFailed { error: e });
+                }
+            }
             libc::SIGTTIN => {
                 let more = self.target.saturating_add(1);
                 if let Err(e) = self.set_workers(more) {

@@ -14,13 +14,14 @@
 //! The matching on kinds happens here, once per method.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::reuse_port::ReusePortHandle;
 use super::round_robin::RoundRobinHandle;
 use super::scheduler::Scheduler;
 use super::shared::SharedHandle;
+use super::upgrade::Kind;
 use crate::addr::ListenAddr;
 use crate::bind::Bound;
 use crate::ipc::codec::{ProtocolError, Transport};
@@ -72,6 +73,89 @@ impl Handle {
                 setup.prefetch,
             )?)),
         })
+    }
+
+    /// A handle of `mode`'s kind over the sockets a previous program passed across a
+    /// binary upgrade (`passed`, of kind `was`; see `upgrade/handover.rs` for what
+    /// `fds` holds). Shared and round-robin take each other's socket (its blocking
+    /// flag set to suit); reuse-port takes only reuse-port's group (a trial refuses
+    /// the upgrade otherwise).
+    pub(super) fn from_passed(
+        mode: Mode,
+        adopted: bool,
+        was: Kind,
+        local: ListenAddr,
+        fds: Vec<OwnedFd>,
+        setup: Setup<'_>,
+    ) -> io::Result<Handle> {
+        let mut fds = fds.into_iter();
+        let first = fds
+            .next()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let rest: Vec<OwnedFd> = fds.collect();
+        let mismatch = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{local}: a {was:?} socket cannot serve mode {mode}"),
+            )
+        };
+        Ok(match (mode, was) {
+            (Mode::ReusePort, Kind::ReusePort) => {
+                Handle::ReusePort(ReusePortHandle::adopt(local, setup.options, first, rest))
+            }
+            (Mode::ReusePort, _) | (_, Kind::ReusePort) => return Err(mismatch()),
+            (Mode::Shared, _) => {
+                // Accepting workers block in `accept`; connections the previous
+                // primary had not handed out have nobody to go to: they close.
+                crate::sys::fd::set_nonblocking(first.as_fd(), false)?;
+                Handle::Shared(SharedHandle::adopt(local, first, adopted))
+            }
+            (Mode::RoundRobin, _) => {
+                crate::sys::fd::set_nonblocking(first.as_fd(), true)?;
+                let kind = crate::bind::kind_of_socket(first.as_fd())?;
+                let bound = Bound {
+                    fd: first,
+                    local,
+                    kind,
+                    socket_file: None,
+                    adopted,
+                };
+                let mut h = RoundRobinHandle::new(
+                    bound,
+                    setup.options.backlog,
+                    setup.accept_window,
+                    setup.prefetch,
+                )?;
+                h.adopt_pending(rest);
+                Handle::RoundRobin(Box::new(h))
+            }
+        })
+    }
+
+    /// For a binary upgrade: the handle's kind and the sockets that cross `execve` (see
+    /// `upgrade/handover.rs`), without the connections [`take_unsent`](Self::take_unsent)
+    /// took; `None` once closed.
+    pub(super) fn passed_fds(&self) -> Option<(Kind, Vec<BorrowedFd<'_>>)> {
+        match self {
+            Handle::Shared(h) => Some((Kind::Shared, vec![h.socket()?])),
+            Handle::RoundRobin(h) => Some((Kind::RoundRobin, vec![h.listener_fd()?])),
+            Handle::ReusePort(h) => Some((Kind::ReusePort, h.passed_fds()?)),
+        }
+    }
+
+    /// For a binary upgrade: the connections accepted and not handed out (round-robin).
+    pub(super) fn take_unsent(&mut self) -> Vec<OwnedFd> {
+        match self {
+            Handle::RoundRobin(h) => h.take_pending(),
+            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+        }
+    }
+
+    /// What [`take_unsent`](Self::take_unsent) took, back (the `execve` failed).
+    pub(super) fn adopt_unsent(&mut self, conns: Vec<OwnedFd>) {
+        if let Handle::RoundRobin(h) = self {
+            h.adopt_pending(conns);
+        }
     }
 
     /// The bound address (port 0 resolved).

@@ -381,6 +381,7 @@ impl Cluster {
         for h in std::mem::take(&mut self.handles) {
             self.retire_handle(h);
         }
+        self.release_inherited();
     }
 }
 

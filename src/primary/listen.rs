@@ -218,6 +218,16 @@ impl Cluster {
             (Mode::ReusePort, _) => Mode::Shared,
             (m, _) => m,
         };
+        let setup = Setup {
+            options,
+            accept_window: self.config.accept_window,
+            prefetch: self.config.prefetch,
+        };
+        // A binary upgrade's previous program served this key: its very socket.
+        if let Some(claimed) = self.claim_inherited(key, mode, setup) {
+            let (handle, socket_file) = claimed.map_err(|e| ListenError::io(key, e))?;
+            return Ok(self.push_handle(key, handle, socket_file));
+        }
         let bind_options = BindOptions {
             // The round-robin listener is polled, never blocked on.
             nonblocking: mode == Mode::RoundRobin,
@@ -231,11 +241,6 @@ impl Cluster {
         };
         let mut bound = bind::bind(key, bind_options, options)?;
         let socket_file = bound.socket_file.take();
-        let setup = Setup {
-            options,
-            accept_window: self.config.accept_window,
-            prefetch: self.config.prefetch,
-        };
         let adopted = matches!(key, ListenAddr::Fd(_) | ListenAddr::Systemd(_));
         let handle = match Handle::new(mode, adopted, bound, setup) {
             Ok(h) => h,
@@ -246,6 +251,16 @@ impl Cluster {
                 return Err(ListenError::io(key, e));
             }
         };
+        Ok(self.push_handle(key, handle, socket_file))
+    }
+
+    /// A new handle for `key`; its position.
+    fn push_handle(
+        &mut self,
+        key: &ListenAddr,
+        handle: Handle,
+        socket_file: Option<crate::socket_file::SocketFile>,
+    ) -> usize {
         let id = self.new_handle_id();
         self.handles.push(HandleEntry {
             id,
@@ -254,7 +269,7 @@ impl Cluster {
             holders: Default::default(),
             socket_file,
         });
-        Ok(self.handles.len() - 1)
+        self.handles.len() - 1
     }
 
     /// An id no open handle has; ids grow, and wrap only after 2³² handles.
@@ -308,6 +323,7 @@ impl Cluster {
             .filter(|s| !s.requested && s.listening > 0)
             .count();
         if listening >= self.target {
+            self.retire_previous();
             if let Some(n) = &mut self.notifier {
                 n.ready(listening);
             }

@@ -64,6 +64,7 @@ mod round_robin;
 mod scheduler;
 mod shared;
 mod slot;
+mod upgrade;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -91,6 +92,7 @@ pub use builder::{
 };
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
+pub use upgrade::DEFAULT_UPGRADE_TIMEOUT;
 
 use handle::Handle;
 use notify::Notifier;
@@ -111,6 +113,7 @@ const HANDLED_SIGNALS: &[i32] = &[
     libc::SIGHUP,
     libc::SIGTTIN,
     libc::SIGTTOU,
+    libc::SIGUSR2,
 ];
 
 /// Settings fixed when the cluster starts: what the [`Builder`] collects, besides the
@@ -257,6 +260,9 @@ pub struct Cluster {
     /// The soft `RLIMIT_NOFILE` after `start` raised it: the workers' descriptor
     /// budgets derive from it (see `budget.rs`).
     fd_limit: usize,
+    /// Binary upgrades: the program to run, a trial under way, what a previous
+    /// program passed (`upgrade/`).
+    upgrades: upgrade::Upgrades,
 }
 
 /// The error message for a worker count above the cap.
@@ -351,6 +357,25 @@ impl Cluster {
     /// it ends.
     pub fn reload(&mut self) {
         self.begin_reload();
+    }
+
+    /// Binary upgrade (what `SIGUSR2` does): runs the program file now at the path this
+    /// one was started from, in place of this one (same pid), handing it every
+    /// listening socket and worker; the new program's workers take the sockets over,
+    /// and this program's workers finish what they hold once those listen. The new
+    /// program is first tried (it must reach [`Builder::start`] within the
+    /// [`upgrade timeout`](Builder::upgrade_timeout)); if it does not, this one keeps
+    /// serving. Returns at once: the outcome comes as [`Event::UpgradeStarted`], then
+    /// [`Event::UpgradeFailed`], or (from the new program) [`Event::Upgraded`]. See the
+    /// README's "Deploying" section.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Upgrade`] when one cannot start now: another is being tried or still
+    /// finishing, a reload runs, the cluster is stopping, or the start path could not
+    /// be resolved; [`Error::Io`] when the trial cannot be forked.
+    pub fn upgrade(&mut self) -> Result<(), Error> {
+        self.begin_upgrade()
     }
 
     /// Keeps `n` workers from now on (at least 1): forks more, or asks the youngest to

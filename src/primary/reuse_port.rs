@@ -89,6 +89,40 @@ impl ReusePortHandle {
         }
     }
 
+    /// The previous program's group, passed across a binary upgrade: the anchor, and
+    /// each socket, still listening and held by the previous program's workers until
+    /// they finish, so the new workers take them over as a reload's replacements do
+    /// and no queued connection is reset.
+    pub(crate) fn adopt(
+        local: ListenAddr,
+        options: &ListenOptions,
+        anchor: OwnedFd,
+        sockets: Vec<OwnedFd>,
+    ) -> ReusePortHandle {
+        ReusePortHandle {
+            local,
+            options: options.clone(),
+            anchor: Some(anchor),
+            sockets: sockets
+                .into_iter()
+                .map(|fd| PortSocket {
+                    fd,
+                    holders: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// For a binary upgrade: the anchor, then each socket; `None` once closed.
+    pub(crate) fn passed_fds(&self) -> Option<Vec<BorrowedFd<'_>>> {
+        let anchor = self.anchor.as_ref()?.as_fd();
+        Some(
+            std::iter::once(anchor)
+                .chain(self.sockets.iter().map(|s| s.fd.as_fd()))
+                .collect(),
+        )
+    }
+
     /// The bound address (port 0 resolved by the anchor's bind).
     pub(crate) fn local(&self) -> &ListenAddr {
         &self.local

@@ -36,6 +36,16 @@ impl SharedHandle {
         }
     }
 
+    /// The previous program's socket, passed across a binary upgrade: already
+    /// listening, with whatever waits in its backlog.
+    pub(crate) fn adopt(local: ListenAddr, fd: OwnedFd, adopted: bool) -> SharedHandle {
+        SharedHandle {
+            local,
+            fd: Some(fd),
+            adopted,
+        }
+    }
+
     /// The bound address.
     pub(crate) fn local(&self) -> &ListenAddr {
         &self.local

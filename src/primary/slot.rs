@@ -78,6 +78,9 @@ pub(crate) struct Slot {
     window: (Instant, u32),
     /// Listening handles its requests created (charged to its descriptor budget).
     pub(crate) handles_created: usize,
+    /// It runs the program this process ran before a binary upgrade: it is asked to
+    /// finish once the new program's workers listen.
+    pub(crate) previous_program: bool,
 }
 
 impl Slot {
@@ -88,6 +91,7 @@ impl Slot {
             control,
             outbox: VecDeque::new(),
             handles_created: 0,
+            previous_program: false,
             phase: Phase::Starting,
             requested: false,
             eof: false,

@@ -61,6 +61,34 @@ pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(flags & libc::FD_CLOEXEC != 0)
 }
 
+/// Sets or clears `FD_CLOEXEC` (`fcntl(F_SETFD)`): cleared, the descriptor survives an
+/// `execve` of this process (a binary upgrade passes its listening sockets so).
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD on a borrowed (open) fd sets its descriptor flags only.
+    cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) })?;
+    Ok(())
+}
+
+/// Takes ownership of descriptor number `n`, which the previous program of this very
+/// process left open across `execve` and named in its hand-over record (a binary
+/// upgrade), and sets `FD_CLOEXEC` on it again. Descriptors 0 to 2 are refused.
+///
+/// # Errors
+///
+/// `EBADF` when `n` is not open or is a standard stream.
+pub(crate) fn take_inherited(n: i32) -> io::Result<OwnedFd> {
+    if n <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_SETFD on an arbitrary number is harmless: EBADF when it is not open.
+    cvt_r(|| unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    // SAFETY: the number is open (checked just above) and was left to this program by
+    // the previous one across execve; nothing in this program has claimed it: the
+    // record is read once, at `Builder::start`, and its numbers are checked distinct.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
 /// Corresponds to `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor for the same open file.
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd or -1.

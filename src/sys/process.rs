@@ -1,7 +1,8 @@
-//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, `setsid`, ids,
-//! and `getrlimit`/`setrlimit` for the descriptor limit.
+//! Process calls: `fork`, `execve`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`,
+//! `setsid`, `setpgid`, ids, and `getrlimit`/`setrlimit` for the descriptor limit.
 #![allow(unsafe_code)]
 
+use std::ffi::{CStr, CString};
 use std::io;
 
 use super::{cvt, cvt_r};
@@ -112,6 +113,47 @@ pub(crate) fn kill(pid: Pid, signal: i32) -> io::Result<()> {
     // SAFETY: kill() takes plain integers.
     cvt(unsafe { libc::kill(pid, signal) })?;
     Ok(())
+}
+
+/// Corresponds to `kill(2)` with a negative pid: `signal` to every process in process
+/// group `pgid`.
+///
+/// The caller must only name the group of a child it has not reaped yet, which made
+/// itself its group's leader.
+pub(crate) fn kill_group(pgid: Pid, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill() takes plain integers; -pgid > 1 names one group, never "all".
+    cvt(unsafe { libc::kill(-pgid, signal) })?;
+    Ok(())
+}
+
+/// Corresponds to `setpgid(pid, pid)`: `pid` (0: this process) leads a process group
+/// of its own, so everything it starts can be signalled together.
+pub(crate) fn own_process_group(pid: Pid) -> io::Result<()> {
+    // SAFETY: setpgid() takes plain integers.
+    cvt(unsafe { libc::setpgid(pid, pid) })?;
+    Ok(())
+}
+
+/// Corresponds to `execve(2)`: replaces this process's program with the file at `path`,
+/// given `argv` and `env`. Returns only when it failed, with the error.
+pub(crate) fn execve(path: &CStr, argv: &[CString], env: &[CString]) -> io::Error {
+    let argv: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let env: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: `path` and every string are NUL-terminated and outlive the call; both
+    // arrays end with a null pointer, as execve requires.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr()) };
+    io::Error::last_os_error()
 }
 
 /// A thread id (`gettid`).

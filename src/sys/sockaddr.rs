@@ -62,7 +62,7 @@ impl Domain {
 }
 
 impl SockAddr {
-    pub(super) fn zeroed() -> SockAddr {
+    pub(crate) fn zeroed() -> SockAddr {
         SockAddr {
             // SAFETY: sockaddr_storage is plain old data; all-zero bytes are a valid value.
             storage: unsafe { mem::zeroed() },

@@ -268,6 +268,20 @@ pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
     Ok(addr)
 }
 
+/// Corresponds to `getpeername(2)`.
+pub(crate) fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+    let mut addr = SockAddr::zeroed();
+    // SAFETY: `addr.storage` is writable for `addr.len` bytes; the kernel updates len.
+    cvt(unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
+            &mut addr.len,
+        )
+    })?;
+    Ok(addr)
+}
+
 /// The socket's type and whether it listens (`SO_TYPE`, `SO_ACCEPTCONN`): used to check
 /// a descriptor before adopting it as a listener.
 pub(crate) fn is_listening_stream(fd: BorrowedFd<'_>) -> io::Result<bool> {

@@ -492,6 +492,33 @@ impl RoundRobinHandle {
         closed
     }
 
+    /// The listening socket, while open (a binary upgrade passes it on).
+    pub(crate) fn listener_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.listener.as_ref().map(|l| l.as_fd())
+    }
+
+    /// For a binary upgrade: the connections accepted and not yet handed out, taken out
+    /// of the queue to cross `execve` with the listener (given back with
+    /// [`adopt_pending`](Self::adopt_pending) if the `execve` fails).
+    pub(crate) fn take_pending(&mut self) -> Vec<OwnedFd> {
+        self.pending.drain(..).map(|p| p.fd).collect()
+    }
+
+    /// Connections accepted by the previous program (or by this one before a failed
+    /// `execve`) and not handed out: queued ahead of anything accepted since.
+    pub(crate) fn adopt_pending(&mut self, conns: Vec<OwnedFd>) {
+        for fd in conns.into_iter().rev() {
+            let addr = socket::peer_addr(fd.as_fd())
+                .unwrap_or_else(|_| crate::sys::sockaddr::SockAddr::zeroed());
+            self.pending.push_front(Pending {
+                peer: crate::accept::peer_of(self.kind, &addr),
+                fd,
+                bounced_from: None,
+                attempts: 0,
+            });
+        }
+    }
+
     /// Lets go of the listening socket (an adopted one back to blocking first).
     fn release_listener(&mut self) {
         if let Some(listener) = self.listener.take() {
