@@ -30,6 +30,8 @@ mod robust;
 mod supervision;
 #[path = "scenarios/trust.rs"]
 mod trust;
+#[path = "scenarios/upgrade.rs"]
+mod upgrade;
 
 use std::time::Instant;
 
@@ -208,6 +210,24 @@ fn main() {
         "hello_keepalive_reloads",
         hello_deploy::hello_keepalive_reloads,
     ));
+    for mode in ["round-robin", "shared", "reuse-port"] {
+        for close in [false, true] {
+            let name: &'static str = Box::leak(
+                format!(
+                    "upgrade_under_load_{}_{}",
+                    mode.replace('-', "_"),
+                    if close { "close" } else { "keepalive" }
+                )
+                .into_boxed_str(),
+            );
+            scenarios.push((
+                name,
+                Box::new(move || upgrade::upgrade_under_load(mode, close)),
+            ));
+        }
+    }
+    scenarios.push(("upgrade_refused", Box::new(upgrade::upgrade_refused)));
+    scenarios.push(("upgrade_notify", Box::new(upgrade::upgrade_notify)));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     // The examples.

@@ -93,7 +93,7 @@ pub fn signalled_with_requests_in_flight(mode: &str, sig: &str, whom: &str) -> O
 
 /// Receives datagrams from the cluster until one starts with `state`, counting the
 /// watchdog pings on the way; returns that datagram.
-fn until_state(sock: &UnixDatagram, state: &str, pings: &mut u32) -> Result<String, String> {
+pub fn until_state(sock: &UnixDatagram, state: &str, pings: &mut u32) -> Result<String, String> {
     let mut buf = [0u8; 512];
     let deadline = std::time::Instant::now() + T;
     loop {

@@ -33,10 +33,10 @@ fn hello(mode: &str, workers: &str) -> Result<(Server, Target), String> {
     Ok((srv, target))
 }
 
-/// One keep-alive request on `conn`: the worker that answered, and whether the server
-/// announced it closes.
-fn ask(conn: &mut Conn) -> Result<(u32, bool), String> {
-    http_get(conn, "/", false)?;
+/// One request on `conn` (with `Connection: close` when `close`): the worker that
+/// answered, and whether the server announced it closes.
+fn ask(conn: &mut Conn, close: bool) -> Result<(u32, bool), String> {
+    http_get(conn, "/", close)?;
     let resp = client::read_response(&mut BufReader::new(conn))?;
     check(resp.status == 200, || format!("status {}", resp.status))?;
     let worker = resp
@@ -47,7 +47,7 @@ fn ask(conn: &mut Conn) -> Result<(u32, bool), String> {
 }
 
 /// The demo's workers now: pid and start time, to check later that they are gone.
-fn workers_of(srv: &Server) -> Vec<(u32, u64)> {
+pub fn workers_of(srv: &Server) -> Vec<(u32, u64)> {
     proc::children_of(srv.pid())
         .iter()
         .filter_map(|c| Some((c.0, proc::start_time(c.0)?)))
@@ -55,7 +55,7 @@ fn workers_of(srv: &Server) -> Vec<(u32, u64)> {
 }
 
 /// Every one of `workers` has exited (bounded).
-fn gone(workers: &[(u32, u64)]) -> Outcome {
+pub fn gone(workers: &[(u32, u64)]) -> Outcome {
     let alive = || {
         workers
             .iter()
@@ -95,7 +95,7 @@ pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
             break;
         }
         let mut conn = Conn::connect(&target, T).map_err(|e| e.to_string())?;
-        let (w, _) = ask(&mut conn)?;
+        let (w, _) = ask(&mut conn, false)?;
         let mine = held.entry(w).or_default();
         if mine.len() < 2 {
             mine.push(conn);
@@ -147,17 +147,17 @@ pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
     gone(&workers)
 }
 
-/// What keep-alive clients saw.
+/// What clients saw.
 #[derive(Default)]
-struct Seen {
-    ok: u64,
-    closes: u64,
-    errors: Vec<String>,
+pub struct Seen {
+    pub ok: u64,
+    pub closes: u64,
+    pub errors: Vec<String>,
 }
 
-/// A keep-alive client until `stop`: requests on one connection, a new connection
-/// when the server announces a close.
-fn keep_alive_client(target: &Target, stop: &AtomicBool, progress: &AtomicU64) -> Seen {
+/// A client until `stop`: keep-alive requests on one connection, a new connection when
+/// the server announces a close; with `close`, one request per connection.
+pub fn client(target: &Target, close: bool, stop: &AtomicBool, progress: &AtomicU64) -> Seen {
     let mut seen = Seen::default();
     'conn: while !stop.load(Ordering::Relaxed) {
         let mut conn = match Conn::connect(target, T) {
@@ -168,7 +168,7 @@ fn keep_alive_client(target: &Target, stop: &AtomicBool, progress: &AtomicU64) -
             }
         };
         while !stop.load(Ordering::Relaxed) {
-            match ask(&mut conn) {
+            match ask(&mut conn, close) {
                 Ok((_, closing)) => {
                     seen.ok += 1;
                     progress.fetch_add(1, Ordering::Relaxed);
@@ -188,7 +188,7 @@ fn keep_alive_client(target: &Target, stop: &AtomicBool, progress: &AtomicU64) -
 }
 
 /// Waits until the clients have made `n` more requests (bounded).
-fn progressed(progress: &AtomicU64, n: u64) -> Outcome {
+pub fn progressed(progress: &AtomicU64, n: u64) -> Outcome {
     let start = progress.load(Ordering::Relaxed);
     proc::wait_until("the clients to make progress", T, || {
         progress.load(Ordering::Relaxed) >= start + n
@@ -204,7 +204,7 @@ pub fn hello_keepalive_reloads(mode: &str) -> Outcome {
     let progress = AtomicU64::new(0);
     let (seen, reloads) = std::thread::scope(|s| {
         let clients: Vec<_> = (0..16)
-            .map(|_| s.spawn(|| keep_alive_client(&target, &stop, &progress)))
+            .map(|_| s.spawn(|| client(&target, false, &stop, &progress)))
             .collect();
         let reloads = (|| -> Result<Vec<String>, String> {
             let mut done = Vec::new();
