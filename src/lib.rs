@@ -142,7 +142,7 @@ pub use mode::{Mode, ModeParseError};
 pub use options::{ListenOptions, DEFAULT_BACKLOG};
 pub use primary::{
     Builder, Cluster, ClusterStats, Respawn, WorkerInfo, DEFAULT_MESSAGE_LIMIT,
-    DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT, MAX_WORKERS,
 };
 
 /// Round-robin tuning ([`Mode::RoundRobin`]): which waiting worker gets each

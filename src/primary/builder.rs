@@ -313,8 +313,9 @@ impl Builder {
 
     /// Whether the primary installs its signal handlers (default on): `SIGTERM` and
     /// `SIGINT` shut down gracefully (a second one kills the workers at once), `SIGHUP`
-    /// reloads (rolling restart), `SIGTTIN` / `SIGTTOU` add / remove a worker, `SIGCHLD`
-    /// reaps. Turn off to drive everything from code.
+    /// reloads (rolling restart), `SIGUSR2` upgrades the binary ([`Cluster::upgrade`]),
+    /// `SIGTTIN` / `SIGTTOU` add / remove a worker, `SIGCHLD` reaps. Turn off to drive
+    /// everything from code.
     pub fn handle_signals(mut self, on: bool) -> Builder {
         self.signals = on;
         self
@@ -322,7 +323,7 @@ impl Builder {
 
     /// How long a binary upgrade's new program has to reach [`Builder::start`] in its
     /// trial, and, once it runs, its workers to listen before that is reported (default
-    /// [`DEFAULT_UPGRADE_TIMEOUT`](super::DEFAULT_UPGRADE_TIMEOUT), 30 s). See
+    /// [`DEFAULT_UPGRADE_TIMEOUT`](crate::DEFAULT_UPGRADE_TIMEOUT), 30 s). See
     /// [`Cluster::upgrade`].
     pub fn upgrade_timeout(mut self, d: Duration) -> Builder {
         self.upgrade_timeout = d;

@@ -26,7 +26,8 @@
 //! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
 //! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `handle.rs` (the one interface of the listening handles,
+//! `slot.rs` (one worker), `upgrade/` (binary upgrade: trial, `execve` in place,
+//! take-over), `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
 //! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
 //! `budget.rs` (each worker's share of the primary's descriptors).
@@ -105,7 +106,8 @@ use slot::{Phase, Slot};
 /// `SIGTTIN`/`SIGTTOU` follow unicorn and gunicorn. Their default action stops a
 /// background process that touches its terminal; with handlers installed, a primary
 /// run in the background of a terminal with `stty tostop` would take a write to the
-/// terminal as "one worker fewer".
+/// terminal as "one worker fewer". `SIGUSR2` (binary upgrade) follows nginx, unicorn
+/// and HAProxy.
 const HANDLED_SIGNALS: &[i32] = &[
     libc::SIGTERM,
     libc::SIGINT,

@@ -168,12 +168,17 @@ pub fn upgrade_under_load(mode: &str, close: bool) -> Outcome {
     let (seen, result) = under_load(&target, close, |progress| {
         progressed(progress, 2000)?;
         dir.deploy_build(2)?;
+        let from = srv.seen.len();
         srv.signal("USR2")?;
         let finished = srv.expect_containing("upgrade finished", T)?;
+        let ready_again = match srv.seen[from..].iter().find(|l| l.starts_with("ready ")) {
+            Some(l) => l.clone(),
+            None => srv.expect("ready ", T)?,
+        };
         progressed(progress, 2000)?;
-        Ok(finished)
+        Ok((finished, ready_again))
     });
-    let finished = result?;
+    let (finished, ready_again) = result?;
     let how = if close {
         "Connection: close"
     } else {
@@ -190,7 +195,6 @@ pub fn upgrade_under_load(mode: &str, close: bool) -> Outcome {
         || "the primary changed".into(),
     )?;
     gone(&old).map_err(|e| format!("previous program: {e}"))?;
-    let ready_again = srv.seen_or_expect("ready ", T)?;
     check(
         Target::parse(&ready_again["ready ".len()..])? == target,
         || format!("the new program serves {ready_again}, not the same address"),
