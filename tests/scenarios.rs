@@ -196,13 +196,18 @@ fn main() {
         }
     }
     for mode in ["round-robin", "shared", "reuse-port"] {
-        for whom in ["primary", "all"] {
+        for (sig, whom) in [("TERM", "primary"), ("TERM", "all"), ("INT", "all")] {
             let name: &'static str = Box::leak(
-                format!("hello_graceful_stop_{whom}_{}", mode.replace('-', "_")).into_boxed_str(),
+                format!(
+                    "hello_graceful_stop_{}_{whom}_{}",
+                    sig.to_lowercase(),
+                    mode.replace('-', "_")
+                )
+                .into_boxed_str(),
             );
             scenarios.push((
                 name,
-                Box::new(move || hello_deploy::hello_graceful_stop(mode, whom)),
+                Box::new(move || hello_deploy::hello_graceful_stop(mode, sig, whom)),
             ));
         }
     }

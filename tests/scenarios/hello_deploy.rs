@@ -79,13 +79,13 @@ fn clean_eof(conn: &mut Conn) -> Result<(), String> {
 }
 
 /// `hello` in `mode` with 2 workers. Each worker holds an idle keep-alive connection
-/// and one whose next request has begun (its first bytes sent). Then `SIGTERM` to the
-/// primary, or to the primary and every worker at once (`whom` = `"all"`, systemd's
-/// control-group kill):
+/// and one whose next request has begun (its first bytes sent). Then `sig` (`TERM` or
+/// `INT`) to the primary, or to the primary and every worker at once (`whom` = `"all"`:
+/// systemd's control-group kill, Ctrl-C in a terminal):
 /// - the idle connections end with a clean end of stream, not a reset;
 /// - the begun requests, completed after that, are answered with `Connection: close`;
 /// - the demo exits 0 and leaves no process.
-pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
+pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
     let (mut srv, target) = hello(mode, "2")?;
     // Connections, each with one request answered, sorted by the worker that holds it,
     // until both workers hold two.
@@ -122,7 +122,7 @@ pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
     if whom == "all" {
         pids.extend(workers.iter().map(|w| w.0));
     }
-    proc::signal_all(&pids, "TERM")?;
+    proc::signal_all(&pids, sig)?;
     // Each worker closes its idle connection once it has seen the stop.
     for c in &mut idle {
         clean_eof(c).map_err(|e| format!("idle keep-alive connection: {e}"))?;
@@ -142,7 +142,7 @@ pub fn hello_graceful_stop(mode: &str, whom: &str) -> Outcome {
         })?;
         answered += 1;
     }
-    println!("    {mode}, SIGTERM to {whom}: idle connections closed cleanly, {answered} of 2 begun requests answered");
+    println!("    {mode}, SIG{sig} to {whom}: idle connections closed cleanly, {answered} of 2 begun requests answered");
     exited_ok(&mut srv, T)?;
     gone(&workers)
 }
