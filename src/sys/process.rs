@@ -1,5 +1,5 @@
-//! Process calls: `fork`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`, `setsid`, ids,
-//! and `getrlimit`/`setrlimit` for the descriptor limit.
+//! Process calls: `fork`, `waitpid`, `waitid`, `kill`, `tgkill`, `_exit`, `prctl`,
+//! `setsid`, ids, and `getrlimit`/`setrlimit` for the descriptor limit.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -96,6 +96,30 @@ pub(crate) fn wait(pid: Pid) -> io::Result<WaitStatus> {
     Ok(decode_status(status))
 }
 
+/// Corresponds to `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a child
+/// that has exited and is not reaped yet, *left unreaped* (`WNOWAIT`), so the caller
+/// can decide who reaps it; `None` when no child has exited (or there is no child).
+///
+/// Which exited child is reported, when several have, is the kernel's choice.
+pub(crate) fn peek_exited_child() -> io::Result<Option<Pid>> {
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value. Zeroed first
+    // because with WNOHANG and nothing to report POSIX leaves it unspecified whether
+    // the kernel writes `si_pid` (Linux does, with 0).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a writable siginfo_t for the duration of the call; P_ALL
+    // ignores the id.
+    match cvt_r(|| unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) }) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: `info` was zeroed and then, if a child was found, filled by `waitid`
+    // as a SIGCHLD siginfo, whose `si_pid` field is the one read here.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(pid))
+}
+
 fn decode_status(status: i32) -> WaitStatus {
     if libc::WIFSIGNALED(status) {
         WaitStatus::Signaled(libc::WTERMSIG(status))
@@ -163,6 +187,25 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes an integer signal number.
     cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
+}
+
+/// Corresponds to `prctl(PR_GET_CHILD_SUBREAPER)` (Linux): whether this process was
+/// made a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that processes orphaned below
+/// it are reparented to it rather than to the namespace's init.
+pub(crate) fn is_child_subreaper() -> io::Result<bool> {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which points
+    // to `flag`, alive for the duration of the call.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut flag as *mut libc::c_int as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    Ok(flag != 0)
 }
 
 /// Corresponds to `setsid(2)`: this process leads a new session and process group, with
