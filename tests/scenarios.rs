@@ -24,6 +24,8 @@ mod hello_deploy;
 mod isolation;
 #[path = "scenarios/limits.rs"]
 mod limits;
+#[path = "scenarios/pid1.rs"]
+mod pid1;
 #[path = "scenarios/robust.rs"]
 mod robust;
 #[path = "scenarios/supervision.rs"]
@@ -210,6 +212,7 @@ fn main() {
     ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
+    scenarios.push(("pid1_reaps_orphans", Box::new(pid1::pid1_reaps_orphans)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));
