@@ -30,6 +30,8 @@ mod pid1;
 mod robust;
 #[path = "scenarios/supervision.rs"]
 mod supervision;
+#[path = "scenarios/systemd_activate.rs"]
+mod systemd_activate;
 #[path = "scenarios/trust.rs"]
 mod trust;
 
@@ -212,6 +214,10 @@ fn main() {
     ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
+    scenarios.push((
+        "systemd_socket_activate",
+        Box::new(systemd_activate::systemd_socket_activate),
+    ));
     scenarios.push(("pid1_reaps_orphans", Box::new(pid1::pid1_reaps_orphans)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
