@@ -59,7 +59,10 @@
 //! exited child with `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`, which leaves it
 //! unreaped; if it is a worker, stop (it exited just now, and the next turn's per-pid
 //! pass reaps it as a worker, with its status); otherwise reap that pid, count it
-//! ([`ClusterStats::orphans_reaped`]) and peek again. An orphan's exit is never an
+//! ([`ClusterStats::orphans_reaped`]) and peek again (at most 64 a turn). The pass
+//! runs whenever the primary reaps, so an orphan's `SIGCHLD` is what brings it (with
+//! [`Builder::handle_signals`]`(false)` orphans are reaped only when a worker is).
+//! An orphan's exit is never an
 //! [`Event::Exit`] and never counts as a worker's crash. The price: in this role a
 //! `std::process::Child` the application started in the primary may be reaped by the
 //! primary before the application waits for it (its `wait` then fails with
