@@ -237,9 +237,11 @@ pub struct ClusterStats {
     /// serving them: those that came back from dying workers more than three times,
     /// and those pending when a shutdown closed the listener.
     pub dropped_connections: u64,
-    /// Exited children the primary reaped that were not its workers: processes
-    /// orphaned below a primary that is pid 1 or a child subreaper (see "Reaping" in
-    /// the module docs of `primary`, and the README's "Containers").
+    /// Exited children the primary reaped that were not its workers. When the primary
+    /// is pid 1 (a container's init) or a child subreaper (`PR_SET_CHILD_SUBREAPER`),
+    /// processes orphaned below it are reparented to it, and it reaps those that exit,
+    /// so none stays a zombie; their exits are never reported as a worker's. Always 0
+    /// in any other process.
     pub orphans_reaped: u64,
 }
 
