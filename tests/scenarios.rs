@@ -24,10 +24,14 @@ mod hello_deploy;
 mod isolation;
 #[path = "scenarios/limits.rs"]
 mod limits;
+#[path = "scenarios/pid1.rs"]
+mod pid1;
 #[path = "scenarios/robust.rs"]
 mod robust;
 #[path = "scenarios/supervision.rs"]
 mod supervision;
+#[path = "scenarios/systemd_activate.rs"]
+mod systemd_activate;
 #[path = "scenarios/trust.rs"]
 mod trust;
 #[path = "scenarios/upgrade.rs"]
@@ -235,6 +239,11 @@ fn main() {
     scenarios.push(("upgrade_notify", Box::new(upgrade::upgrade_notify)));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
+    scenarios.push((
+        "systemd_socket_activate",
+        Box::new(systemd_activate::systemd_socket_activate),
+    ));
+    scenarios.push(("pid1_reaps_orphans", Box::new(pid1::pid1_reaps_orphans)));
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

@@ -410,6 +410,7 @@ impl Builder {
             state: State::Running,
             buf: vec![0u8; MAX_RECORD_LEN + 1],
             reap_due: false,
+            orphans_due: false,
             pid: process::getpid(),
             stats: ClusterStats::default(),
             fd_limit,

@@ -71,7 +71,7 @@ impl Cluster {
             }
         }
         let now = Instant::now();
-        let reaping = self.reap_due || self.workers.values().any(|s| s.eof);
+        let reaping = self.reap_due || self.orphans_due || self.workers.values().any(|s| s.eof);
         if reaping || (self.state == State::Running && self.live_count() < self.target) {
             // Signals that came after `poll` looked, before anything is reaped or
             // forked: under a service manager's control-group kill the primary's
@@ -143,7 +143,7 @@ impl Cluster {
     }
 
     /// The earliest timer: a kill deadline, a respawn back-off, a reload step, a
-    /// paused accept, a reap check.
+    /// paused accept, a reap check, orphans left to reap.
     fn next_timer(&self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
@@ -156,6 +156,9 @@ impl Cluster {
             if s.eof {
                 consider(now + REAP_POLL);
             }
+        }
+        if self.orphans_due {
+            consider(now); // more orphans than one turn reaps
         }
         // (A shutdown's own deadline needs no timer: it is each worker's deadline.)
         if self.state == State::Running {

@@ -24,6 +24,9 @@ use crate::sys::signal;
 use crate::worker::{self, ChildStart};
 use crate::worker_id::WorkerId;
 
+/// Orphans reaped at most per turn of the loop (see `Cluster::reap_orphans`).
+const ORPHANS_PER_TURN: usize = 64;
+
 impl Cluster {
     /// Forks one worker.
     pub(super) fn spawn(&mut self) -> Result<WorkerId, Error> {
@@ -304,6 +307,41 @@ impl Cluster {
             };
             self.on_exit(id, pid, status, now);
         }
+        self.reap_orphans();
+    }
+
+    /// As pid 1 or a child subreaper, reaps children the primary did not fork:
+    /// processes orphaned anywhere below it (a worker's child whose worker exited) are
+    /// reparented to it and would stay zombies for ever. Each exited child is peeked at
+    /// first without being reaped (`WNOWAIT`); a worker ends the pass (it is reaped by
+    /// the per-pid pass on the next turn, with its status, as a worker), anything else
+    /// is reaped and counted (`ClusterStats::orphans_reaped`), never reported as a
+    /// worker's exit. At most [`ORPHANS_PER_TURN`] a turn, so children dying as fast as
+    /// they are reaped cannot hold the loop; the rest wait for the next turn.
+    fn reap_orphans(&mut self) {
+        self.orphans_due = false;
+        let adopts = self.pid == 1 || process::is_child_subreaper().unwrap_or(false);
+        if !adopts {
+            return;
+        }
+        for _ in 0..ORPHANS_PER_TURN {
+            let pid = match process::peek_exited_child() {
+                Ok(Some(pid)) => pid,
+                Ok(None) | Err(_) => return,
+            };
+            if self.workers.values().any(|s| s.pid == pid) || self.trial_pid() == Some(pid) {
+                // Exited since the per-pid pass; its SIGCHLD (or its channel's EOF)
+                // brings the next turn. (An upgrade's trial is reaped, with its
+                // status, when its report pipe closes.)
+                return;
+            }
+            match process::try_wait(pid) {
+                Ok(Some(_)) => self.stats.orphans_reaped += 1,
+                // Gone already, or not exited after all: nothing of ours.
+                Ok(None) | Err(_) => return,
+            }
+        }
+        self.orphans_due = true;
     }
 
     fn on_exit(&mut self, id: WorkerId, pid: Pid, status: ExitStatus, now: Instant) {

@@ -50,6 +50,25 @@
 //! which would also steal the exit status of children the application started itself
 //! (a `std::process::Child` would then fail to `wait`). A reaped pid is forgotten at
 //! once, so the primary never signals a pid the system may have given to someone else.
+//!
+//! **As pid 1, or a child subreaper.** The primary of a container (or of any pid
+//! namespace) is its init: every process orphaned below it — a worker's child whose
+//! worker exited, a daemon that double-forked — is reparented to it, and only its
+//! parent can reap it. The same holds for a process that set
+//! `PR_SET_CHILD_SUBREAPER`. So when `getpid()` is 1 or `PR_GET_CHILD_SUBREAPER` says
+//! so, each reaping pass ends with a second one, after the per-pid pass: peek at an
+//! exited child with `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`, which leaves it
+//! unreaped; if it is a worker, stop (it exited just now, and the next turn's per-pid
+//! pass reaps it as a worker, with its status); otherwise reap that pid, count it
+//! ([`ClusterStats::orphans_reaped`]) and peek again (at most 64 a turn). The pass
+//! runs whenever the primary reaps, so an orphan's `SIGCHLD` is what brings it (with
+//! [`Builder::handle_signals`]`(false)` orphans are reaped only when a worker is).
+//! An orphan's exit is never an
+//! [`Event::Exit`] and never counts as a worker's crash. The price: in this role a
+//! `std::process::Child` the application started in the primary may be reaped by the
+//! primary before the application waits for it (its `wait` then fails with
+//! `ECHILD`), which is what any init does; workers are not affected (their children
+//! are theirs). Outside these roles nothing changes.
 
 mod budget;
 mod builder;
@@ -223,6 +242,12 @@ pub struct ClusterStats {
     /// serving them: those that came back from dying workers more than three times,
     /// and those pending when a shutdown closed the listener.
     pub dropped_connections: u64,
+    /// Exited children the primary reaped that were not its workers. When the primary
+    /// is pid 1 (a container's init) or a child subreaper (`PR_SET_CHILD_SUBREAPER`),
+    /// processes orphaned below it are reparented to it, and it reaps those that exit,
+    /// so none stays a zombie; their exits are never reported as a worker's. Always 0
+    /// in any other process.
+    pub orphans_reaped: u64,
 }
 
 /// A running cluster: the primary's handle on its workers.
@@ -257,6 +282,8 @@ pub struct Cluster {
     state: State,
     buf: Vec<u8>,
     reap_due: bool,
+    /// Orphans were left for the next turn (`reap_orphans` reached its bound).
+    orphans_due: bool,
     pid: Pid,
     stats: ClusterStats,
     /// The soft `RLIMIT_NOFILE` after `start` raised it: the workers' descriptor

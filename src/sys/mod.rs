@@ -24,8 +24,8 @@
 //! # Linux
 //!
 //! Linux is the target. Calls that are Linux-only say so in their docs: `accept4`,
-//! `SOCK_SEQPACKET` on Unix sockets, `MSG_CMSG_CLOEXEC`, `PR_SET_PDEATHSIG`, `tgkill`,
-//! `close_range`, and everything in `caps`.
+//! `SOCK_SEQPACKET` on Unix sockets, `MSG_CMSG_CLOEXEC`, `PR_SET_PDEATHSIG`,
+//! `PR_GET_CHILD_SUBREAPER`, `tgkill`, `close_range`, and everything in `caps`.
 
 pub(crate) mod caps;
 pub(crate) mod fd;

@@ -1,5 +1,6 @@
-//! Process calls: `fork`, `execve`, `waitpid`, `kill`, `tgkill`, `_exit`, `prctl`,
-//! `setsid`, `setpgid`, ids, and `getrlimit`/`setrlimit` for the descriptor limit.
+//! Process calls: `fork`, `execve`, `waitpid`, `waitid`, `kill`, `tgkill`, `_exit`,
+//! `prctl`, `setsid`, `setpgid`, ids, and `getrlimit`/`setrlimit` for the descriptor
+//! limit.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -95,6 +96,30 @@ pub(crate) fn wait(pid: Pid) -> io::Result<WaitStatus> {
     // SAFETY: `status` is a valid int for the kernel to fill.
     cvt_r(|| unsafe { libc::waitpid(pid, &mut status, 0) })?;
     Ok(decode_status(status))
+}
+
+/// Corresponds to `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`: the pid of a child
+/// that has exited and is not reaped yet, *left unreaped* (`WNOWAIT`), so the caller
+/// can decide who reaps it; `None` when no child has exited (or there is no child).
+///
+/// Which exited child is reported, when several have, is the kernel's choice.
+pub(crate) fn peek_exited_child() -> io::Result<Option<Pid>> {
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value. Zeroed first
+    // because with WNOHANG and nothing to report POSIX leaves it unspecified whether
+    // the kernel writes `si_pid` (Linux does, with 0).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a writable siginfo_t for the duration of the call; P_ALL
+    // ignores the id.
+    match cvt_r(|| unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) }) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: `info` was zeroed and then, if a child was found, filled by `waitid`
+    // as a SIGCHLD siginfo, whose `si_pid` field is the one read here.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(pid))
 }
 
 fn decode_status(status: i32) -> WaitStatus {
@@ -207,6 +232,25 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Corresponds to `prctl(PR_GET_CHILD_SUBREAPER)` (Linux): whether this process was
+/// made a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that processes orphaned below
+/// it are reparented to it rather than to the namespace's init.
+pub(crate) fn is_child_subreaper() -> io::Result<bool> {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which points
+    // to `flag`, alive for the duration of the call.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut flag as *mut libc::c_int as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    Ok(flag != 0)
+}
+
 /// Corresponds to `setsid(2)`: this process leads a new session and process group, with
 /// no controlling terminal. A terminal's job-control signals (`SIGINT` from Ctrl-C,
 /// `SIGHUP` on hang-up) then no longer reach it, and it cannot use a terminal it
@@ -283,4 +327,81 @@ pub(crate) fn monotonic_usec() -> u64 {
     // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000) + (ts.tv_nsec as u64) / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Corresponds to `prctl(PR_SET_CHILD_SUBREAPER, 1)` (Linux); only the test below
+    /// needs it (an application sets it itself, the primary only reads it).
+    fn become_child_subreaper() -> io::Result<()> {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes a plain integer flag.
+        cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
+        Ok(())
+    }
+
+    /// The state letter and parent of a process, from `/proc/PID/stat`.
+    fn state_and_parent(pid: Pid) -> Option<(String, Pid)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut after = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+        let state = after.next()?.to_string();
+        Some((state, after.next()?.parse().ok()?))
+    }
+
+    /// A child subreaper adopts an orphan (a shell's background job, the shell gone);
+    /// once it has exited, `peek_exited_child` names it without reaping it, and
+    /// `try_wait` then reaps it. (The only unit test that starts processes, so the
+    /// exited child peeked at is this one's. The flag stays on the test process, which
+    /// only makes orphans of its children its own; spawning, not forking, as the
+    /// harness is multi-threaded.)
+    #[test]
+    fn a_subreaper_peeks_at_an_orphan_then_reaps_it() {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        assert!(!is_child_subreaper().expect("PR_GET_CHILD_SUBREAPER"));
+        become_child_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+        assert!(is_child_subreaper().expect("PR_GET_CHILD_SUBREAPER"));
+        // The job (an external command: a builtin would keep a saved copy of the
+        // shell's stdout) reads the shell's stdin, whose only writer is this test: it
+        // outlives the shell (which could otherwise reap it first) and exits when that
+        // closes.
+        let mut sh = Command::new("sh")
+            .args(["-c", "exec 3<&0; cat <&3 >/dev/null 2>&1 & echo $!"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let writer = sh.stdin.take();
+        let mut pid = String::new();
+        sh.stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut pid)
+            .expect("the job's pid");
+        sh.wait().expect("sh");
+        let orphan: Pid = pid.trim().parse().expect("the job's pid");
+        let adopted = state_and_parent(orphan).expect("the job is running");
+        assert_eq!(adopted.1, getpid(), "the orphan was reparented to us");
+        assert_ne!(adopted.0, "Z");
+        drop(writer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state_and_parent(orphan) != Some(("Z".into(), getpid())) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {orphan} did not become our exited child: {:?}",
+                state_and_parent(orphan)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(peek_exited_child().expect("waitid"), Some(orphan));
+        // Peeking left it as it was: still there, still exited.
+        assert_eq!(state_and_parent(orphan), Some(("Z".into(), getpid())));
+        assert_eq!(
+            try_wait(orphan).expect("waitpid"),
+            Some(WaitStatus::Exited(0))
+        );
+        assert_eq!(state_and_parent(orphan), None);
+        assert_eq!(peek_exited_child().expect("waitid"), None);
+    }
 }

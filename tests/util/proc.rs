@@ -17,6 +17,9 @@ pub struct Server {
     stderr: Option<JoinHandle<String>>,
     /// Worker pid → start time (from `/proc/PID/stat`), as announced on stdout.
     pub workers: BTreeMap<u32, u64>,
+    /// Whether the pids in `fork ID PID` lines are this process's to look up (not when
+    /// the server runs in a pid namespace of its own: see `pids_in_own_namespace`).
+    announced_pids: bool,
 }
 
 /// The command that runs this test binary again, as a cluster primary.
@@ -117,7 +120,15 @@ impl Server {
             seen: Vec::new(),
             stderr: Some(stderr),
             workers: BTreeMap::new(),
+            announced_pids: true,
         })
+    }
+
+    /// The server runs in a pid namespace of its own: the pids it announces are not
+    /// this process's pids (they may name unrelated processes here), so they are not
+    /// recorded in `workers`. The scenario fills `workers` itself, with host pids.
+    pub fn pids_in_own_namespace(&mut self) {
+        self.announced_pids = false;
     }
 
     pub fn pid(&self) -> u32 {
@@ -127,7 +138,7 @@ impl Server {
     fn note(&mut self, line: &str) {
         // "fork ID PID" lines announce workers: remember their start times.
         let mut parts = line.split_whitespace();
-        if parts.next() == Some("fork") {
+        if self.announced_pids && parts.next() == Some("fork") {
             if let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) {
                 if let Some(start) = start_time(pid) {
                     self.workers.insert(pid, start);

@@ -33,7 +33,9 @@
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
 //! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
-//! the first address at once, answered at once); `sleep
+//! the first address at once, answered at once); `orphans`
+//! (leaves a child that has exited and one still running, answers `orphans ZOMBIE_PID
+//! LIVE_PID`, then the worker exits with code 3: see `orphans()`); `sleep
 //! MS` (tells the primary `busy`
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
@@ -46,7 +48,9 @@
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
 //! address, `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
 //! they change,
-//! and at the end `hygiene fds_before=… fds_after=… children=…` about itself.
+//! and at the end `dropped N` (round-robin connections closed unserved), `orphans N`
+//! (children reaped that were not workers) and `hygiene fds_before=… fds_after=…
+//! children=…` about itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -88,6 +92,7 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
     }
     let cmd: Vec<&str> = line.split_whitespace().collect();
     let mut extra = String::new();
+    let mut exit_after = false;
     match cmd.as_slice() {
         ["sleep", ms] => {
             if let Some(w) = Worker::current() {
@@ -160,6 +165,15 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                     .unwrap_or_default()
             );
         }
+        ["orphans"] => {
+            // Leaves two children behind and exits right after answering (exit code
+            // 3, a crash): orphans for the primary when it is pid 1 (see `orphans`).
+            extra = match orphans() {
+                Ok((zombie, live)) => format!(" orphans {zombie} {live}"),
+                Err(e) => format!(" orphans-error {e}"),
+            };
+            exit_after = true;
+        }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
         ["unlisten", n] => {
             // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
@@ -203,6 +217,38 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
         u8::from(conn_cloexec)
     );
     let _ = stream.write_all(reply.as_bytes());
+    if exit_after {
+        std::process::exit(3);
+    }
+}
+
+/// Two children of this worker that outlive it as processes to reap: one that has
+/// already exited (a zombie, waited for until it is one, never reaped here), and one
+/// still running that exits when this worker does (`sh` reading a pipe whose only
+/// writer is this worker, kept open until the worker exits). Returns their pids.
+fn orphans() -> std::io::Result<(u32, u32)> {
+    use std::process::{Command, Stdio};
+    let exited = Command::new("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let zombie = exited.id();
+    proc::wait_until("the first orphan to exit", Duration::from_secs(5), || {
+        proc::is_zombie(zombie)
+    })
+    .map_err(std::io::Error::other)?;
+    drop(exited); // not waited for: dropping a `Child` does not reap it
+    let running = Command::new("sh")
+        .args(["-c", "read line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let live = running.id();
+    // The pipe's write end stays open (and the child unreaped) until this worker exits.
+    std::mem::forget(running);
+    Ok((zombie, live))
 }
 
 /// Worker 1 breaks the protocol, as `SC_ROGUE` says, then serves as usual (until the
@@ -696,6 +742,7 @@ pub fn main() -> i32 {
         }
     }
     say(format!("dropped {}", cluster.stats().dropped_connections));
+    say(format!("orphans {}", cluster.stats().orphans_reaped));
     drop(cluster);
     let fds_after = proc::open_fds();
     let me = std::process::id();

@@ -347,6 +347,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The trial's pid while one runs (it is not an orphan to reap).
+    pub(super) fn trial_pid(&self) -> Option<Pid> {
+        self.upgrades.trial.as_ref().map(|t| t.pid)
+    }
+
     /// The trial's pipe, for `poll`.
     pub(super) fn trial_fd(&self) -> Option<BorrowedFd<'_>> {
         self.upgrades.trial.as_ref().map(|t| t.output.as_fd())
