@@ -102,7 +102,7 @@ impl Endpoint {
             match ch.send(&Message::Ready { count: 1, open }, None) {
                 Ok(()) => {}
                 // Shut down (closed here, or the primary went away): nothing more comes.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(None),
+                Err(e) if primary_gone(&e) => return Ok(None),
                 Err(e) => return Err(e),
             }
             let mut buf = [0u8; 256];
@@ -146,6 +146,8 @@ impl Endpoint {
                     {
                         continue
                     }
+                    // Everything queued was received first; the primary's end is gone.
+                    Err(RecvError::Io(e)) if primary_gone(&e) => return Ok(None),
                     Err(RecvError::Io(e)) => return Err(e),
                     // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
                     // connection's descriptor and closed it (the client sees the
@@ -167,4 +169,12 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The primary's end of the channel is closed: `EPIPE` on a send, or `ECONNRESET` when
+/// it closed with credits of ours unread in its queue (a primary that exited, or that
+/// `execve`d a binary upgrade, which passes only the listening sockets on). Like an
+/// end of stream: no connection comes any more.
+fn primary_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
 }
