@@ -12,7 +12,8 @@ use crate::server;
 /// How to call it.
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
-     [--prefetch N] [--accept-window-us US]";
+     [--prefetch N] [--accept-window-us US] [--timeout SECS] [--max-requests N] \
+     [--max-requests-jitter J] [--max-rss MIB]";
 
 /// The command line.
 pub struct Options {
@@ -25,6 +26,23 @@ pub struct Options {
     scheduler: Option<String>,
     prefetch: Option<u32>,
     accept_window_us: Option<u64>,
+    /// `--timeout SECS`: `Builder::worker_timeout`.
+    timeout: Option<Duration>,
+    /// `--max-requests N` and `--max-requests-jitter J`: `Builder::max_connections`.
+    max_requests: Option<u64>,
+    max_requests_jitter: u64,
+    /// `--max-rss MIB`: `Builder::max_rss`.
+    max_rss_mib: Option<u64>,
+}
+
+/// A whole number for `flag`, at least `min`.
+fn number(flag: &str, v: &str, min: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "{flag}: {v:?} is not a whole number of at least {min}"
+        )),
+    }
 }
 
 /// Parses the command line (without the program name).
@@ -38,6 +56,10 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         scheduler: None,
         prefetch: None,
         accept_window_us: None,
+        timeout: None,
+        max_requests: None,
+        max_requests_jitter: 0,
+        max_rss_mib: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -84,6 +106,21 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                         .map_err(|_| format!("--accept-window-us: {v:?} is not a number"))?,
                 );
             }
+            "--timeout" => {
+                let secs = number("--timeout", &value("--timeout")?, 1)?;
+                opts.timeout = Some(Duration::from_secs(secs));
+            }
+            "--max-requests" => {
+                opts.max_requests = Some(number("--max-requests", &value("--max-requests")?, 1)?)
+            }
+            "--max-requests-jitter" => {
+                opts.max_requests_jitter =
+                    number("--max-requests-jitter", &value("--max-requests-jitter")?, 0)?
+            }
+            "--max-rss" => {
+                let mib = number("--max-rss", &value("--max-rss")?, 1)?;
+                opts.max_rss_mib = Some(mib.min(u64::MAX >> 20));
+            }
             "--scheduler" => {
                 let v = value("--scheduler")?;
                 match v.as_str() {
@@ -125,6 +162,17 @@ pub fn run(opts: Options) -> ExitCode {
     }
     if let Some(us) = opts.accept_window_us {
         builder = builder.accept_window(Duration::from_micros(us));
+    }
+    if let Some(d) = opts.timeout {
+        builder = builder.worker_timeout(d);
+    }
+    if let Some(n) = opts.max_requests {
+        builder = builder
+            .max_connections(n)
+            .max_connections_jitter(opts.max_requests_jitter);
+    }
+    if let Some(mib) = opts.max_rss_mib {
+        builder = builder.max_rss(mib << 20);
     }
     if let Some(name) = &opts.user {
         match User::named(name) {
@@ -208,6 +256,11 @@ pub fn run(opts: Options) -> ExitCode {
                     if complete { "" } else { " (stopped early)" }
                 )
             }
+            Event::Replacing {
+                worker,
+                pid,
+                reason,
+            } => eprintln!("hello: replacing worker {worker} (pid {pid}): {reason}"),
             Event::Error(e) => eprintln!("hello: {e}"),
             _ => {}
         }

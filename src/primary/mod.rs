@@ -26,7 +26,7 @@
 //! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
 //! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `handle.rs` (the one interface of the listening handles,
+//! `slot.rs` (one worker), `health.rs` (liveness and recycling), `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
 //! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
 //! `budget.rs` (each worker's share of the primary's descriptors).
@@ -54,6 +54,7 @@ mod budget;
 mod builder;
 mod event_loop;
 mod handle;
+mod health;
 mod lifecycle;
 mod listen;
 mod notify;
@@ -73,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::event::{Event, Signal};
+use crate::event::{Event, Replacement, Signal};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
@@ -93,6 +94,7 @@ pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
 use handle::Handle;
+use health::{Health, Jitter};
 use notify::Notifier;
 use reload::Reload;
 use respawn::CrashStreak;
@@ -134,6 +136,8 @@ struct Config {
     /// Descriptors every worker keeps (`Builder::keep_fd`), held open by the primary
     /// for the cluster's life; every other descriptor is closed in a worker.
     kept: Vec<std::os::fd::OwnedFd>,
+    /// Liveness and recycling (`health.rs`).
+    health: Health,
 }
 
 /// Where the cluster is in its life.
@@ -199,6 +203,15 @@ pub struct WorkerInfo {
     pub open: u32,
     /// How long ago it was forked.
     pub uptime: Duration,
+    /// Its resident set size in bytes, as the primary last read it from
+    /// `/proc/PID/statm` (about once a second). Read only when a health knob that
+    /// wakes the primary is set ([`Builder::max_rss`], [`Builder::worker_timeout`],
+    /// [`Builder::heartbeat_timeout`]); `None` otherwise, and before the first read.
+    pub rss: Option<u64>,
+    /// Why the worker this one replaced was replaced, when the primary did it on its
+    /// own (a health knob); `None` for a worker forked at start, to grow the
+    /// cluster, to replace a crash, or in a reload.
+    pub replaced_because: Option<Replacement>,
 }
 
 /// Counters over the cluster's life, from [`Cluster::stats`]. Non-exhaustive: counters
@@ -218,6 +231,11 @@ pub struct ClusterStats {
     /// serving them: those that came back from dying workers more than three times,
     /// and those pending when a shutdown closed the listener.
     pub dropped_connections: u64,
+    /// Workers killed because they did not answer the primary's ping or stopped
+    /// calling [`Worker::heartbeat`](crate::Worker::heartbeat).
+    pub health_kills: u64,
+    /// Recycles started ([`Builder::max_connections`], [`Builder::max_rss`]).
+    pub recycles: u64,
 }
 
 /// A running cluster: the primary's handle on its workers.
@@ -243,6 +261,17 @@ pub struct Cluster {
     target: usize,
     backoff: CrashStreak,
     reload: Option<Reload>,
+    /// The recycle under way (`health.rs`): one step of a reload, for one worker.
+    recycle: Option<Reload>,
+    /// Why it runs.
+    recycle_reason: Option<Replacement>,
+    /// Workers killed by a health check, whose replacements are still to be forked:
+    /// why, for each (`WorkerInfo::replaced_because`).
+    respawn_causes: VecDeque<Replacement>,
+    /// What `spawn` records as the new worker's `replaced_because`.
+    next_cause: Option<Replacement>,
+    /// Draws each worker's connection-limit jitter.
+    jitter: Jitter,
     /// A reload was asked for while one ran: start again when it ends.
     reload_again: bool,
     /// The reload just started: its first step waits one turn (see `begin_restart`).
@@ -491,6 +520,8 @@ impl Cluster {
                 accepted: s.accepted,
                 open: s.open,
                 uptime: now.saturating_duration_since(s.forked_at),
+                rss: s.vitals.rss,
+                replaced_because: s.vitals.replaced_because,
             })
             .collect()
     }

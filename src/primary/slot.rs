@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::health::Vitals;
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::fd;
@@ -78,6 +79,8 @@ pub(crate) struct Slot {
     window: (Instant, u32),
     /// Listening handles its requests created (charged to its descriptor budget).
     pub(crate) handles_created: usize,
+    /// What the health checks know of it (`health.rs`).
+    pub(crate) vitals: Vitals,
 }
 
 impl Slot {
@@ -101,6 +104,7 @@ impl Slot {
             setup_failed: false,
             said_online: false,
             window: (Instant::now(), 0),
+            vitals: Vitals::new(Instant::now(), None),
         }
     }
 

@@ -161,6 +161,19 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             );
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["hang-heartbeat"] => {
+            // The application's main loop stops making progress (its heartbeat
+            // thread stops calling `Worker::heartbeat`); requests are still served.
+            HEARTBEAT_HUNG.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ["leak", mib] => {
+            // Allocates, touches and keeps MIB MiB (the resident set grows).
+            let n = mib.parse::<usize>().unwrap_or(0).min(1024);
+            let block = vec![1u8; n << 20];
+            let mut kept = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push(block);
+            extra = format!(" leaked {}", kept.len());
+        }
         ["unlisten", n] => {
             // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
             let l = n
@@ -272,6 +285,12 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
 
 /// The worker's listeners, for `unlisten N`.
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
+
+/// `hang-heartbeat`: the worker's heartbeat thread stops calling `Worker::heartbeat`.
+static HEARTBEAT_HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `leak MIB`: memory the worker keeps for good.
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 /// The worker's addresses as asked for, for `bind-burst N`.
 static ADDRS: std::sync::OnceLock<Vec<ListenAddr>> = std::sync::OnceLock::new();
@@ -387,6 +406,19 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         }
     }
     std::thread::scope(|s| {
+        // `SC_HEARTBEAT_MS`: the application's "main loop", which calls
+        // `Worker::heartbeat` five times per timeout until `hang-heartbeat`, and ends
+        // with the worker.
+        if let Ok(ms) = env("SC_HEARTBEAT_MS", "").parse::<u64>() {
+            s.spawn(move || {
+                while !w.is_disconnecting() {
+                    if !HEARTBEAT_HUNG.load(std::sync::atomic::Ordering::Relaxed) {
+                        w.heartbeat();
+                    }
+                    let _ = w.recv_timeout(Duration::from_millis(ms / 5));
+                }
+            });
+        }
         for l in &listeners {
             let cloexec = proc::is_cloexec(l.as_fd().as_raw_fd());
             for _ in 0..threads {
@@ -600,6 +632,23 @@ pub fn main() -> i32 {
             builder = builder.listen_only(addrs.clone());
         }
     }
+    // Worker health (`SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS`, `SC_MAX_CONN`,
+    // `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB`).
+    if let Ok(ms) = env("SC_TIMEOUT_MS", "").parse() {
+        builder = builder.worker_timeout(Duration::from_millis(ms));
+    }
+    if let Ok(ms) = env("SC_HEARTBEAT_MS", "").parse() {
+        builder = builder.heartbeat_timeout(Duration::from_millis(ms));
+    }
+    if let Ok(n) = env("SC_MAX_CONN", "").parse() {
+        builder = builder.max_connections(n);
+    }
+    if let Ok(j) = env("SC_MAX_CONN_JITTER", "").parse() {
+        builder = builder.max_connections_jitter(j);
+    }
+    if let Ok(mib) = env("SC_MAX_RSS_MIB", "").parse::<u64>() {
+        builder = builder.max_rss(mib << 20);
+    }
     if let Ok(n) = env("SC_MSG_LIMIT", "").parse() {
         builder = builder.message_limit(n);
     }
@@ -681,6 +730,20 @@ pub fn main() -> i32 {
                 say(format!("reload-finished {replaced} complete={complete}"))
             }
             Some(Event::Error(e)) => say(format!("error {e}")),
+            Some(Event::Replacing {
+                worker,
+                pid,
+                reason,
+            }) => {
+                let kind = match reason {
+                    cluster::Replacement::Unresponsive { .. } => "unresponsive",
+                    cluster::Replacement::NoHeartbeat { .. } => "no-heartbeat",
+                    cluster::Replacement::MaxConnections { .. } => "max-connections",
+                    cluster::Replacement::MaxRss { .. } => "max-rss",
+                    _ => "other",
+                };
+                say(format!("replacing {worker} {pid} {kind} ({reason})"))
+            }
             Some(other) => say(format!("event {other:?}")),
             None => {}
         }
@@ -695,7 +758,11 @@ pub fn main() -> i32 {
             last_stats = stats;
         }
     }
-    say(format!("dropped {}", cluster.stats().dropped_connections));
+    let st = cluster.stats();
+    say(format!(
+        "dropped {} health_kills={} recycles={}",
+        st.dropped_connections, st.health_kills, st.recycles
+    ));
     drop(cluster);
     let fds_after = proc::open_fds();
     let me = std::process::id();
