@@ -18,6 +18,8 @@ mod core_modes;
 mod demo;
 #[path = "scenarios/deploy.rs"]
 mod deploy;
+#[path = "scenarios/health.rs"]
+mod health;
 #[path = "scenarios/isolation.rs"]
 mod isolation;
 #[path = "scenarios/limits.rs"]
@@ -193,6 +195,21 @@ fn main() {
     }
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
+    // Worker health: hung workers, heartbeats, recycling by count and by memory.
+    {
+        use health::*;
+        scenarios.extend(all("hung_worker_replaced", hung_worker_replaced));
+        scenarios.push((
+            "heartbeat_replaces_hung_application",
+            Box::new(heartbeat_replaces_hung_application),
+        ));
+        scenarios.extend(all(
+            "recycle_by_count_under_load",
+            recycle_by_count_under_load,
+        ));
+        scenarios.extend(all("recycle_keeps_n_serving", recycle_keeps_n_serving));
+        scenarios.push(("recycle_by_memory", Box::new(recycle_by_memory)));
+    }
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

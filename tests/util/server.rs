@@ -19,6 +19,9 @@
 //! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
 //! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
 //! `rogue`),
+//! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
+//! `Worker::heartbeat` five times per timeout, until `hang-heartbeat`), `SC_MAX_CONN`,
+//! `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB` (worker health),
 //! `SC_SECRET` (a file the primary opens for reading before `start` and holds, as a
 //! program's private key or configuration would be), `SC_KEEP` (a log file the primary
 //! opens for appending, created 0600, and gives every worker with `keep_fd`).
@@ -31,7 +34,8 @@
 //! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
-//! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `send
+//! (writes TEXT to stderr); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! (allocates, touches and keeps MIB MiB); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
 //! the first address at once, answered at once); `sleep
 //! MS` (tells the primary `busy`
@@ -42,9 +46,10 @@
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
-//! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `exit ID PID STATUS
+//! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `replacing ID PID KIND (REASON)`, `exit ID PID STATUS
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
-//! address, `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
+//! address, `serving K` (workers listening and not disconnecting, after each event,
+//! when it changes, once ready), `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
 //! they change,
 //! and at the end `hygiene fds_before=… fds_after=… children=…` about itself.
 
@@ -415,7 +420,8 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
                     if !HEARTBEAT_HUNG.load(std::sync::atomic::Ordering::Relaxed) {
                         w.heartbeat();
                     }
-                    let _ = w.recv_timeout(Duration::from_millis(ms / 5));
+                    // The application's own pace (not the driver's synchronisation).
+                    std::thread::sleep(Duration::from_millis(ms / 5));
                 }
             });
         }
@@ -669,6 +675,7 @@ pub fn main() -> i32 {
     let mut resolved: Vec<String> = Vec::new();
     let mut ready = false;
     let mut last_stats = String::new();
+    let mut last_serving = usize::MAX;
     loop {
         let event = match cluster.next_event_timeout(event_wait) {
             Ok(Some(e)) => Some(e),
@@ -756,6 +763,17 @@ pub fn main() -> i32 {
         if stats != last_stats {
             say(format!("stats {stats}"));
             last_stats = stats;
+        }
+        // Workers that listen and were not asked to go, as the primary sees them
+        // after every event (once ready): `serving K` whenever it changes.
+        let serving = cluster
+            .workers()
+            .iter()
+            .filter(|w| w.listening > 0 && !w.disconnecting)
+            .count();
+        if ready && serving != last_serving {
+            say(format!("serving {serving}"));
+            last_serving = serving;
         }
     }
     let st = cluster.stats();
