@@ -4,7 +4,7 @@
 //!
 //! # Liveness
 //!
-//! With [`Builder::worker_timeout`] (or [`Builder::heartbeat_timeout`]) set, the primary
+//! With [`Builder::worker_timeout`](crate::Builder::worker_timeout) (or [`Builder::heartbeat_timeout`](crate::Builder::heartbeat_timeout)) set, the primary
 //! sends each worker a `Ping` every quarter of the shorter timeout (at most once a
 //! second), one at a time: the next goes only after the `Pong`. The worker's *control
 //! thread* answers (`worker/control.rs`), not the application, so the answer says the
@@ -29,8 +29,8 @@
 //!
 //! # Recycling
 //!
-//! [`Builder::max_connections`] (with a jitter drawn per worker, so that workers forked
-//! together do not leave together) and [`Builder::max_rss`] mark a worker for
+//! [`Builder::max_connections`](crate::Builder::max_connections) (with a jitter drawn per worker, so that workers forked
+//! together do not leave together) and [`Builder::max_rss`](crate::Builder::max_rss) mark a worker for
 //! *recycling*. A recycle is one step of a reload (`reload.rs`, the same state
 //! machine): fork the replacement, wait until it listens where the old one did, then
 //! ask the old one to disconnect (it finishes what it holds), and wait until it is
@@ -229,6 +229,7 @@ impl Cluster {
         let mut timed_out = Vec::new();
         let mut gone = false;
         for s in self.workers.values_mut().filter(|s| watched(s)) {
+            let backed_up = s.wants_write();
             let v = &mut s.vitals;
             if let Some(t) = health.worker_timeout {
                 let silent = now.saturating_duration_since(v.heard);
@@ -245,7 +246,10 @@ impl Cluster {
                 }
             }
             if let Some(every) = every {
-                if !v.ping_out && now >= v.next_ping {
+                // Not behind records the worker has not taken yet (it is not reading
+                // its channel: it answers when it does, or says it is alive unasked
+                // while its inbox is full), so pings never pile up in its outbox.
+                if !v.ping_out && now >= v.next_ping && !backed_up {
                     v.ping_out = true;
                     v.next_ping = crate::deadline::after(now, every);
                     // A full outbox or a broken channel: the worker is not reading, or

@@ -26,7 +26,8 @@
 //! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
 //! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `health.rs` (liveness and recycling), `handle.rs` (the one interface of the listening handles,
+//! `slot.rs` (one worker), `info.rs` (the snapshots it reports), `health.rs` (liveness
+//! and recycling), `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
 //! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
 //! `budget.rs` (each worker's share of the primary's descriptors).
@@ -55,6 +56,7 @@ mod builder;
 mod event_loop;
 mod handle;
 mod health;
+mod info;
 mod lifecycle;
 mod listen;
 mod notify;
@@ -90,6 +92,7 @@ pub use builder::{
     Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use info::{ClusterStats, WorkerInfo};
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 
@@ -177,65 +180,6 @@ impl HandleEntry {
     fn local(&self) -> &ListenAddr {
         self.handle.local()
     }
-}
-
-/// A snapshot of one worker, from [`Cluster::workers`]. Non-exhaustive: fields may be
-/// added.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// The worker's id.
-    pub id: WorkerId,
-    /// Its process id.
-    pub pid: u32,
-    /// Whether it has said it is online.
-    pub online: bool,
-    /// Whether it was asked to disconnect.
-    pub disconnecting: bool,
-    /// On how many addresses it listens.
-    pub listening: usize,
-    /// Connections the primary handed to it (round-robin mode).
-    pub dispatched: u64,
-    /// Connections its listeners returned, as it last reported (about once a second,
-    /// and when it exits; every mode).
-    pub accepted: u64,
-    /// Connections it has open, as it last reported.
-    pub open: u32,
-    /// How long ago it was forked.
-    pub uptime: Duration,
-    /// Its resident set size in bytes, as the primary last read it from
-    /// `/proc/PID/statm` (about once a second). Read only when a health knob that
-    /// wakes the primary is set ([`Builder::max_rss`], [`Builder::worker_timeout`],
-    /// [`Builder::heartbeat_timeout`]); `None` otherwise, and before the first read.
-    pub rss: Option<u64>,
-    /// Why the worker this one replaced was replaced, when the primary did it on its
-    /// own (a health knob); `None` for a worker forked at start, to grow the
-    /// cluster, to replace a crash, or in a reload.
-    pub replaced_because: Option<Replacement>,
-}
-
-/// Counters over the cluster's life, from [`Cluster::stats`]. Non-exhaustive: counters
-/// may be added.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClusterStats {
-    /// Workers forked.
-    pub forks: u64,
-    /// Forks that failed (`EAGAIN`, `ENOMEM`, …).
-    pub fork_failures: u64,
-    /// Workers that exited (crashed or asked to).
-    pub exits: u64,
-    /// Workers that exited without being asked to.
-    pub crashes: u64,
-    /// Round-robin connections the primary accepted but had to close without a worker
-    /// serving them: those that came back from dying workers more than three times,
-    /// and those pending when a shutdown closed the listener.
-    pub dropped_connections: u64,
-    /// Workers killed because they did not answer the primary's ping or stopped
-    /// calling [`Worker::heartbeat`](crate::Worker::heartbeat).
-    pub health_kills: u64,
-    /// Recycles started ([`Builder::max_connections`], [`Builder::max_rss`]).
-    pub recycles: u64,
 }
 
 /// A running cluster: the primary's handle on its workers.
