@@ -209,6 +209,11 @@ fn main() {
         ));
         scenarios.extend(all("recycle_keeps_n_serving", recycle_keeps_n_serving));
         scenarios.push(("recycle_by_memory", Box::new(recycle_by_memory)));
+        scenarios.push((
+            "timeout_spares_full_inbox",
+            Box::new(timeout_spares_full_inbox),
+        ));
+        scenarios.push(("hello_health_flags", Box::new(hello_health_flags)));
     }
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));

@@ -144,6 +144,31 @@ pub fn heartbeat_replaces_hung_application() -> Outcome {
 
 const MS: Duration = Duration::from_millis(1);
 
+/// A worker this scenario stopped: killed by pid when the scenario ends, if the same
+/// process is still there (a stopped process cannot act on the `SIGTERM` its primary's
+/// death sends it, and `hello` announces no workers for the driver to clean up).
+struct KillIfStillThere {
+    pid: u32,
+    start: Option<u64>,
+}
+
+impl KillIfStillThere {
+    fn new(pid: u32) -> KillIfStillThere {
+        KillIfStillThere {
+            pid,
+            start: proc::start_time(pid),
+        }
+    }
+}
+
+impl Drop for KillIfStillThere {
+    fn drop(&mut self) {
+        if self.start.is_some() && proc::start_time(self.pid) == self.start {
+            let _ = proc::signal(self.pid, "KILL");
+        }
+    }
+}
+
 /// How many children of `pid` are alive (not zombies). The list comes from one read of
 /// `/proc/PID/task/PID/children` (the primary forks from its only thread), a snapshot:
 /// a scan of `/proc` is not one, and with pids wrapping around (`pid_max` 32768) it
@@ -444,4 +469,132 @@ pub fn recycle_by_memory() -> Outcome {
                 .any(|l| l.starts_with(&format!("err: hello: replacing worker {other} "))),
         || format!("worker {other} was replaced too"),
     )
+}
+
+/// A worker that does not take its messages is not hung: with a 500 ms worker timeout,
+/// the primary floods worker 1 (as `inbox_bounded` does) until its inbox is full and its
+/// control thread stops reading the channel, pings included; for six timeouts more it
+/// is left alone (its control thread says it is alive unasked while it waits for room)
+/// and serves throughout.
+pub fn timeout_spares_full_inbox() -> Outcome {
+    let (mut srv, targets) = spec(
+        "round-robin",
+        1,
+        2,
+        &[("SC_TIMEOUT_MS", "500"), ("SC_SHUTDOWN_MS", "1000")],
+    )
+    .start()?;
+    let mut refused = false;
+    for _ in 0..30 {
+        client::ask(&targets[0], "tell flood 100 64", T)?;
+        let line = srv.expect("flooded ", T)?;
+        if !line.contains("error=none") {
+            refused = true;
+            break;
+        }
+    }
+    check(refused, || "the worker's inbox never filled".into())?;
+    let full = Instant::now();
+    let mut served = 0u64;
+    proc::wait_until(
+        "six timeouts with a full inbox",
+        Duration::from_secs(20),
+        || {
+            served += client::load(&targets[0], 4, 2, "hi", T).ok;
+            full.elapsed() >= 6 * 500 * MS
+        },
+    )?;
+    let _ = srv.rest(Duration::from_millis(100));
+    println!(
+        "    {served} requests served over {:.1?} with a full inbox",
+        full.elapsed()
+    );
+    check(lines_with(&srv, "replacing ").next().is_none(), || {
+        format!(
+            "a worker with a full inbox was taken for hung: {:?}",
+            lines_with(&srv, "replacing ").next()
+        )
+    })?;
+    check(lines_with(&srv, "exit ").next().is_none(), || {
+        "the worker exited".into()
+    })?;
+    stop_and_check(&mut srv)
+}
+
+/// `hello`'s health flags: `--max-requests 20 --max-requests-jitter 10` recycles every
+/// worker after 20 to 30 connections (each drawn its own: not all the same), logged
+/// with the reason; `--timeout 1` kills a stopped worker, logged as unresponsive; bad
+/// values are refused with exit code 2, naming the value.
+pub fn hello_health_flags() -> Outcome {
+    let (mut srv, target) = hello(&[
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--timeout",
+        "1",
+        "--max-requests",
+        "20",
+        "--max-requests-jitter",
+        "10",
+    ])?;
+    // One client at a time: a worker's overshoot is the few connections it takes
+    // while its replacement starts.
+    for _ in 0..300 {
+        let mut c = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+        http_get(&mut c, "/", true)?;
+        let r = client::read_response(&mut BufReader::new(&mut c))?;
+        check(r.status == 200, || format!("{r:?}"))?;
+    }
+    let limits: Vec<u64> = {
+        let _ = srv.rest(Duration::from_millis(200));
+        srv.seen
+            .iter()
+            .filter_map(|l| {
+                l.split_once("max connections: ")?
+                    .1
+                    .split_once("limit ")?
+                    .1
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    println!("    {} recycles, limits {limits:?}", limits.len());
+    check(limits.len() >= 5, || {
+        format!("only {} recycles", limits.len())
+    })?;
+    check(limits.iter().all(|l| (20..=30).contains(l)), || {
+        format!("limits outside 20..=30: {limits:?}")
+    })?;
+    check(limits.iter().any(|&l| l != limits[0]), || {
+        format!("no jitter: {limits:?}")
+    })?;
+    let victim = *proc::children_of(srv.pid())
+        .iter()
+        .map(|(p, _)| p)
+        .max()
+        .ok_or("no worker")?;
+    let _cleanup = KillIfStillThere::new(victim);
+    proc::signal(victim, "STOP")?;
+    let line = srv.expect_containing(&format!("(pid {victim}): unresponsive"), T)?;
+    println!("    {line}");
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, Duration::from_secs(10))?;
+    for (flag, value) in [
+        ("--timeout", "0"),
+        ("--timeout", "soon"),
+        ("--max-requests", "0"),
+        ("--max-requests-jitter", "-1"),
+        ("--max-rss", "lots"),
+    ] {
+        let mut bad = start_hello(&["--listen", "127.0.0.1:0", flag, value], &[])?;
+        let status = bad.wait(Duration::from_secs(10))?;
+        let stderr = bad.stderr();
+        check(
+            status.code() == Some(2) && stderr.contains(&format!("{value:?}")),
+            || format!("{flag} {value}: exit {status}, stderr {stderr}"),
+        )?;
+    }
+    Ok(())
 }
