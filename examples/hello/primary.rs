@@ -9,6 +9,24 @@ use cluster::{Cluster, Event, ListenAddr, Mode, User};
 
 use crate::server;
 
+/// One line on stderr in one `write(2)`: the primary's lines and its workers' share
+/// the pipe, and `eprintln!` writes a line in pieces, which interleave with theirs.
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        write_line(&format!($($arg)*))
+    };
+}
+
+/// Writes `line` and a newline to stderr with one `write_all` (one `write(2)` for a
+/// line under `PIPE_BUF`, so it never interleaves with another process's).
+pub fn write_line(line: &str) {
+    use std::io::Write;
+    let mut all = String::with_capacity(line.len() + 1);
+    all.push_str(line);
+    all.push('\n');
+    let _ = std::io::stderr().lock().write_all(all.as_bytes());
+}
+
 /// How to call it.
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
@@ -226,13 +244,13 @@ pub fn run(opts: Options) -> ExitCode {
             }
             Event::ListenFailed { error, .. } => {
                 if !failed {
-                    eprintln!("hello: {error}"); // once, not once per worker
+                    log_line!("hello: {error}"); // once, not once per worker
                 }
                 failed = true;
                 cluster.shutdown();
             }
             Event::Fork { worker, pid } if ready => {
-                eprintln!("hello: worker {worker} started (pid {pid})")
+                log_line!("hello: worker {worker} started (pid {pid})")
             }
             Event::Exit {
                 worker,
@@ -245,13 +263,13 @@ pub fn run(opts: Options) -> ExitCode {
                 } else {
                     "crashed, respawning"
                 };
-                eprintln!("hello: worker {worker} exited with {status} ({why})");
+                log_line!("hello: worker {worker} exited with {status} ({why})");
             }
             Event::ReloadStarted => {
-                eprintln!("hello: reload: replacing every worker, one at a time")
+                log_line!("hello: reload: replacing every worker, one at a time")
             }
             Event::ReloadFinished { replaced, complete } => {
-                eprintln!(
+                log_line!(
                     "hello: reload finished: {replaced} replaced{}",
                     if complete { "" } else { " (stopped early)" }
                 )
@@ -260,8 +278,8 @@ pub fn run(opts: Options) -> ExitCode {
                 worker,
                 pid,
                 reason,
-            } => eprintln!("hello: replacing worker {worker} (pid {pid}): {reason}"),
-            Event::Error(e) => eprintln!("hello: {e}"),
+            } => log_line!("hello: replacing worker {worker} (pid {pid}): {reason}"),
+            Event::Error(e) => log_line!("hello: {e}"),
             _ => {}
         }
     }

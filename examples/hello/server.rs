@@ -75,9 +75,9 @@ pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Res
         }
         Ok(())
     })?;
-    eprintln!(
+    crate::primary::write_line(&format!(
         "worker {id}: served {} connections",
         served.load(Ordering::Relaxed)
-    );
+    ));
     Ok(())
 }
