@@ -47,6 +47,8 @@ pub fn hung_worker_replaced(mode: &str) -> Outcome {
                 || format!("exit: {exit}"),
             )?;
             srv.expect("listening 3 ", bound.saturating_sub(stopped.elapsed()))?;
+            // `WorkerInfo::replaced_because` of the replacement.
+            srv.seen_or_expect("cause 3 unresponsive", T)?;
             let took = stopped.elapsed();
             println!("    {mode}: stopped worker killed and replaced in {took:.2?}");
             check(took <= bound, || format!("replaced after {took:?}"))
@@ -505,6 +507,13 @@ pub fn timeout_spares_full_inbox() -> Outcome {
         },
     )?;
     let _ = srv.rest(Duration::from_millis(100));
+    // `WorkerInfo::rss`, sampled because a worker timeout is set: a plausible size
+    // (above 64 KiB; its inbox alone holds 4 MiB).
+    let rss: u64 = lines_with(&srv, "rss 1 ")
+        .next()
+        .and_then(|l| l.split(' ').nth(2)?.parse().ok())
+        .ok_or("no rss reading for worker 1")?;
+    check(rss > 64 << 10, || format!("worker 1's rss: {rss} bytes"))?;
     println!(
         "    {served} requests served over {:.1?} with a full inbox",
         full.elapsed()

@@ -49,7 +49,8 @@
 //! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `replacing ID PID KIND (REASON)`, `exit ID PID STATUS
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
 //! address, `serving K` (workers listening and not disconnecting, after each event,
-//! when it changes, once ready), `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
+//! when it changes, once ready), `cause ID KIND` and `rss ID BYTES` (a worker's
+//! `WorkerInfo::replaced_because` and its first `rss`, once each), `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
 //! they change,
 //! and at the end `hygiene fds_before=… fds_after=… children=…` about itself.
 
@@ -506,6 +507,17 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
     }
 }
 
+/// A replacement's reason in one word, for the output lines.
+fn replacement_kind(reason: &cluster::Replacement) -> &'static str {
+    match reason {
+        cluster::Replacement::Unresponsive { .. } => "unresponsive",
+        cluster::Replacement::NoHeartbeat { .. } => "no-heartbeat",
+        cluster::Replacement::MaxConnections { .. } => "max-connections",
+        cluster::Replacement::MaxRss { .. } => "max-rss",
+        _ => "other",
+    }
+}
+
 /// Runs the primary; returns the process exit code.
 pub fn main() -> i32 {
     let mode: Mode = match env("SC_MODE", "round-robin").parse() {
@@ -676,6 +688,7 @@ pub fn main() -> i32 {
     let mut ready = false;
     let mut last_stats = String::new();
     let mut last_serving = usize::MAX;
+    let (mut told_cause, mut told_rss) = (BTreeSet::new(), BTreeSet::new());
     loop {
         let event = match cluster.next_event_timeout(event_wait) {
             Ok(Some(e)) => Some(e),
@@ -741,16 +754,10 @@ pub fn main() -> i32 {
                 worker,
                 pid,
                 reason,
-            }) => {
-                let kind = match reason {
-                    cluster::Replacement::Unresponsive { .. } => "unresponsive",
-                    cluster::Replacement::NoHeartbeat { .. } => "no-heartbeat",
-                    cluster::Replacement::MaxConnections { .. } => "max-connections",
-                    cluster::Replacement::MaxRss { .. } => "max-rss",
-                    _ => "other",
-                };
-                say(format!("replacing {worker} {pid} {kind} ({reason})"))
-            }
+            }) => say(format!(
+                "replacing {worker} {pid} {} ({reason})",
+                replacement_kind(&reason)
+            )),
             Some(other) => say(format!("event {other:?}")),
             None => {}
         }
@@ -774,6 +781,20 @@ pub fn main() -> i32 {
         if ready && serving != last_serving {
             say(format!("serving {serving}"));
             last_serving = serving;
+        }
+        // What `WorkerInfo` says of worker health, once per worker: why it replaced
+        // another (`cause ID KIND`), its first RSS reading (`rss ID BYTES`).
+        for w in cluster.workers() {
+            if let Some(reason) = w.replaced_because {
+                if told_cause.insert(w.id.0) {
+                    say(format!("cause {} {}", w.id, replacement_kind(&reason)));
+                }
+            }
+            if let Some(rss) = w.rss {
+                if told_rss.insert(w.id.0) {
+                    say(format!("rss {} {rss}", w.id));
+                }
+            }
         }
     }
     let st = cluster.stats();
