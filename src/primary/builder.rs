@@ -257,7 +257,7 @@ impl Builder {
     /// step of a reload: the replacement listens before the worker is asked to
     /// disconnect, the worker finishes what it holds, and at most one recycle runs at
     /// a time (default: none; gunicorn's `max_requests`, counting connections, not
-    /// requests: a keep-alive connection counts once). Reported with
+    /// requests: a keep-alive connection counts once; 0 counts as 1). Reported with
     /// [`Event::Replacing`](crate::Event::Replacing) and
     /// [`Replacement::MaxConnections`](crate::Replacement::MaxConnections).
     pub fn max_connections(mut self, n: u64) -> Builder {
@@ -378,6 +378,9 @@ impl Builder {
     /// Forks the workers; each runs `worker` and exits with its result (0 for `Ok`, 1
     /// for `Err`, whose message goes to stderr, 101 for a panic).
     ///
+    /// A worker or heartbeat timeout under 10 ms, or a `max_rss` of 0, is refused with
+    /// [`Error::Config`]: every worker would be replaced as soon as it starts.
+    ///
     /// Call it before the process starts any thread: `fork` copies only the calling
     /// thread, so the primary must have exactly one (checked: an error otherwise).
     ///
@@ -408,6 +411,7 @@ impl Builder {
                 "the number of workers must be at least 1, not 0".into(),
             ));
         }
+        self.config.health.check()?;
         if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
             return Err(Error::Config(format!(
                 "workers run as {:?}: name the addresses they may listen on with \

@@ -77,6 +77,26 @@ pub(crate) struct Health {
 }
 
 impl Health {
+    /// Refuses settings that would replace every worker as soon as it starts.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        for (name, d) in [
+            ("worker_timeout", self.worker_timeout),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+        ] {
+            if let Some(d) = d.filter(|&d| d < MIN_PING_EVERY) {
+                return Err(Error::Config(format!(
+                    "{name} {d:?} is under {MIN_PING_EVERY:?}: every worker would be killed as it starts"
+                )));
+            }
+        }
+        if self.max_rss == Some(0) {
+            return Err(Error::Config(
+                "max_rss 0: every worker would be recycled as it starts".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// How often a worker is pinged, if at all: a quarter of the shorter timeout,
     /// between 10 ms and 1 s.
     fn ping_every(&self) -> Option<Duration> {
@@ -390,6 +410,33 @@ mod tests {
         h.worker_timeout = Some(Duration::MAX);
         h.heartbeat_timeout = None;
         assert_eq!(h.ping_every(), Some(SAMPLE_EVERY));
+    }
+
+    #[test]
+    fn settings_that_replace_every_worker_at_once_are_refused() {
+        let ok = Health {
+            worker_timeout: Some(MIN_PING_EVERY),
+            heartbeat_timeout: Some(Duration::MAX),
+            max_rss: Some(1),
+            ..Health::default()
+        };
+        assert!(ok.check().is_ok());
+        for bad in [
+            Health {
+                worker_timeout: Some(Duration::ZERO),
+                ..Health::default()
+            },
+            Health {
+                heartbeat_timeout: Some(Duration::from_millis(9)),
+                ..Health::default()
+            },
+            Health {
+                max_rss: Some(0),
+                ..Health::default()
+            },
+        ] {
+            assert!(matches!(bad.check(), Err(Error::Config(_))), "{bad:?}");
+        }
     }
 
     #[test]

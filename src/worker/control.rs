@@ -6,9 +6,13 @@
 //! thread files under its `seq`, then builds the [`Listener`] from the grant. The
 //! control thread ([`Runtime::control_loop`]) reads the control channel: listen
 //! replies, user messages (into the bounded inbox, see the module docs of
-//! [`worker`](super)), `Disconnect` (closes every listener), and EOF (the primary is
-//! gone: close, linger [`ORPHAN_GRACE`], exit); between records it reports the
-//! counters every [`STATS_INTERVAL`].
+//! [`worker`](super)), `Disconnect` (closes every listener), `Ping` (answered with a
+//! `Pong` carrying the time since the application's last
+//! [`Worker::heartbeat`](crate::Worker::heartbeat): the primary's liveness check, see
+//! `primary::health`), and EOF (the primary is gone: close, linger [`ORPHAN_GRACE`],
+//! exit); between records it reports the counters every [`STATS_INTERVAL`]. The
+//! accepting threads report them at once when the count reaches the worker's
+//! connection limit (`Builder::max_connections`), so the primary recycles it then.
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;

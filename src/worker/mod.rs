@@ -32,8 +32,8 @@
 //!    service manager's control-group kill, `kill` of a worker, the primary's death
 //!    through `PR_SET_PDEATHSIG`): stop accepting, finish what it holds, exit 0; and one
 //!    small thread that watches the control channel and that pipe (listen replies,
-//!    messages, disconnect, EOF when the primary is gone) and reports the worker's
-//!    counters about once a second;
+//!    messages, disconnect, the primary's liveness pings, EOF when the primary is
+//!    gone) and reports the worker's counters about once a second;
 //!
 //! A failure in steps 1–5 is reported to the primary (`SetupFailed`, with the step and
 //! `errno`) and the worker exits with code 78. Then:
