@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
@@ -89,6 +90,84 @@ impl fmt::Display for Signal {
             Signal::Stop => "SIGSTOP",
             Signal::Cont => "SIGCONT",
         })
+    }
+}
+
+/// Why the primary replaced a worker on its own (the worker-health knobs of the
+/// [`Builder`](crate::Builder)): reported with [`Event::Replacing`] and kept in
+/// [`WorkerInfo::replaced_because`](crate::WorkerInfo::replaced_because) of the worker
+/// that took its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replacement {
+    /// The worker's control thread did not answer the primary's ping for `silent`
+    /// ([`Builder::worker_timeout`](crate::Builder::worker_timeout)): the process is
+    /// stopped, or wedged. It was killed with `SIGKILL`.
+    Unresponsive {
+        /// How long it had been silent.
+        silent: Duration,
+    },
+    /// The application did not call [`Worker::heartbeat`](crate::Worker::heartbeat)
+    /// for `silent` ([`Builder::heartbeat_timeout`](crate::Builder::heartbeat_timeout)).
+    /// It was killed with `SIGKILL`.
+    NoHeartbeat {
+        /// How long since its last heartbeat (or its start).
+        silent: Duration,
+    },
+    /// The worker accepted `accepted` connections, at least its `limit`
+    /// ([`Builder::max_connections`](crate::Builder::max_connections) plus its
+    /// jitter). It was replaced gracefully, like one step of a reload.
+    MaxConnections {
+        /// Connections it had accepted when the primary noticed.
+        accepted: u64,
+        /// Its limit.
+        limit: u64,
+    },
+    /// The worker's resident set was `rss` bytes, above `limit`
+    /// ([`Builder::max_rss`](crate::Builder::max_rss)). It was replaced gracefully.
+    MaxRss {
+        /// Its resident set size, in bytes, when the primary read it.
+        rss: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+}
+
+impl Replacement {
+    /// Whether the worker was killed (`SIGKILL`, liveness) rather than replaced the
+    /// graceful way (recycling).
+    pub fn killed(self) -> bool {
+        matches!(
+            self,
+            Replacement::Unresponsive { .. } | Replacement::NoHeartbeat { .. }
+        )
+    }
+}
+
+impl fmt::Display for Replacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: f64 = 1024.0 * 1024.0;
+        match *self {
+            Replacement::Unresponsive { silent } => write!(
+                f,
+                "unresponsive: no answer to the primary's ping for {:.1} s",
+                silent.as_secs_f64()
+            ),
+            Replacement::NoHeartbeat { silent } => write!(
+                f,
+                "no heartbeat: the application was silent for {:.1} s",
+                silent.as_secs_f64()
+            ),
+            Replacement::MaxConnections { accepted, limit } => {
+                write!(f, "max connections: {accepted} accepted, limit {limit}")
+            }
+            Replacement::MaxRss { rss, limit } => write!(
+                f,
+                "max rss: {:.1} MiB resident, limit {:.1} MiB",
+                rss as f64 / MIB,
+                limit as f64 / MIB
+            ),
+        }
     }
 }
 
@@ -186,6 +265,20 @@ pub enum Event {
     Upgraded {
         /// How many workers of the previous program were retired.
         previous_workers: usize,
+    },
+    /// The primary is replacing `worker` on its own, for `reason` (a health knob of
+    /// the [`Builder`](crate::Builder)). A liveness failure
+    /// ([`Replacement::killed`]) has already been sent `SIGKILL`; its `Exit` follows
+    /// (`requested: false`, like a crash, so its replacement is forked under the
+    /// respawn back-off). A recycle forks the replacement first and asks `worker` to
+    /// disconnect once the replacement listens; at most one recycle runs at a time.
+    Replacing {
+        /// The worker being replaced.
+        worker: WorkerId,
+        /// Its process id.
+        pid: u32,
+        /// Why.
+        reason: Replacement,
     },
     /// Something failed and the primary recovered (a worker broke the protocol and was
     /// killed, a send failed, …); the cluster keeps running.

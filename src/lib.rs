@@ -135,7 +135,7 @@ mod worker_id;
 pub use addr::{AddrParseError, ListenAddr, PeerAddr, ToListenAddr};
 pub use connection::{Connection, Stream};
 pub use error::{Error, ListenError};
-pub use event::{Event, ExitStatus, Signal};
+pub use event::{Event, ExitStatus, Replacement, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::{Incoming, Listener};
 pub use mode::{Mode, ModeParseError};

@@ -18,6 +18,8 @@ mod core_modes;
 mod demo;
 #[path = "scenarios/deploy.rs"]
 mod deploy;
+#[path = "scenarios/health.rs"]
+mod health;
 #[path = "scenarios/hello_deploy.rs"]
 mod hello_deploy;
 #[path = "scenarios/isolation.rs"]
@@ -244,6 +246,26 @@ fn main() {
         Box::new(systemd_activate::systemd_socket_activate),
     ));
     scenarios.push(("pid1_reaps_orphans", Box::new(pid1::pid1_reaps_orphans)));
+    // Worker health: hung workers, heartbeats, recycling by count and by memory.
+    {
+        use health::*;
+        scenarios.extend(all("hung_worker_replaced", hung_worker_replaced));
+        scenarios.push((
+            "heartbeat_replaces_hung_application",
+            Box::new(heartbeat_replaces_hung_application),
+        ));
+        scenarios.extend(all(
+            "recycle_by_count_under_load",
+            recycle_by_count_under_load,
+        ));
+        scenarios.extend(all("recycle_keeps_n_serving", recycle_keeps_n_serving));
+        scenarios.push(("recycle_by_memory", Box::new(recycle_by_memory)));
+        scenarios.push((
+            "timeout_spares_full_inbox",
+            Box::new(timeout_spares_full_inbox),
+        ));
+        scenarios.push(("hello_health_flags", Box::new(hello_health_flags)));
+    }
     // The examples.
     scenarios.extend(all("hello_contract", hello_contract));
     scenarios.push(("hello_families", Box::new(hello_families)));

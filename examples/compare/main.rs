@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example compare -- [--workers N] [--seconds S] [--clients C]
-//!            [--keep-alive] [--threads T] [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port]
+//!            [--keep-alive] [--threads T]
+//!            [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port,rr-recycle-1000,shared-recycle-1000]
 //!            [--target HOST:PORT [--pid PID]]
 //! ```
 //!
@@ -13,7 +14,10 @@
 //! reads the server's CPU time and memory from `/proc`. It prints one row per mode:
 //! requests (= connections in close mode) per second, latency percentiles, errors,
 //! the balance across workers (max/min share and coefficient of variation), server CPU
-//! time per request (primary and workers), and resident memory.
+//! time per request (primary and workers), and resident memory. The `*-recycle-1000`
+//! rows run the same server with `--max-requests 1000` (every worker recycled after
+//! 1000 connections): their CPU column includes the forks and the workers' starts, and
+//! their balance spans every worker that served, replaced ones included.
 //!
 //! `--target` measures a server that is already running instead (for instance
 //! `../shared/bench/node-cluster.js`); give its primary's `--pid` to get its CPU and
@@ -37,7 +41,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: compare [--workers N] [--seconds S] [--clients C] [--keep-alive] [--threads T] \
-     [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port] [--target HOST:PORT [--pid PID]]";
+     [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port,rr-recycle-1000,shared-recycle-1000] \
+     [--target HOST:PORT [--pid PID]]";
 
 /// One row's server configuration.
 #[derive(Debug, Clone, Copy)]
@@ -46,33 +51,54 @@ struct Config {
     mode: &'static str,
     /// The round-robin scheduler (`--scheduler` of the demo), if not the default.
     scheduler: Option<&'static str>,
+    /// More flags for the demo (`--max-requests 1000` for the recycling row).
+    extra: &'static [&'static str],
 }
 
-const CONFIGS: [Config; 5] = [
+const CONFIGS: [Config; 7] = [
     Config {
         name: "shared",
         mode: "shared",
         scheduler: None,
+        extra: &[],
     },
     Config {
         name: "round-robin",
         mode: "round-robin",
         scheduler: None,
+        extra: &[],
     },
     Config {
         name: "rr-fifo",
         mode: "round-robin",
         scheduler: Some("fifo"),
+        extra: &[],
     },
     Config {
         name: "rr-least-conn",
         mode: "round-robin",
         scheduler: Some("least-connections"),
+        extra: &[],
     },
     Config {
         name: "reuse-port",
         mode: "reuse-port",
         scheduler: None,
+        extra: &[],
+    },
+    // Worker health: every worker recycled after 1000 connections (a fork, a listen
+    // and a drain each), to measure what recycling costs per connection.
+    Config {
+        name: "rr-recycle-1000",
+        mode: "round-robin",
+        scheduler: None,
+        extra: &["--max-requests", "1000"],
+    },
+    Config {
+        name: "shared-recycle-1000",
+        mode: "shared",
+        scheduler: None,
+        extra: &["--max-requests", "1000"],
     },
 ];
 
@@ -171,6 +197,7 @@ impl Server {
         if let Some(t) = o.threads {
             cmd.args(["--threads", &t.to_string()]);
         }
+        cmd.args(c.extra);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null());

@@ -7,6 +7,9 @@ pub struct Proc {
     pub pid: u32,
     /// CPU time so far, in clock ticks.
     pub ticks: u64,
+    /// CPU time of its children that exited and were reaped (`cutime + cstime`): the
+    /// workers a recycle replaced.
+    pub reaped_ticks: u64,
     /// Resident memory, KiB.
     pub rss_kib: u64,
 }
@@ -23,6 +26,7 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 fn read(pid: u32) -> Option<Proc> {
     let f = stat_fields(pid)?;
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let reaped_ticks = f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
         .lines()
@@ -32,6 +36,7 @@ fn read(pid: u32) -> Option<Proc> {
     Some(Proc {
         pid,
         ticks,
+        reaped_ticks,
         rss_kib,
     })
 }
@@ -57,7 +62,8 @@ pub fn snapshot(pid: u32) -> (Option<Proc>, Vec<Proc>) {
 }
 
 /// CPU seconds used between two snapshots, primary and workers (workers matched by pid;
-/// one that appeared in between counts from zero).
+/// one that appeared in between counts from zero; one that was reaped in between counts
+/// through the primary's `cutime + cstime`, less what it had used before).
 pub fn cpu_between(
     before: &(Option<Proc>, Vec<Proc>),
     after: &(Option<Proc>, Vec<Proc>),
@@ -66,7 +72,7 @@ pub fn cpu_between(
         (Some(a), Some(b)) => b.ticks.saturating_sub(a.ticks),
         _ => 0,
     };
-    let workers: u64 = after
+    let live: u64 = after
         .1
         .iter()
         .map(|b| {
@@ -78,6 +84,17 @@ pub fn cpu_between(
             b.ticks.saturating_sub(a)
         })
         .sum();
+    let reaped = match (before.0, after.0) {
+        (Some(a), Some(b)) => b.reaped_ticks.saturating_sub(a.reaped_ticks),
+        _ => 0,
+    };
+    let gone_before: u64 = before
+        .1
+        .iter()
+        .filter(|a| !after.1.iter().any(|b| b.pid == a.pid))
+        .map(|a| a.ticks)
+        .sum();
+    let workers = (live + reaped).saturating_sub(gone_before);
     (
         primary as f64 / TICKS_PER_SEC,
         workers as f64 / TICKS_PER_SEC,

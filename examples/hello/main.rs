@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example hello -- [--listen ADDR] [--workers N]
 //!            [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections]
-//!            [--threads T] [--user NAME] [--upgrade-timeout SECS]
+//!            [--threads T] [--user NAME] [--timeout SECS] [--max-requests N]
+//!            [--max-requests-jitter J] [--max-rss MIB] [--upgrade-timeout SECS]
 //! ```
 //!
 //! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …), `unix:PATH`, `fd:N`, or
@@ -16,7 +17,15 @@
 //!   sleeping thread to wake per connection).
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).
 //! - Every response carries `X-Worker: ID`. `GET /pid` answers the worker's pid,
-//!   `GET /crash` makes the worker abort (to watch the primary report it).
+//!   `GET /crash` makes the worker abort (to watch the primary report it), `GET /leak`
+//!   allocates, touches and keeps 8 MiB in the worker that serves it (to watch
+//!   `--max-rss`).
+//! - Worker health: `--timeout SECS` kills and replaces a worker that does not answer
+//!   the primary's ping for that long (stopped, wedged); `--max-requests N` with
+//!   `--max-requests-jitter J` recycles a worker gracefully after N to N+J connections
+//!   (a keep-alive connection counts once); `--max-rss MIB` recycles a worker whose
+//!   resident set is above MIB MiB. Each replacement is logged on stderr with its
+//!   reason (`hello: replacing worker ID (pid PID): REASON`).
 //! - `--user NAME`: the workers drop to that user (`setgroups`, `setgid`, `setuid`);
 //!   the primary keeps its own, so a root primary can serve port 80. The workers are
 //!   then untrusted: they may listen on `--listen`'s address only (see the README's

@@ -9,10 +9,29 @@ use cluster::{Cluster, Event, ListenAddr, Mode, User};
 
 use crate::server;
 
+/// One line on stderr in one `write(2)`: the primary's lines and its workers' share
+/// the pipe, and `eprintln!` writes a line in pieces, which interleave with theirs.
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        write_line(&format!($($arg)*))
+    };
+}
+
+/// Writes `line` and a newline to stderr with one `write_all` (one `write(2)` for a
+/// line under `PIPE_BUF`, so it never interleaves with another process's).
+pub fn write_line(line: &str) {
+    use std::io::Write;
+    let mut all = String::with_capacity(line.len() + 1);
+    all.push_str(line);
+    all.push('\n');
+    let _ = std::io::stderr().lock().write_all(all.as_bytes());
+}
+
 /// How to call it.
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
-     [--prefetch N] [--accept-window-us US] [--upgrade-timeout SECS]";
+     [--prefetch N] [--accept-window-us US] [--timeout SECS] [--max-requests N] \
+     [--max-requests-jitter J] [--max-rss MIB] [--upgrade-timeout SECS]";
 
 /// The command line.
 pub struct Options {
@@ -26,6 +45,23 @@ pub struct Options {
     prefetch: Option<u32>,
     accept_window_us: Option<u64>,
     upgrade_timeout: Option<u64>,
+    /// `--timeout SECS`: `Builder::worker_timeout`.
+    timeout: Option<Duration>,
+    /// `--max-requests N` and `--max-requests-jitter J`: `Builder::max_connections`.
+    max_requests: Option<u64>,
+    max_requests_jitter: u64,
+    /// `--max-rss MIB`: `Builder::max_rss`.
+    max_rss_mib: Option<u64>,
+}
+
+/// A whole number for `flag`, at least `min`.
+fn number(flag: &str, v: &str, min: u64) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "{flag}: {v:?} is not a whole number of at least {min}"
+        )),
+    }
 }
 
 /// Parses the command line (without the program name).
@@ -40,6 +76,10 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         prefetch: None,
         accept_window_us: None,
         upgrade_timeout: None,
+        timeout: None,
+        max_requests: None,
+        max_requests_jitter: 0,
+        max_rss_mib: None,
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -85,6 +125,21 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                     v.parse()
                         .map_err(|_| format!("--accept-window-us: {v:?} is not a number"))?,
                 );
+            }
+            "--timeout" => {
+                let secs = number("--timeout", &value("--timeout")?, 1)?;
+                opts.timeout = Some(Duration::from_secs(secs));
+            }
+            "--max-requests" => {
+                opts.max_requests = Some(number("--max-requests", &value("--max-requests")?, 1)?)
+            }
+            "--max-requests-jitter" => {
+                opts.max_requests_jitter =
+                    number("--max-requests-jitter", &value("--max-requests-jitter")?, 0)?
+            }
+            "--max-rss" => {
+                let mib = number("--max-rss", &value("--max-rss")?, 1)?;
+                opts.max_rss_mib = Some(mib.min(u64::MAX >> 20));
             }
             "--upgrade-timeout" => {
                 let v = value("--upgrade-timeout")?;
@@ -142,6 +197,17 @@ pub fn run(opts: Options) -> ExitCode {
     if let Some(us) = opts.accept_window_us {
         builder = builder.accept_window(Duration::from_micros(us));
     }
+    if let Some(d) = opts.timeout {
+        builder = builder.worker_timeout(d);
+    }
+    if let Some(n) = opts.max_requests {
+        builder = builder
+            .max_connections(n)
+            .max_connections_jitter(opts.max_requests_jitter);
+    }
+    if let Some(mib) = opts.max_rss_mib {
+        builder = builder.max_rss(mib << 20);
+    }
     if let Some(name) = &opts.user {
         match User::named(name) {
             // Workers that dropped privileges are untrusted: they may listen on the
@@ -194,13 +260,13 @@ pub fn run(opts: Options) -> ExitCode {
             }
             Event::ListenFailed { error, .. } => {
                 if !failed {
-                    eprintln!("hello: {error}"); // once, not once per worker
+                    log_line!("hello: {error}"); // once, not once per worker
                 }
                 failed = true;
                 cluster.shutdown();
             }
             Event::Fork { worker, pid } if ready => {
-                eprintln!("hello: worker {worker} started (pid {pid})")
+                log_line!("hello: worker {worker} started (pid {pid})")
             }
             Event::Exit {
                 worker,
@@ -213,25 +279,30 @@ pub fn run(opts: Options) -> ExitCode {
                 } else {
                     "crashed, respawning"
                 };
-                eprintln!("hello: worker {worker} exited with {status} ({why})");
+                log_line!("hello: worker {worker} exited with {status} ({why})");
             }
             Event::ReloadStarted => {
-                eprintln!("hello: reload: replacing every worker, one at a time")
+                log_line!("hello: reload: replacing every worker, one at a time")
             }
             Event::ReloadFinished { replaced, complete } => {
-                eprintln!(
+                log_line!(
                     "hello: reload finished: {replaced} replaced{}",
                     if complete { "" } else { " (stopped early)" }
                 )
             }
             Event::UpgradeStarted { program } => {
-                eprintln!("hello: upgrade: trying {}", program.display())
+                log_line!("hello: upgrade: trying {}", program.display())
             }
             // (An upgrade's failure is on stderr already: the crate logs it.)
-            Event::Upgraded { previous_workers } => eprintln!(
+            Event::Upgraded { previous_workers } => log_line!(
                 "hello: upgrade finished: {previous_workers} worker(s) of the previous program retired"
             ),
-            Event::Error(e) => eprintln!("hello: {e}"),
+            Event::Replacing {
+                worker,
+                pid,
+                reason,
+            } => log_line!("hello: replacing worker {worker} (pid {pid}): {reason}"),
+            Event::Error(e) => log_line!("hello: {e}"),
             _ => {}
         }
     }

@@ -8,8 +8,15 @@ use cluster::{ListenAddr, Listener, Worker};
 
 use crate::http;
 
+/// Memory `GET /leak` keeps for the worker's whole life.
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// How much each `GET /leak` keeps: 8 MiB.
+const LEAK_BYTES: usize = 8 << 20;
+
 /// The routes: `/pid` answers the worker's process id, `/crash` aborts the worker (to
-/// watch the primary replace it), anything else is "hello world".
+/// watch the primary replace it), `/leak` allocates, touches and keeps 8 MiB (to watch
+/// `--max-rss` recycle the worker), anything else is "hello world".
 pub fn route(req: &http::Request<'_>) -> http::Response {
     let ok = |body: Vec<u8>| http::Response {
         status: "200 OK",
@@ -18,6 +25,13 @@ pub fn route(req: &http::Request<'_>) -> http::Response {
     };
     match (req.method, req.path) {
         ("GET", "/pid") => ok(format!("{}\n", std::process::id()).into_bytes()),
+        ("GET", "/leak") => {
+            // Every page written, so it is resident, not just reserved.
+            let block = vec![0x5Au8; LEAK_BYTES];
+            let mut kept = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push(block);
+            ok(format!("leaked {} MiB\n", kept.len() * (LEAK_BYTES >> 20)).into_bytes())
+        }
         ("GET", "/crash") => http::Response {
             then_crash: true,
             ..ok(b"crashing\n".to_vec())
@@ -61,9 +75,9 @@ pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Res
         }
         Ok(())
     })?;
-    eprintln!(
+    crate::primary::write_line(&format!(
         "worker {id}: served {} connections",
         served.load(Ordering::Relaxed)
-    );
+    ));
     Ok(())
 }

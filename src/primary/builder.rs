@@ -91,6 +91,7 @@ impl Builder {
                 message_limit: DEFAULT_MESSAGE_LIMIT,
                 notify: true,
                 kept: Vec::new(),
+                health: Default::default(),
             },
         }
     }
@@ -228,6 +229,62 @@ impl Builder {
         self
     }
 
+    /// Liveness: a worker whose control thread does not answer the primary's ping for
+    /// `d` is killed with `SIGKILL` and replaced (default: none, no pings). The
+    /// answer comes from the worker's runtime, not the application, so this catches
+    /// a process that is stopped (`SIGSTOP`) or wedged as a whole; an application
+    /// thread stuck in a loop is what [`heartbeat_timeout`](Builder::heartbeat_timeout)
+    /// is for. Reported with [`Event::Replacing`](crate::Event::Replacing) and
+    /// [`Replacement::Unresponsive`](crate::Replacement::Unresponsive); replaced like a
+    /// crash, under the [`respawn`](Builder::respawn) back-off. Pings go every quarter
+    /// of `d`, at most once a second. gunicorn's `--timeout`, unicorn's `timeout`,
+    /// Puma's `worker_timeout`. The module docs of `primary::health` give the details.
+    pub fn worker_timeout(mut self, d: Duration) -> Builder {
+        self.config.health.worker_timeout = Some(d);
+        self
+    }
+
+    /// Application heartbeats (gunicorn's model for applications with a main loop): a
+    /// worker that has not called [`Worker::heartbeat`] for `d` (counted from its
+    /// start until the first call) is killed with `SIGKILL` and replaced, like one
+    /// that fails [`worker_timeout`](Builder::worker_timeout) (default: none). Only for
+    /// applications that call `heartbeat` where they make progress.
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Builder {
+        self.config.health.heartbeat_timeout = Some(d);
+        self
+    }
+
+    /// Recycling by count: a worker that has accepted about `n` connections (`n` plus
+    /// its [jitter](Builder::max_connections_jitter)) is replaced gracefully, like one
+    /// step of a reload: the replacement listens before the worker is asked to
+    /// disconnect, the worker finishes what it holds, and at most one recycle runs at
+    /// a time (default: none; gunicorn's `max_requests`, counting connections, not
+    /// requests: a keep-alive connection counts once; 0 counts as 1). Reported with
+    /// [`Event::Replacing`](crate::Event::Replacing) and
+    /// [`Replacement::MaxConnections`](crate::Replacement::MaxConnections).
+    pub fn max_connections(mut self, n: u64) -> Builder {
+        self.config.health.max_connections = Some(n.max(1));
+        self
+    }
+
+    /// Adds a number drawn in `0..=j` to each worker's
+    /// [`max_connections`](Builder::max_connections), so that workers forked together
+    /// are not all recycled together (gunicorn's `max_requests_jitter`; default 0).
+    pub fn max_connections_jitter(mut self, j: u64) -> Builder {
+        self.config.health.jitter = j;
+        self
+    }
+
+    /// Recycling by memory: the primary reads each worker's resident set size from
+    /// `/proc/PID/statm` about once a second and recycles, gracefully, a worker above
+    /// `bytes` (default: none; Passenger's `max_memory`, `puma_worker_killer`). One at
+    /// a time, as for [`max_connections`](Builder::max_connections). Reported with
+    /// [`Replacement::MaxRss`](crate::Replacement::MaxRss).
+    pub fn max_rss(mut self, bytes: u64) -> Builder {
+        self.config.health.max_rss = Some(bytes);
+        self
+    }
+
     /// When crashed workers are replaced (default: [`Respawn::default`]).
     pub fn respawn(mut self, policy: Respawn) -> Builder {
         self.config.respawn = policy;
@@ -333,6 +390,9 @@ impl Builder {
     /// Forks the workers; each runs `worker` and exits with its result (0 for `Ok`, 1
     /// for `Err`, whose message goes to stderr, 101 for a panic).
     ///
+    /// A worker or heartbeat timeout under 10 ms, or a `max_rss` of 0, is refused with
+    /// [`Error::Config`]: every worker would be replaced as soon as it starts.
+    ///
     /// Call it before the process starts any thread: `fork` copies only the calling
     /// thread, so the primary must have exactly one (checked: an error otherwise).
     ///
@@ -363,6 +423,7 @@ impl Builder {
                 "the number of workers must be at least 1, not 0".into(),
             ));
         }
+        self.config.health.check()?;
         if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
             return Err(Error::Config(format!(
                 "workers run as {:?}: name the addresses they may listen on with \
@@ -403,6 +464,11 @@ impl Builder {
             target: count,
             backoff: CrashStreak::default(),
             reload: None,
+            recycle: None,
+            recycle_reason: None,
+            respawn_causes: VecDeque::new(),
+            next_cause: None,
+            jitter: super::health::Jitter::seeded(),
             reload_again: false,
             reload_held: false,
             signals,

@@ -96,6 +96,7 @@ impl Cluster {
         }
         self.expire_deadlines(now);
         self.upgrade_tick(now);
+        self.check_health(now);
         self.maintain(now);
         self.finish_if_done();
         Ok(())
@@ -172,6 +173,12 @@ impl Cluster {
                     consider(t);
                 }
             }
+        }
+        if let Some(t) = self.health_timer() {
+            consider(t);
+        }
+        if let Some(t) = self.recycle_timer(now) {
+            consider(t);
         }
         for h in &self.handles {
             if let Some(t) = h.handle.next_timer(now) {
@@ -335,10 +342,12 @@ impl Cluster {
                     source: io::Error::from_raw_os_error(errno),
                 }));
             }
+            Message::Pong { heartbeat_ms } => self.on_pong(id, heartbeat_ms, Instant::now()),
             Message::ListenReply { .. }
             | Message::NewConn { .. }
             | Message::Ready { .. }
             | Message::Probe
+            | Message::Ping
             | Message::Disconnect => {
                 return Err(ProtocolError::Unexpected { kind: msg.name() });
             }

@@ -31,6 +31,7 @@ impl Cluster {
     /// Forks one worker.
     pub(super) fn spawn(&mut self) -> Result<WorkerId, Error> {
         let id = WorkerId(self.next_id);
+        let connection_limit = self.draw_connection_limit();
         let (mine, theirs) =
             Channel::pair().map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
         // Whatever sits in stdout's buffer would otherwise be printed twice.
@@ -58,6 +59,7 @@ impl Cluster {
                         mask,
                         settings,
                         kept,
+                        connection_limit,
                     };
                     worker::run_child(start, &*f)
                 }))
@@ -69,7 +71,10 @@ impl Cluster {
                 drop(theirs);
                 self.next_id += 1;
                 self.stats.forks += 1;
-                self.workers.insert(id, Slot::new(id, pid, mine));
+                let mut slot = Slot::new(id, pid, mine);
+                slot.vitals.connection_limit = connection_limit;
+                slot.vitals.replaced_because = self.next_cause;
+                self.workers.insert(id, slot);
                 self.events.push_back(Event::Fork {
                     worker: id,
                     pid: pid as u32,
@@ -99,6 +104,7 @@ impl Cluster {
         std::mem::forget(std::mem::take(&mut self.handles));
         std::mem::forget(std::mem::take(&mut self.events));
         std::mem::forget(self.reload.take());
+        std::mem::forget(self.recycle.take());
         if let Some(pipe) = self.signals.take() {
             pipe.leave_in_child();
         }
@@ -122,7 +128,11 @@ impl Cluster {
                 if !self.backoff.may_fork(now) {
                     break;
                 }
-                match self.spawn() {
+                // A worker a health check killed: its replacement says why.
+                self.next_cause = self.respawn_causes.pop_front();
+                let spawned = self.spawn();
+                self.next_cause = None;
+                match spawned {
                     Ok(_) => self.backoff.forked(&self.config.respawn, now),
                     Err(e) => {
                         self.events.push_back(Event::Error(e));
@@ -133,7 +143,7 @@ impl Cluster {
                     break; // one fork per back-off delay
                 }
             }
-        } else if live > self.target && self.reload.is_none() {
+        } else if live > self.target && self.reload.is_none() && self.recycle.is_none() {
             // Retire the youngest: the oldest have warm caches and settled state.
             let extra = live - self.target;
             let youngest: Vec<WorkerId> = self
@@ -267,6 +277,10 @@ impl Cluster {
         if let Some(n) = &mut self.notifier {
             n.stopping();
         }
+        // A recycle stops where it is: its replacement, if forked, is disconnected below
+        // with everyone else.
+        self.recycle = None;
+        self.recycle_reason = None;
         if let Some(r) = self.reload.take() {
             drop(r);
             self.events.push_back(Event::ReloadFinished {
@@ -349,6 +363,12 @@ impl Cluster {
             return;
         };
         self.stats.exits += 1;
+        if let Some(reason) = slot.vitals.killed_for {
+            self.stats.health_kills += 1;
+            if !slot.requested && self.state == State::Running && self.config.respawn.enabled {
+                self.respawn_causes.push_back(reason);
+            }
+        }
         if !slot.requested {
             self.stats.crashes += 1;
             if self.state == State::Running {
@@ -423,10 +443,10 @@ impl Cluster {
     }
 }
 
-/// The reload's view of the cluster.
-struct ReloadHost<'a> {
-    cluster: &'a mut Cluster,
-    now: Instant,
+/// The reload's view of the cluster (a recycle's too, see `health.rs`).
+pub(super) struct ReloadHost<'a> {
+    pub(super) cluster: &'a mut Cluster,
+    pub(super) now: Instant,
 }
 
 impl reload::Host for ReloadHost<'_> {
@@ -437,6 +457,7 @@ impl reload::Host for ReloadHost<'_> {
     fn seen(&self, id: WorkerId) -> Seen {
         match self.cluster.workers.get(&id) {
             None => Seen::Gone,
+            Some(s) if s.requested || s.killed => Seen::Leaving,
             Some(s) => Seen::Alive {
                 online: s.phase != Phase::Starting,
                 listening: s.listening,

@@ -92,9 +92,11 @@ impl Cluster {
                 s.handles_created += 1;
             }
         }
-        // A replacement (reload, restart) takes over the reuse-port socket of the
-        // worker it replaces.
-        let replacing = self.reload.as_ref().and_then(|r| r.replacing(id));
+        // A replacement (reload, restart, recycle) takes over the reuse-port socket of
+        // the worker it replaces.
+        let replacing = [&self.reload, &self.recycle]
+            .into_iter()
+            .find_map(|r| r.as_ref().and_then(|r| r.replacing(id)));
         let entry = &mut self.handles[idx];
         let local = entry.local().clone();
         let handle = entry.id;

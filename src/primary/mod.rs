@@ -26,8 +26,9 @@
 //! messages), `listen.rs` (listen requests: authorise, find or create, grant, and
 //! close a handle nobody holds), `lifecycle.rs` (fork, reap, keep the worker count,
 //! disconnect, shut down), `respawn.rs` (back-off), `reload.rs` (rolling restart),
-//! `slot.rs` (one worker), `upgrade/` (binary upgrade: trial, `execve` in place,
-//! take-over), `handle.rs` (the one interface of the listening handles,
+//! `slot.rs` (one worker), `info.rs` (the snapshots it reports), `health.rs` (liveness
+//! and recycling), `upgrade/` (binary upgrade: trial, `execve` in place, take-over),
+//! `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
 //! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
 //! `budget.rs` (each worker's share of the primary's descriptors).
@@ -74,6 +75,8 @@ mod budget;
 mod builder;
 mod event_loop;
 mod handle;
+mod health;
+mod info;
 mod lifecycle;
 mod listen;
 mod notify;
@@ -94,7 +97,7 @@ use std::time::{Duration, Instant};
 
 use crate::addr::ListenAddr;
 use crate::error::Error;
-use crate::event::{Event, Signal};
+use crate::event::{Event, Replacement, Signal};
 use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
@@ -110,11 +113,13 @@ pub use builder::{
     Builder, DEFAULT_ACCEPT_WINDOW, DEFAULT_MESSAGE_LIMIT, DEFAULT_PREFETCH,
     DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use info::{ClusterStats, WorkerInfo};
 pub use respawn::Respawn;
 pub use scheduler::{FewestDispatched, Fifo, LeastConnections, ReadyWorker, Scheduler};
 pub use upgrade::DEFAULT_UPGRADE_TIMEOUT;
 
 use handle::Handle;
+use health::{Health, Jitter};
 use notify::Notifier;
 use reload::Reload;
 use respawn::CrashStreak;
@@ -158,6 +163,8 @@ struct Config {
     /// Descriptors every worker keeps (`Builder::keep_fd`), held open by the primary
     /// for the cluster's life; every other descriptor is closed in a worker.
     kept: Vec<std::os::fd::OwnedFd>,
+    /// Liveness and recycling (`health.rs`).
+    health: Health,
 }
 
 /// Where the cluster is in its life.
@@ -199,57 +206,6 @@ impl HandleEntry {
     }
 }
 
-/// A snapshot of one worker, from [`Cluster::workers`]. Non-exhaustive: fields may be
-/// added.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerInfo {
-    /// The worker's id.
-    pub id: WorkerId,
-    /// Its process id.
-    pub pid: u32,
-    /// Whether it has said it is online.
-    pub online: bool,
-    /// Whether it was asked to disconnect.
-    pub disconnecting: bool,
-    /// On how many addresses it listens.
-    pub listening: usize,
-    /// Connections the primary handed to it (round-robin mode).
-    pub dispatched: u64,
-    /// Connections its listeners returned, as it last reported (about once a second,
-    /// and when it exits; every mode).
-    pub accepted: u64,
-    /// Connections it has open, as it last reported.
-    pub open: u32,
-    /// How long ago it was forked.
-    pub uptime: Duration,
-}
-
-/// Counters over the cluster's life, from [`Cluster::stats`]. Non-exhaustive: counters
-/// may be added.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClusterStats {
-    /// Workers forked.
-    pub forks: u64,
-    /// Forks that failed (`EAGAIN`, `ENOMEM`, …).
-    pub fork_failures: u64,
-    /// Workers that exited (crashed or asked to).
-    pub exits: u64,
-    /// Workers that exited without being asked to.
-    pub crashes: u64,
-    /// Round-robin connections the primary accepted but had to close without a worker
-    /// serving them: those that came back from dying workers more than three times,
-    /// and those pending when a shutdown closed the listener.
-    pub dropped_connections: u64,
-    /// Exited children the primary reaped that were not its workers. When the primary
-    /// is pid 1 (a container's init) or a child subreaper (`PR_SET_CHILD_SUBREAPER`),
-    /// processes orphaned below it are reparented to it, and it reaps those that exit,
-    /// so none stays a zombie; their exits are never reported as a worker's. Always 0
-    /// in any other process.
-    pub orphans_reaped: u64,
-}
-
 /// A running cluster: the primary's handle on its workers.
 ///
 /// Drive it with [`next_event`](Cluster::next_event): the primary does its work (hands
@@ -273,6 +229,17 @@ pub struct Cluster {
     target: usize,
     backoff: CrashStreak,
     reload: Option<Reload>,
+    /// The recycle under way (`health.rs`): one step of a reload, for one worker.
+    recycle: Option<Reload>,
+    /// Why it runs.
+    recycle_reason: Option<Replacement>,
+    /// Workers killed by a health check, whose replacements are still to be forked:
+    /// why, for each (`WorkerInfo::replaced_because`).
+    respawn_causes: VecDeque<Replacement>,
+    /// What `spawn` records as the new worker's `replaced_because`.
+    next_cause: Option<Replacement>,
+    /// Draws each worker's connection-limit jitter.
+    jitter: Jitter,
     /// A reload was asked for while one ran: start again when it ends.
     reload_again: bool,
     /// The reload just started: its first step waits one turn (see `begin_restart`).
@@ -545,6 +512,8 @@ impl Cluster {
                 accepted: s.accepted,
                 open: s.open,
                 uptime: now.saturating_duration_since(s.forked_at),
+                rss: s.vitals.rss,
+                replaced_because: s.vitals.replaced_because,
             })
             .collect()
     }

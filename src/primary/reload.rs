@@ -36,6 +36,9 @@ pub(crate) enum Seen {
     Gone,
     /// Alive: whether it said it is online, and on how many addresses it listens.
     Alive { online: bool, listening: usize },
+    /// Alive, but asked to go (disconnecting, killed, or being replaced by someone
+    /// else): not to be replaced again, and not a replacement to wait for.
+    Leaving,
 }
 
 /// What the reload asks of the cluster.
@@ -142,7 +145,9 @@ impl Reload {
                     };
                 };
                 let want = match host.seen(old) {
-                    Seen::Gone => continue, // it exited meanwhile; respawn covers it
+                    // It exited meanwhile (respawn covers it), or is already on its way
+                    // out and replaced (a recycle, `Cluster::disconnect`).
+                    Seen::Gone | Seen::Leaving => continue,
                     Seen::Alive { listening, .. } => listening,
                 };
                 match host.spawn() {
@@ -165,7 +170,7 @@ impl Reload {
             };
             match step.phase {
                 Phase::WaitNew { want } => match host.seen(step.new) {
-                    Seen::Gone => {
+                    Seen::Gone | Seen::Leaving => {
                         return Progress::Aborted {
                             replaced: self.replaced,
                             reason: format!(

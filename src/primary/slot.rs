@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::health::Vitals;
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::fd;
@@ -81,6 +82,8 @@ pub(crate) struct Slot {
     /// It runs the program this process ran before a binary upgrade: it is asked to
     /// finish once the new program's workers listen.
     pub(crate) previous_program: bool,
+    /// What the health checks know of it (`health.rs`).
+    pub(crate) vitals: Vitals,
 }
 
 impl Slot {
@@ -105,6 +108,7 @@ impl Slot {
             setup_failed: false,
             said_online: false,
             window: (Instant::now(), 0),
+            vitals: Vitals::new(Instant::now(), None),
         }
     }
 

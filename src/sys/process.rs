@@ -1,6 +1,6 @@
 //! Process calls: `fork`, `execve`, `waitpid`, `waitid`, `kill`, `tgkill`, `_exit`,
-//! `prctl`, `setsid`, `setpgid`, ids, and `getrlimit`/`setrlimit` for the descriptor
-//! limit.
+//! `prctl`, `setsid`, `setpgid`, ids, `getrlimit`/`setrlimit` for the descriptor limit,
+//! and the resident set size from `/proc/PID/statm` (with `sysconf(_SC_PAGESIZE)`).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -188,6 +188,31 @@ pub(crate) type Tid = libc::pid_t;
 pub(crate) fn gettid() -> Tid {
     // SAFETY: gettid cannot fail.
     unsafe { libc::gettid() }
+}
+
+/// The resident set size of process `pid`, in bytes: the second field of
+/// `/proc/PID/statm` (resident pages) times the page size (`sysconf(_SC_PAGESIZE)`).
+/// Linux-only (`/proc`). One `open`, `read`, `close`, with `O_CLOEXEC` (std's default).
+///
+/// # Errors
+///
+/// `NotFound` when the process is gone, `InvalidData` when the file cannot be read as
+/// `statm`.
+pub(crate) fn resident_bytes(pid: Pid) -> io::Result<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = statm
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
+    Ok(pages.saturating_mul(page_size()))
+}
+
+/// Corresponds to `sysconf(_SC_PAGESIZE)`; 4096 if it fails (it does not on Linux).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf takes a constant and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 /// Corresponds to `getpid(2)`.

@@ -6,9 +6,13 @@
 //! thread files under its `seq`, then builds the [`Listener`] from the grant. The
 //! control thread ([`Runtime::control_loop`]) reads the control channel: listen
 //! replies, user messages (into the bounded inbox, see the module docs of
-//! [`worker`](super)), `Disconnect` (closes every listener), and EOF (the primary is
-//! gone: close, linger [`ORPHAN_GRACE`], exit); between records it reports the
-//! counters every [`STATS_INTERVAL`].
+//! [`worker`](super)), `Disconnect` (closes every listener), `Ping` (answered with a
+//! `Pong` carrying the time since the application's last
+//! [`Worker::heartbeat`](crate::Worker::heartbeat): the primary's liveness check, see
+//! `primary::health`), and EOF (the primary is gone: close, linger [`ORPHAN_GRACE`],
+//! exit); between records it reports the counters every [`STATS_INTERVAL`]. The
+//! accepting threads report them at once when the count reaches the worker's
+//! connection limit (`Builder::max_connections`), so the primary recycles it then.
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -29,6 +33,11 @@ use crate::sys::signal;
 
 use super::{Runtime, State, INBOX_BYTES, INBOX_LIMIT, ORPHAN_GRACE, STATS_INTERVAL};
 use super::{INTERNAL_EXIT, LISTEN_REPLY_TIMEOUT};
+
+/// While the inbox is full, how often the control thread wakes to report the counters
+/// and, when the primary watches its liveness, to say it is alive (an unasked `Pong`):
+/// often enough for a worker timeout well under a second.
+const FULL_INBOX_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl State {
     fn inbox_full(&self) -> bool {
@@ -61,12 +70,16 @@ impl Runtime {
         while st.inbox_full() {
             let (guard, waited) = self
                 .changed
-                .wait_timeout(st, STATS_INTERVAL)
+                .wait_timeout(st, FULL_INBOX_TICK)
                 .unwrap_or_else(PoisonError::into_inner);
             st = guard;
             if waited.timed_out() {
                 drop(st);
                 self.report_stats();
+                // Not reading the channel, so not its pings either: still alive.
+                if self.pinged.load(Ordering::Relaxed) {
+                    self.pong();
+                }
                 // Not reading the channel meanwhile, but still hearing signals.
                 self.on_signals();
                 st = self.lock();
@@ -222,6 +235,12 @@ impl Runtime {
         }
     }
 
+    /// Answers the primary's `Ping`: alive, and how long since the last heartbeat.
+    fn pong(&self) {
+        let heartbeat_ms = self.heartbeat_silence_ms();
+        let _ = self.control.send(&Message::Pong { heartbeat_ms }, None);
+    }
+
     /// Tells the primary that the listener for `handle` closed (best effort: when the
     /// primary is gone there is nobody to tell).
     pub(crate) fn listener_closed(&self, handle: u32) {
@@ -315,6 +334,10 @@ impl Runtime {
                     self.changed.notify_all();
                 }
                 Ok(Incoming::Message(Message::Disconnect, None)) => self.disconnect(),
+                Ok(Incoming::Message(Message::Ping, None)) => {
+                    self.pinged.store(true, Ordering::Relaxed);
+                    self.pong();
+                }
                 Ok(Incoming::Message(other, _) | Incoming::FdLost(other)) => {
                     crate::log::report!(
                         "worker {}: unexpected {} message from the primary; exiting",
@@ -359,7 +382,14 @@ impl WorkerLink for Runtime {
     }
 
     fn accepted(&self) -> OpenCount {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let n = self
+            .accepted
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if Some(n) == self.connection_limit {
+            // The primary recycles this worker now, not at the next report.
+            self.report_stats();
+        }
         OpenCount::new(&self.open)
     }
 

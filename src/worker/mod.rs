@@ -32,8 +32,8 @@
 //!    service manager's control-group kill, `kill` of a worker, the primary's death
 //!    through `PR_SET_PDEATHSIG`): stop accepting, finish what it holds, exit 0; and one
 //!    small thread that watches the control channel and that pipe (listen replies,
-//!    messages, disconnect, EOF when the primary is gone) and reports the worker's
-//!    counters about once a second;
+//!    messages, disconnect, the primary's liveness pings, EOF when the primary is
+//!    gone) and reports the worker's counters about once a second;
 //!
 //! A failure in steps 1–5 is reported to the primary (`SetupFailed`, with the step and
 //! `errno`) and the worker exits with code 78. Then:
@@ -70,9 +70,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::ipc::channel::Channel;
@@ -277,6 +277,17 @@ impl Worker {
         }
     }
 
+    /// Tells the primary that the application is making progress, for
+    /// [`Builder::heartbeat_timeout`](crate::Builder::heartbeat_timeout): call it from
+    /// the application's main loop, or after each request. A worker that has not
+    /// called it for that long (since its start, before the first call) is killed
+    /// and replaced. Cheap enough for every request: one atomic store, no system call
+    /// (the worker's control thread reports the time since the last call when the
+    /// primary pings it).
+    pub fn heartbeat(&self) {
+        self.rt.heartbeat();
+    }
+
     /// Whether the primary asked this worker to disconnect (or is gone): listeners are
     /// closed, and the worker should finish its connections and return.
     pub fn is_disconnecting(&self) -> bool {
@@ -301,6 +312,31 @@ pub(crate) struct Runtime {
     reported: Mutex<(u64, u64)>,
     /// `SIGTERM` and `SIGINT` arrive here (the self-pipe), for the control thread.
     signals: SignalPipe,
+    /// When the runtime started: the origin of `heartbeat`.
+    started: Instant,
+    /// Milliseconds from `started` to the last `Worker::heartbeat` (0: none yet).
+    heartbeat: AtomicU64,
+    /// The primary has pinged this worker (it watches its liveness): a `Pong` goes
+    /// unasked while the control thread cannot read the channel (full inbox).
+    pinged: AtomicBool,
+    /// The primary recycles this worker after this many accepted connections: the
+    /// counters are reported at once when `accepted` reaches it.
+    connection_limit: Option<u64>,
+}
+
+impl Runtime {
+    fn heartbeat(&self) {
+        let ms = self.started.elapsed().as_millis();
+        self.heartbeat
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last heartbeat (or the start), for a `Pong`.
+    fn heartbeat_silence_ms(&self) -> u32 {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.heartbeat.load(Ordering::Relaxed);
+        u32::try_from(now.saturating_sub(last)).unwrap_or(u32::MAX)
+    }
 }
 
 #[derive(Default)]
@@ -329,6 +365,8 @@ pub(crate) struct ChildStart {
     pub(crate) settings: WorkerSettings,
     /// The descriptors the application named with `Builder::keep_fd`.
     pub(crate) kept: Vec<OwnedFd>,
+    /// Recycled after this many connections (`Builder::max_connections` and jitter).
+    pub(crate) connection_limit: Option<u64>,
 }
 
 /// A setup step failed: tell the primary which, say it on stderr, and give the exit code.
@@ -401,6 +439,10 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         open: Arc::new(AtomicU64::new(0)),
         reported: Mutex::new((0, 0)),
         signals,
+        started: Instant::now(),
+        heartbeat: AtomicU64::new(0),
+        pinged: AtomicBool::new(false),
+        connection_limit: start.connection_limit,
     });
     if RUNTIME.set(rt.clone()).is_err() || !crate::listener::link::register(rt.clone()) {
         crate::log::report!("worker {id}: a worker runtime already exists in this process");

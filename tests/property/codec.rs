@@ -171,7 +171,7 @@ impl Drop for OnPanic<'_> {
 }
 
 /// How many kinds of [`Message`] there are: [`variant`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 12;
+const VARIANTS: usize = 14;
 
 /// The kind of a message as an index, for the per-kind tallies. Exhaustive, so a new
 /// kind does not compile until the generator below learns to make it.
@@ -189,6 +189,8 @@ fn variant(m: &Message<'_>) -> usize {
         Message::SetupFailed { .. } => 9,
         Message::Stats { .. } => 10,
         Message::Probe => 11,
+        Message::Ping => 12,
+        Message::Pong { .. } => 13,
     }
 }
 
@@ -356,6 +358,10 @@ impl Gen {
                 open: self.rng.u32(),
             },
             11 => Message::Probe,
+            12 => Message::Ping,
+            13 => Message::Pong {
+                heartbeat_ms: self.rng.u32(),
+            },
             _ => unreachable!("kind number {v} >= VARIANTS"),
         }
     }

@@ -19,6 +19,9 @@
 //! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
 //! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
 //! `rogue`),
+//! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
+//! `Worker::heartbeat` five times per timeout, until `hang-heartbeat`), `SC_MAX_CONN`,
+//! `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB` (worker health),
 //! `SC_SECRET` (a file the primary opens for reading before `start` and holds, as a
 //! program's private key or configuration would be), `SC_KEEP` (a log file the primary
 //! opens for appending, created 0600, and gives every worker with `keep_fd`).
@@ -31,7 +34,8 @@
 //! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
-//! (writes TEXT to stderr); `unlisten N` (closes the worker's listener number N); `send
+//! (writes TEXT to stderr); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! (allocates, touches and keeps MIB MiB); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
 //! the first address at once, answered at once); `orphans`
 //! (leaves a child that has exited and one still running, answers `orphans ZOMBIE_PID
@@ -44,9 +48,11 @@
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
-//! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `exit ID PID STATUS
+//! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `replacing ID PID KIND (REASON)`, `exit ID PID STATUS
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
-//! address, `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
+//! address, `serving K` (workers listening and not disconnecting, after each event,
+//! when it changes, once ready), `cause ID KIND` and `rss ID BYTES` (a worker's
+//! `WorkerInfo::replaced_because` and its first `rss`, once each), `stats ID=D/A …` (connections dispatched to / accepted by each worker) whenever
 //! they change,
 //! and at the end `dropped N` (round-robin connections closed unserved), `orphans N`
 //! (children reaped that were not workers) and `hygiene fds_before=… fds_after=…
@@ -175,6 +181,19 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             exit_after = true;
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["hang-heartbeat"] => {
+            // The application's main loop stops making progress (its heartbeat
+            // thread stops calling `Worker::heartbeat`); requests are still served.
+            HEARTBEAT_HUNG.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ["leak", mib] => {
+            // Allocates, touches and keeps MIB MiB (the resident set grows).
+            let n = mib.parse::<usize>().unwrap_or(0).min(1024);
+            let block = vec![1u8; n << 20];
+            let mut kept = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push(block);
+            extra = format!(" leaked {}", kept.len());
+        }
         ["unlisten", n] => {
             // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
             let l = n
@@ -319,6 +338,12 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
 /// The worker's listeners, for `unlisten N`.
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
 
+/// `hang-heartbeat`: the worker's heartbeat thread stops calling `Worker::heartbeat`.
+static HEARTBEAT_HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `leak MIB`: memory the worker keeps for good.
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 /// The worker's addresses as asked for, for `bind-burst N`.
 static ADDRS: std::sync::OnceLock<Vec<ListenAddr>> = std::sync::OnceLock::new();
 
@@ -433,6 +458,20 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         }
     }
     std::thread::scope(|s| {
+        // `SC_HEARTBEAT_MS`: the application's "main loop", which calls
+        // `Worker::heartbeat` five times per timeout until `hang-heartbeat`, and ends
+        // with the worker.
+        if let Ok(ms) = env("SC_HEARTBEAT_MS", "").parse::<u64>() {
+            s.spawn(move || {
+                while !w.is_disconnecting() {
+                    if !HEARTBEAT_HUNG.load(std::sync::atomic::Ordering::Relaxed) {
+                        w.heartbeat();
+                    }
+                    // The application's own pace (not the driver's synchronisation).
+                    std::thread::sleep(Duration::from_millis(ms / 5));
+                }
+            });
+        }
         for l in &listeners {
             let cloexec = proc::is_cloexec(l.as_fd().as_raw_fd());
             for _ in 0..threads {
@@ -511,6 +550,17 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
             Err(e) => Some(format!("error {e}")),
         },
         _ => None, // `busy` and the like: nothing to answer
+    }
+}
+
+/// A replacement's reason in one word, for the output lines.
+fn replacement_kind(reason: &cluster::Replacement) -> &'static str {
+    match reason {
+        cluster::Replacement::Unresponsive { .. } => "unresponsive",
+        cluster::Replacement::NoHeartbeat { .. } => "no-heartbeat",
+        cluster::Replacement::MaxConnections { .. } => "max-connections",
+        cluster::Replacement::MaxRss { .. } => "max-rss",
+        _ => "other",
     }
 }
 
@@ -646,6 +696,23 @@ pub fn main() -> i32 {
             builder = builder.listen_only(addrs.clone());
         }
     }
+    // Worker health (`SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS`, `SC_MAX_CONN`,
+    // `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB`).
+    if let Ok(ms) = env("SC_TIMEOUT_MS", "").parse() {
+        builder = builder.worker_timeout(Duration::from_millis(ms));
+    }
+    if let Ok(ms) = env("SC_HEARTBEAT_MS", "").parse() {
+        builder = builder.heartbeat_timeout(Duration::from_millis(ms));
+    }
+    if let Ok(n) = env("SC_MAX_CONN", "").parse() {
+        builder = builder.max_connections(n);
+    }
+    if let Ok(j) = env("SC_MAX_CONN_JITTER", "").parse() {
+        builder = builder.max_connections_jitter(j);
+    }
+    if let Ok(mib) = env("SC_MAX_RSS_MIB", "").parse::<u64>() {
+        builder = builder.max_rss(mib << 20);
+    }
     if let Ok(n) = env("SC_MSG_LIMIT", "").parse() {
         builder = builder.message_limit(n);
     }
@@ -666,6 +733,8 @@ pub fn main() -> i32 {
     let mut resolved: Vec<String> = Vec::new();
     let mut ready = false;
     let mut last_stats = String::new();
+    let mut last_serving = usize::MAX;
+    let (mut told_cause, mut told_rss) = (BTreeSet::new(), BTreeSet::new());
     loop {
         let event = match cluster.next_event_timeout(event_wait) {
             Ok(Some(e)) => Some(e),
@@ -727,6 +796,14 @@ pub fn main() -> i32 {
                 say(format!("reload-finished {replaced} complete={complete}"))
             }
             Some(Event::Error(e)) => say(format!("error {e}")),
+            Some(Event::Replacing {
+                worker,
+                pid,
+                reason,
+            }) => say(format!(
+                "replacing {worker} {pid} {} ({reason})",
+                replacement_kind(&reason)
+            )),
             Some(other) => say(format!("event {other:?}")),
             None => {}
         }
@@ -740,9 +817,38 @@ pub fn main() -> i32 {
             say(format!("stats {stats}"));
             last_stats = stats;
         }
+        // Workers that listen and were not asked to go, as the primary sees them
+        // after every event (once ready): `serving K` whenever it changes.
+        let serving = cluster
+            .workers()
+            .iter()
+            .filter(|w| w.listening > 0 && !w.disconnecting)
+            .count();
+        if ready && serving != last_serving {
+            say(format!("serving {serving}"));
+            last_serving = serving;
+        }
+        // What `WorkerInfo` says of worker health, once per worker: why it replaced
+        // another (`cause ID KIND`), its first RSS reading (`rss ID BYTES`).
+        for w in cluster.workers() {
+            if let Some(reason) = w.replaced_because {
+                if told_cause.insert(w.id.0) {
+                    say(format!("cause {} {}", w.id, replacement_kind(&reason)));
+                }
+            }
+            if let Some(rss) = w.rss {
+                if told_rss.insert(w.id.0) {
+                    say(format!("rss {} {rss}", w.id));
+                }
+            }
+        }
     }
-    say(format!("dropped {}", cluster.stats().dropped_connections));
-    say(format!("orphans {}", cluster.stats().orphans_reaped));
+    let st = cluster.stats();
+    say(format!(
+        "dropped {} health_kills={} recycles={}",
+        st.dropped_connections, st.health_kills, st.recycles
+    ));
+    say(format!("orphans {}", st.orphans_reaped));
     drop(cluster);
     let fds_after = proc::open_fds();
     let me = std::process::id();

@@ -45,6 +45,12 @@ impl Message<'_> {
             kind::ONLINE => r.named("online").done(Message::Online)?,
             kind::DISCONNECT => r.named("disconnect").done(Message::Disconnect)?,
             kind::PROBE => r.named("probe").done(Message::Probe)?,
+            kind::PING => r.named("ping").done(Message::Ping)?,
+            kind::PONG => {
+                r.kind = "pong";
+                let heartbeat_ms = r.u32()?;
+                r.done(Message::Pong { heartbeat_ms })?
+            }
             kind::LISTEN_REQUEST => {
                 r.kind = "listen-request";
                 let seq = r.u32()?;

@@ -18,7 +18,8 @@ impl Message<'_> {
         let start = out.len();
         out.extend_from_slice(&[self.kind(), 0, 0, 0, 0, 0, 0, 0]);
         match self {
-            Message::Online | Message::Disconnect | Message::Probe => {}
+            Message::Online | Message::Disconnect | Message::Probe | Message::Ping => {}
+            Message::Pong { heartbeat_ms } => out.extend_from_slice(&heartbeat_ms.to_le_bytes()),
             Message::ListenRequest { seq, options, addr } => {
                 out.extend_from_slice(&seq.to_le_bytes());
                 put_options(out, options);

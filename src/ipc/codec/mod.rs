@@ -118,6 +118,17 @@ pub(crate) enum Message<'a> {
         /// Its `errno`.
         errno: i32,
     },
+    /// Primary → worker: "are you alive?" (the liveness check, see
+    /// `primary::health`). The worker's control thread answers with `Pong`, so a
+    /// stopped process, or one whose threads are all stuck, stays silent.
+    Ping,
+    /// Worker → primary: the answer to `Ping` (also sent unasked while the worker's
+    /// inbox is full and its control thread reads nothing).
+    Pong {
+        /// Milliseconds since the application last called `Worker::heartbeat` (or
+        /// since the worker started), saturated at `u32::MAX`.
+        heartbeat_ms: u32,
+    },
     /// Worker → primary: connections its listeners returned so far (shared and
     /// reuse-port modes count here; the primary counts round-robin hand-offs itself).
     Stats {
@@ -161,6 +172,8 @@ mod kind {
     pub(super) const SETUP_FAILED: u8 = 10;
     pub(super) const STATS: u8 = 11;
     pub(super) const PROBE: u8 = 12;
+    pub(super) const PING: u8 = 13;
+    pub(super) const PONG: u8 = 14;
 }
 
 mod tag {
@@ -189,6 +202,8 @@ impl Message<'_> {
             Message::SetupFailed { .. } => "setup-failed",
             Message::Stats { .. } => "stats",
             Message::Probe => "probe",
+            Message::Ping => "ping",
+            Message::Pong { .. } => "pong",
         }
     }
 
@@ -206,7 +221,9 @@ impl Message<'_> {
             | Message::Disconnect
             | Message::SetupFailed { .. }
             | Message::Stats { .. }
-            | Message::Probe => FdRule::None,
+            | Message::Probe
+            | Message::Ping
+            | Message::Pong { .. } => FdRule::None,
         }
     }
 
@@ -224,6 +241,8 @@ impl Message<'_> {
             Message::SetupFailed { .. } => kind::SETUP_FAILED,
             Message::Stats { .. } => kind::STATS,
             Message::Probe => kind::PROBE,
+            Message::Ping => kind::PING,
+            Message::Pong { .. } => kind::PONG,
         }
     }
 }

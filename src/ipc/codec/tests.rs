@@ -86,7 +86,43 @@ fn every_message() -> Vec<Message<'static>> {
             accepted: u64::MAX - 1,
             open: 3,
         },
+        Message::Ping,
+        Message::Pong { heartbeat_ms: 0 },
+        Message::Pong {
+            heartbeat_ms: u32::MAX,
+        },
     ]
+}
+
+#[test]
+fn ping_and_pong_payloads_are_exact() {
+    // A ping has no payload; a pong exactly four bytes.
+    let mut ping = Vec::new();
+    Message::Ping.encode(&mut ping);
+    ping.push(0);
+    ping[4] = 1;
+    assert!(matches!(
+        Message::decode(&ping, 0),
+        Err(ProtocolError::Malformed { kind: "ping", .. })
+    ));
+    for len in [0usize, 3, 5] {
+        let mut pong = vec![kind::PONG, 0, 0, 0];
+        pong.extend_from_slice(&(len as u32).to_le_bytes());
+        pong.resize(HEADER_LEN + len, 7);
+        assert!(
+            matches!(
+                Message::decode(&pong, 0),
+                Err(ProtocolError::Malformed { kind: "pong", .. })
+            ),
+            "pong with {len} payload bytes"
+        );
+    }
+    let mut pong = Vec::new();
+    Message::Pong { heartbeat_ms: 5 }.encode(&mut pong);
+    assert!(matches!(
+        Message::decode(&pong, 1),
+        Err(ProtocolError::UnexpectedFd { kind: "pong", .. })
+    ));
 }
 
 fn fds_for(m: &Message<'_>) -> usize {
@@ -159,7 +195,7 @@ fn length_field_must_match() {
 
 #[test]
 fn unknown_kinds_and_reserved_bytes() {
-    for k in [0u8, 13, 99, 255] {
+    for k in [0u8, 15, 99, 255] {
         let buf = [k, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(Message::decode(&buf, 0), Err(ProtocolError::UnknownKind(k)));
     }
