@@ -221,6 +221,7 @@ fn main() {
         "hello_keepalive_reloads",
         hello_deploy::hello_keepalive_reloads,
     ));
+    scenarios.extend(all("hello_pool_grows", hello_deploy::hello_pool_grows));
     for mode in ["round-robin", "shared", "reuse-port"] {
         for close in [false, true] {
             let name: &'static str = Box::leak(

@@ -11,8 +11,10 @@
 //!   `systemd` / `systemd:NAME` (a socket passed by systemd socket activation); default
 //!   `127.0.0.1:8080`. `--workers` defaults to the number of CPUs, `--mode` to
 //!   `CLUSTER_SCHED_POLICY`, then round-robin; `--threads` (accepting threads per
-//!   worker, each serving one connection at a time) to 4. More threads hold more
-//!   keep-alive clients at once; fewer cost less memory and fewer wake-ups in
+//!   worker, each serving one connection at a time) to 4. The pool grows by one
+//!   thread whenever a connection takes the last thread waiting in `accept` (up to
+//!   256), so keep-alive clients never wait for a thread, and shrinks back while
+//!   threads wait idle; fewer base threads cost less memory and fewer wake-ups in
 //!   `Connection: close` traffic (each idle thread waiting in `accept` is one more
 //!   sleeping thread to wake per connection).
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).

@@ -1,8 +1,13 @@
-//! The demo's worker: the routes, and a small fixed pool of threads that all block in
-//! the listener's `accept`, each serving one connection at a time (so a keep-alive
-//! client holds a thread while it stays, and the others keep accepting).
+//! The demo's worker: the routes, and a pool of threads that block in the listener's
+//! `accept`, each serving one connection at a time. A keep-alive client holds a thread
+//! while it stays, so the pool grows by one whenever a connection takes the last
+//! thread waiting in `accept` (Apache's worker MPM), up to [`MAX_THREADS`]; a thread
+//! above `--threads` leaves when it finishes a connection while two others wait. A
+//! client that finds every thread held by others (reuse-port hashes each client to one
+//! worker) does not wait for one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::Scope;
 
 use cluster::{ListenAddr, Listener, Worker};
 
@@ -40,44 +45,109 @@ pub fn route(req: &http::Request<'_>) -> http::Response {
     }
 }
 
-/// A worker: `threads` threads block in the listener's accept. When the primary asks
-/// the worker to disconnect (or it gets `SIGTERM`), the listener closes: accept returns
-/// `None`, busy threads see `is_closed` and finish after their current request (with
-/// `Connection: close`), and the worker returns.
+/// The most threads one worker runs.
+pub const MAX_THREADS: usize = 256;
+
+/// One worker's pool (see the module docs).
+struct Pool<'a> {
+    listener: &'a Listener,
+    id: u32,
+    /// Threads kept however quiet it is (`--threads`).
+    base: usize,
+    /// Threads running, and of those, waiting in `accept`.
+    total: AtomicUsize,
+    idle: AtomicUsize,
+    served: AtomicU64,
+}
+
+impl<'a> Pool<'a> {
+    /// One more thread, unless the pool is at its cap or the system refuses.
+    fn grow<'s>(&'a self, s: &'s Scope<'s, 'a>) {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= MAX_THREADS {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn_scoped(s, move || self.run(s));
+        if let Err(e) = spawned {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            eprintln!("worker {}: no thread for the next connection: {e}", self.id);
+        }
+    }
+
+    /// A thread's life: accept, serve, again; until the listener closes, or the pool
+    /// is above its base with others waiting.
+    fn run<'s>(&'a self, s: &'s Scope<'s, 'a>) {
+        let stopping = || self.listener.is_closed();
+        loop {
+            self.idle.fetch_add(1, Ordering::AcqRel);
+            let accepted = self.listener.accept();
+            let idle_left = self.idle.fetch_sub(1, Ordering::AcqRel) - 1;
+            match accepted {
+                Ok(Some(mut conn)) => {
+                    if idle_left == 0 && !stopping() {
+                        self.grow(s);
+                    }
+                    self.served.fetch_add(1, Ordering::Relaxed);
+                    // Served through the Connection, which counts as open in this
+                    // worker until it drops (least-connections).
+                    http::serve(conn.stream_mut(), self.id, &stopping, &route);
+                }
+                // The listener closed: the worker is stopping; the other threads'
+                // connections notice at their next request or read tick.
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("worker {}: accept: {e}", self.id);
+                    break;
+                }
+            }
+            // Two others waiting is enough for what comes next: leave, down to the base.
+            if self.idle.load(Ordering::Acquire) >= 2 {
+                let total = self.total.load(Ordering::Acquire);
+                if total > self.base
+                    && self
+                        .total
+                        .compare_exchange(total, total - 1, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A worker: `threads` threads block in the listener's accept (more while connections
+/// hold them all, see the module docs). When the primary asks the worker to disconnect
+/// (or it gets `SIGTERM`), the listener closes: accept returns `None`, busy threads
+/// see `is_closed` and finish after their current request (with `Connection: close`),
+/// and the worker returns.
 pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Result<()> {
     let listener = Listener::bind_with(addr, &http::listen_options())?;
-    let id = worker.id().0;
-    let served = AtomicU64::new(0);
-    let stopping = || listener.is_closed();
-    std::thread::scope(|s| -> std::io::Result<()> {
+    let pool = Pool {
+        listener: &listener,
+        id: worker.id().0,
+        base: threads,
+        total: AtomicUsize::new(0),
+        idle: AtomicUsize::new(0),
+        served: AtomicU64::new(0),
+    };
+    std::thread::scope(|s| {
         for _ in 0..threads {
-            std::thread::Builder::new()
-                .stack_size(128 * 1024)
-                .spawn_scoped(s, || {
-                    loop {
-                        match listener.accept() {
-                            Ok(Some(mut conn)) => {
-                                served.fetch_add(1, Ordering::Relaxed);
-                                // Served through the Connection, which counts as open
-                                // in this worker until it drops (least-connections).
-                                http::serve(conn.stream_mut(), id, &stopping, &route);
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                eprintln!("worker {id}: accept: {e}");
-                                break;
-                            }
-                        }
-                    }
-                    // The listener closed: the worker is stopping; the other threads'
-                    // connections notice at their next request or read tick.
-                })?;
+            pool.grow(s);
+        }
+        if pool.total.load(Ordering::Acquire) == 0 {
+            listener.close();
+            return Err(std::io::Error::other("no thread could be started"));
         }
         Ok(())
     })?;
     crate::primary::write_line(&format!(
-        "worker {id}: served {} connections",
-        served.load(Ordering::Relaxed)
+        "worker {}: served {} connections",
+        pool.id,
+        pool.served.load(Ordering::Relaxed)
     ));
     Ok(())
 }

@@ -249,3 +249,40 @@ pub fn hello_keepalive_reloads(mode: &str) -> Outcome {
     exited_ok(&mut srv, T)?;
     gone(&workers)
 }
+
+/// The demo's pool grows: one worker with `--threads 1`; a keep-alive client holds the
+/// thread, and a second client is still answered (by a thread added for it) while the
+/// first stays connected. A fixed pool would keep it waiting as long as the first
+/// client stays.
+pub fn hello_pool_grows(mode: &str) -> Outcome {
+    let mut srv = start_hello(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--mode",
+            mode,
+            "--threads",
+            "1",
+        ],
+        &[],
+    )?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    let target = Target::parse(&ready["ready ".len()..])?;
+    let mut held = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+    ask(&mut held, false)?;
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        let mut c = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+        ask(&mut c, false).map_err(|e| format!("a client beside a held one: {e}"))?;
+        more.push(c);
+    }
+    ask(&mut held, false)?;
+    println!("    {mode}: 4 keep-alive clients served at once by a worker started with 1 thread");
+    let workers = workers_of(&srv);
+    drop((held, more));
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, T)?;
+    gone(&workers)
+}

@@ -60,7 +60,8 @@ impl Drop for Scratch {
     }
 }
 
-/// The demo started from `program` (4 workers of 8 threads in `mode`), and its address.
+/// The demo started from `program` (4 workers in `mode`, its default threads), and its
+/// address.
 fn start(
     program: &Path,
     mode: &str,
@@ -68,16 +69,7 @@ fn start(
     env: &[(&str, &str)],
 ) -> Result<(Server, Target), String> {
     let mut cmd = std::process::Command::new(program);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "4",
-        "--mode",
-        mode,
-        "--threads",
-        "8",
-    ]);
+    cmd.args(["--listen", "127.0.0.1:0", "--workers", "4", "--mode", mode]);
     cmd.args(extra);
     cmd.env_remove("CLUSTER_SCHED_POLICY");
     for (k, v) in env {
