@@ -7,15 +7,17 @@
 //! per readiness report, pauses with a growing delay when out of descriptors or memory
 //! (instead of spinning on a readable listener, the libuv trap), and before each batch
 //! on an adopted listener checks that its shared `O_NONBLOCK` is still set
-//! ([`ensure_nonblocking`]); see the module docs of [`round_robin`](super).
+//! ([`ensure_nonblocking`]), and before each `accept` on it that a connection is queued
+//! (so a flag cleared in between cannot block the primary); see the module docs of
+//! [`round_robin`](super).
 //!
 //! [`accept_one`]: RoundRobinHandle::accept_one
 //! [`ensure_nonblocking`]: RoundRobinHandle::ensure_nonblocking
 
-use std::os::fd::AsFd;
-use std::time::Instant;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
-use crate::sys::{fd, socket};
+use crate::sys::{fd, poll, socket};
 
 use super::{Pending, RoundRobinHandle, ACCEPT_BATCH};
 use crate::accept::{classify, peer_of, AcceptFailure};
@@ -40,6 +42,10 @@ impl RoundRobinHandle {
                 return None;
             }
             self.batch += 1;
+            if self.adopted && !queued(listener.as_fd()) {
+                self.readable = false;
+                return None;
+            }
             match socket::accept(listener.as_fd()) {
                 Ok((fd, peer)) => {
                     self.pause.reset();
@@ -105,4 +111,14 @@ impl RoundRobinHandle {
         }
         restored.is_ok()
     }
+}
+
+/// Whether a connection is queued on `listener` (a zero-timeout `poll`). An adopted
+/// listener shares its `O_NONBLOCK` with whoever passed it, who may clear it between
+/// the check at a batch's start and an `accept`: asking first means the primary only
+/// calls `accept` when it returns at once (it is the listener's only acceptor), so it
+/// never blocks, whatever the flag says.
+fn queued(listener: BorrowedFd<'_>) -> bool {
+    let mut fds = [poll::PollFd::new(listener, false)];
+    matches!(poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0) && fds[0].readable()
 }

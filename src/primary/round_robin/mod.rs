@@ -63,9 +63,12 @@
 //!   included, with `SA_RESTART`). So before each batch the primary checks the flag
 //!   (`F_GETFL`) and sets it again if it was cleared, reporting it once. A child of
 //!   the primary never clears it: a forked worker runs none of the primary's teardown
-//!   (see `Cluster::release_in_child`). What remains is the window between that check
-//!   and the `accept`s of the batch, in which only another process's `fcntl` could
-//!   clear the flag.
+//!   (see `Cluster::release_in_child`). Another process's `fcntl` could still clear it
+//!   between that check and an `accept` of the batch (a scenario that clears it while
+//!   clients connect caught that window: the primary blocked in `accept` with a
+//!   connection it had not handed out), so on an adopted listener each `accept` is
+//!   preceded by a zero-timeout `poll`: the primary, its only acceptor, calls
+//!   `accept` only when a connection is queued, and it returns at once.
 //!
 //! # Where each part lives
 //!
