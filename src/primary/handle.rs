@@ -21,7 +21,7 @@ use super::reuse_port::ReusePortHandle;
 use super::round_robin::RoundRobinHandle;
 use super::scheduler::Scheduler;
 use super::shared::SharedHandle;
-use super::upgrade::Kind;
+use super::upgrade::handover::Kind;
 use crate::addr::ListenAddr;
 use crate::bind::Bound;
 use crate::ipc::codec::{ProtocolError, Transport};

@@ -52,15 +52,13 @@ use std::time::{Duration, Instant};
 
 use super::reload::{Progress, Reload};
 use super::slot::{Phase, Slot};
+use super::vitals::SAMPLE_EVERY;
 use super::{Cluster, State};
 use crate::error::Error;
 use crate::event::{Event, Replacement};
 use crate::ipc::codec::Message;
 use crate::sys::process;
 use crate::worker_id::WorkerId;
-
-/// The longest wait between two pings, and between two reads of a worker's RSS.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The shortest wait between two pings.
 const MIN_PING_EVERY: Duration = Duration::from_millis(10);
@@ -112,57 +110,6 @@ impl Health {
     /// timeout: the primary wakes up for those anyway).
     fn samples_rss(&self) -> bool {
         self.max_rss.is_some() || self.ping_every().is_some()
-    }
-}
-
-/// What the primary knows of one worker's health.
-#[derive(Debug)]
-pub(crate) struct Vitals {
-    /// The last `Pong` (or the fork).
-    heard: Instant,
-    /// The application's heartbeat silence the last `Pong` reported.
-    heartbeat: Duration,
-    /// A `Ping` is out, unanswered.
-    ping_out: bool,
-    /// When the next `Ping` goes.
-    next_ping: Instant,
-    /// When the RSS is read next.
-    next_sample: Instant,
-    /// The last RSS read, in bytes.
-    pub(crate) rss: Option<u64>,
-    /// Replaced once it has accepted this many connections.
-    pub(crate) connection_limit: Option<u64>,
-    /// A recycle of this worker has been decided (it is not picked again).
-    recycling: bool,
-    /// Why the worker it replaces was replaced, if the primary replaced it on its own.
-    pub(crate) replaced_because: Option<Replacement>,
-    /// This worker was killed for this reason: its replacement inherits it.
-    pub(crate) killed_for: Option<Replacement>,
-}
-
-impl Vitals {
-    pub(crate) fn new(now: Instant, connection_limit: Option<u64>) -> Vitals {
-        Vitals {
-            heard: now,
-            heartbeat: Duration::ZERO,
-            ping_out: false,
-            next_ping: now,
-            next_sample: now,
-            rss: None,
-            connection_limit,
-            recycling: false,
-            replaced_because: None,
-            killed_for: None,
-        }
-    }
-
-    /// A `Pong` came.
-    pub(crate) fn heard(&mut self, now: Instant, heartbeat_ms: u32, every: Option<Duration>) {
-        self.heard = now;
-        self.heartbeat = Duration::from_millis(u64::from(heartbeat_ms));
-        if std::mem::replace(&mut self.ping_out, false) {
-            self.next_ping = crate::deadline::after(now, every.unwrap_or(SAMPLE_EVERY));
-        }
     }
 }
 

@@ -88,6 +88,7 @@ mod scheduler;
 mod shared;
 mod slot;
 mod upgrade;
+mod vitals;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::health::Vitals;
+use super::vitals::Vitals;
 use crate::ipc::channel::Channel;
 use crate::ipc::codec::Message;
 use crate::sys::fd;

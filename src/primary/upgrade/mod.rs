@@ -52,7 +52,7 @@
 //! [`Event::UpgradeFailed`]: crate::Event::UpgradeFailed
 //! [`Event::Upgraded`]: crate::Event::Upgraded
 
-mod handover;
+pub(super) mod handover;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write as _;
@@ -75,7 +75,7 @@ use crate::sys::process::{self, Fork, Pid, WaitStatus};
 use crate::sys::signal;
 use crate::worker_id::WorkerId;
 
-pub(super) use handover::{Handover, Kind, PassedHandle};
+pub(super) use handover::{Handover, PassedHandle};
 use handover::{PassedFile, PassedWorker};
 
 /// The environment variable that makes `Builder::start` a trial (see the module docs).
