@@ -1,0 +1,93 @@
+//! What an upgrade runs: the program file at the path this one was started from,
+//! resolved once at start, with the same arguments; and the environment it gets.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::handover;
+use crate::sys::fd;
+
+/// The environment variable that makes the next program's `Builder::start` a trial
+/// (see `trial.rs`).
+pub(super) const TRIAL_VAR: &str = "CLUSTER_UPGRADE_TRIAL";
+
+/// The program to run at an upgrade, resolved once, at start.
+#[derive(Debug)]
+pub(super) struct Program {
+    pub(super) path: PathBuf,
+    pub(super) c_path: CString,
+    pub(super) argv: Vec<CString>,
+}
+
+impl Program {
+    /// The absolute path `argv[0]` named when the process started (searched in `PATH`
+    /// when it has no `/`), and the arguments. Not `/proc/self/exe`: once a deploy has
+    /// replaced the file, that names the old, deleted one.
+    pub(super) fn resolve() -> Result<Program, String> {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let arg0 = args.first().ok_or("the process has no argv[0]")?;
+        let path = find_program(Path::new(arg0))?;
+        Program::at(path, &args)
+    }
+
+    pub(super) fn at(path: PathBuf, args: &[OsString]) -> Result<Program, String> {
+        let c_path = fd::c_path(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        let argv = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| "an argument holds a NUL byte".to_string())?;
+        Ok(Program { path, c_path, argv })
+    }
+}
+
+/// `arg0` made absolute: joined to the working directory when it holds a `/`, else the
+/// first executable file of that name in `PATH`.
+fn find_program(arg0: &Path) -> Result<PathBuf, String> {
+    let cwd = || std::env::current_dir().map_err(|e| format!("working directory: {e}"));
+    if arg0.as_os_str().as_bytes().contains(&b'/') {
+        // (`components` drops the `.` of `./prog`.)
+        return Ok(if arg0.is_absolute() {
+            arg0.to_path_buf()
+        } else {
+            cwd()?.join(arg0).components().collect()
+        });
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(arg0);
+        if is_executable(&candidate) {
+            return Ok(if candidate.is_absolute() {
+                candidate
+            } else {
+                cwd()?.join(candidate)
+            });
+        }
+    }
+    Err(format!("{} is not in PATH", arg0.display()))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The environment for the next program: this one's, without the upgrade's variables,
+/// with the service manager's given back, and `extra`.
+pub(super) fn next_env(
+    service_env: &[(OsString, OsString)],
+    extra: (&str, &OsStr),
+) -> Vec<CString> {
+    let skip =
+        |k: &OsStr| k == handover::VAR || k == TRIAL_VAR || service_env.iter().any(|(s, _)| s == k);
+    std::env::vars_os()
+        .filter(|(k, _)| !skip(k))
+        .chain(service_env.iter().cloned())
+        .chain(std::iter::once((
+            OsString::from(extra.0),
+            extra.1.to_owned(),
+        )))
+        .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+        .collect()
+}
