@@ -11,9 +11,9 @@
 //!   a thread for at most that long.
 //! - A graceful stop (shutdown, reload, upgrade) loses no request: a request whose first
 //!   byte has arrived is answered, with `Connection: close`; so is the next request on a
-//!   busy keep-alive connection. A connection idle between requests is closed only
-//!   after a last [`GRACE`] look finds nothing arrived, and then with a FIN and a
-//!   lingering close, not a reset.
+//!   busy keep-alive connection, and a new connection's first request. A connection
+//!   idle between requests is closed only after a last [`GRACE`] look finds nothing
+//!   arrived, and then with a FIN and a lingering close, not a reset.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -266,9 +266,11 @@ pub fn serve(
                 if silent >= IDLE_LIMIT {
                     return answered;
                 }
-                // A request that has begun is answered, however the stop comes; an idle
-                // connection gets a last look before it is closed.
-                if len == 0 && stopping() {
+                // A request that has begun is answered, however the stop comes, and so
+                // is a new connection's first (its client connected to send one; a
+                // loaded machine may take a while to). A keep-alive connection idle
+                // between requests gets a last look before it is closed.
+                if len == 0 && answered > 0 && stopping() {
                     match last_look(stream, &mut buf) {
                         Some(n) => len = n,
                         None => return answered,

@@ -83,6 +83,8 @@ fn clean_eof(conn: &mut Conn) -> Result<(), String> {
 /// `INT`) to the primary, or to the primary and every worker at once (`whom` = `"all"`:
 /// systemd's control-group kill, Ctrl-C in a terminal):
 /// - the idle connections end with a clean end of stream, not a reset;
+/// - a new connection's first request, sent after that, is answered with
+///   `Connection: close`;
 /// - the begun requests, completed after that, are answered with `Connection: close`;
 /// - the demo exits 0 and leaves no process.
 pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
@@ -118,6 +120,14 @@ pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
         idle.extend(conns);
     }
     let workers = workers_of(&srv);
+    // And a new connection, taken by a worker (one descriptor more between them),
+    // whose client has not sent its request yet.
+    let worker_fds = || -> usize { workers.iter().map(|w| proc::fds_of(w.0).len()).sum() };
+    let fds_before = worker_fds();
+    let mut fresh = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+    proc::wait_until("a worker to accept the new connection", T, || {
+        worker_fds() > fds_before
+    })?;
     let mut pids = vec![srv.pid()];
     if whom == "all" {
         pids.extend(workers.iter().map(|w| w.0));
@@ -127,6 +137,14 @@ pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
     for c in &mut idle {
         clean_eof(c).map_err(|e| format!("idle keep-alive connection: {e}"))?;
     }
+    // The new connection's first request, sent now, is answered too.
+    http_get(&mut fresh, "/", false)?;
+    let mut r = BufReader::new(&mut fresh);
+    let resp = client::read_response(&mut r).map_err(|e| format!("new connection: {e}"))?;
+    check(
+        resp.status == 200 && resp.header("Connection") == Some("close"),
+        || format!("new connection answered {resp:?}"),
+    )?;
     let mut answered = 0;
     for c in &mut begun {
         c.write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
