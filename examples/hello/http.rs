@@ -11,9 +11,10 @@
 //!   a thread for at most that long.
 //! - A graceful stop (shutdown, reload, upgrade) loses no request: a request whose first
 //!   byte has arrived is answered, with `Connection: close`; so is the next request on a
-//!   busy keep-alive connection, and a new connection's first request. A connection
-//!   idle between requests is closed only after a last [`GRACE`] look finds nothing
-//!   arrived, and then with a FIN and a lingering close, not a reset.
+//!   busy keep-alive connection, and a new connection's first request if it comes
+//!   within [`FIRST_REQUEST_WAIT`]. A connection idle between requests is closed only
+//!   after a last [`GRACE`] look finds nothing arrived, and then with a FIN and a
+//!   lingering close, not a reset.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -28,6 +29,9 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
 /// At a graceful stop, how long an idle keep-alive connection is still watched for a
 /// request already on its way before it is closed.
 pub const GRACE: Duration = Duration::from_millis(50);
+/// At a graceful stop, how long a new connection may stay silent before it counts as
+/// idle: its client connected to send a request.
+pub const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(1);
 
 const BUF: usize = 8192;
 
@@ -266,11 +270,13 @@ pub fn serve(
                 if silent >= IDLE_LIMIT {
                     return answered;
                 }
-                // A request that has begun is answered, however the stop comes, and so
-                // is a new connection's first (its client connected to send one; a
-                // loaded machine may take a while to). A keep-alive connection idle
-                // between requests gets a last look before it is closed.
-                if len == 0 && answered > 0 && stopping() {
+                // A request that has begun is answered, however the stop comes. An idle
+                // connection gets a last look before it is closed: at once between the
+                // requests of a keep-alive connection; after FIRST_REQUEST_WAIT of
+                // silence on a new one (its client connected to send a request, and a
+                // loaded machine may take a moment to; one that never does must not
+                // hold up the stop).
+                if len == 0 && stopping() && (answered > 0 || silent >= FIRST_REQUEST_WAIT) {
                     match last_look(stream, &mut buf) {
                         Some(n) => len = n,
                         None => return answered,
