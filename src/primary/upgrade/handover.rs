@@ -7,7 +7,8 @@
 //! - each listening handle: the key workers ask for it by (port 0 stays 0), the address
 //!   it is bound to, its kind, its sockets (shared: the one socket; round-robin: the
 //!   listener, then the connections accepted and not yet handed out; reuse-port: the
-//!   anchor, then each worker's socket), and the Unix socket file it created (its
+//!   anchor, then each worker's socket; datagram: the shared socket, or each socket of
+//!   the group), and the Unix socket file it created (its
 //!   directory, held open, and the file's identity), so the next program removes that
 //!   file, and only that file, when it closes the handle;
 //! - each worker still running: its id, its pid and the primary's end of its control
@@ -33,6 +34,10 @@ use crate::sys::fd::{self, FileId};
 pub(crate) const VAR: &str = "CLUSTER_UPGRADE";
 
 /// The record's first field: a later version of the crate may read older records.
+/// The datagram kinds came later without a new version: a record written before them
+/// reads as it always did; a program from before them, handed a record with a
+/// datagram handle (a downgrade), refuses it ("bad handle kind"), so its trial fails
+/// and the running program keeps serving.
 const VERSION: &str = "cluster-upgrade-1";
 
 /// What kind of handle a passed one was.
@@ -41,6 +46,10 @@ pub(crate) enum Kind {
     Shared,
     RoundRobin,
     ReusePort,
+    /// A datagram handle's one shared socket.
+    Datagram,
+    /// A datagram handle's reuse-port group: every socket.
+    DatagramGroup,
 }
 
 impl Kind {
@@ -49,13 +58,26 @@ impl Kind {
             Kind::Shared => "shared",
             Kind::RoundRobin => "round-robin",
             Kind::ReusePort => "reuse-port",
+            Kind::Datagram => "datagram",
+            Kind::DatagramGroup => "datagram-group",
         }
     }
 
+    /// Whether a handle of this kind serves datagrams (the key's other half).
+    pub(crate) fn is_datagram(self) -> bool {
+        matches!(self, Kind::Datagram | Kind::DatagramGroup)
+    }
+
     fn parse(s: &str) -> Option<Kind> {
-        [Kind::Shared, Kind::RoundRobin, Kind::ReusePort]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Shared,
+            Kind::RoundRobin,
+            Kind::ReusePort,
+            Kind::Datagram,
+            Kind::DatagramGroup,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 

@@ -613,10 +613,15 @@ impl Cluster {
     pub(super) fn claim_inherited(
         &mut self,
         key: &ListenAddr,
+        datagram: bool,
         mode: Mode,
         setup: super::handle::Setup<'_>,
     ) -> Option<std::io::Result<(Handle, Option<SocketFile>)>> {
-        let i = self.upgrades.inherited.iter().position(|p| p.key == *key)?;
+        let i = self
+            .upgrades
+            .inherited
+            .iter()
+            .position(|p| p.key == *key && p.kind.is_datagram() == datagram)?;
         let p = self.upgrades.inherited.swap_remove(i);
         let file = p.file.map(|f| SocketFile::from_parts(f.dir, f.name, f.id));
         let adopted = matches!(key, ListenAddr::Fd(_) | ListenAddr::Systemd(_));
