@@ -10,7 +10,8 @@
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for
 //! `listen_only`; with `SC_USER` and no `SC_ALLOW`, the `SC_LISTEN` addresses, unless
 //! `SC_NO_ALLOW` is set),
-//! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
+//! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (worker 1 also
+//! binds an exclusive listener, see `exclusive`), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
@@ -428,16 +429,46 @@ fn extra_listeners(w: &Worker) -> Vec<Listener> {
     held
 }
 
+/// `SC_EXCLUSIVE`: worker 1 binds `127.0.0.1:0` by itself (`ListenOptions::exclusive`)
+/// and serves it like its other listeners, and tries the first shared address (its
+/// port resolved) exclusively too; it tells the primary `exclusive ADDR` (or `exclusive-error E`) and
+/// `exclusive-shared RESULT` (`bound` or the error).
+fn exclusive(w: &Worker, shared: Option<&ListenAddr>) -> Option<Listener> {
+    let own = cluster::ListenOptions::new().exclusive(true);
+    let mine = own.bind("127.0.0.1:0");
+    let _ = w.send(
+        match &mine {
+            Ok(l) => format!("exclusive {}", l.local_addr()),
+            Err(e) => format!("exclusive-error {e}"),
+        }
+        .as_bytes(),
+    );
+    let shared = shared.map(|a| own.bind(a));
+    let _ = w.send(
+        match &shared {
+            Some(Ok(_)) => "exclusive-shared bound".to_string(),
+            Some(Err(e)) => format!("exclusive-shared {e}"),
+            None => "exclusive-shared none".to_string(),
+        }
+        .as_bytes(),
+    );
+    mine.ok()
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     let _ = ENTRY_FDS.set(own_fds());
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
     }
-    let listeners = addrs
+    let mut listeners = addrs
         .iter()
         .map(Listener::bind)
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
+    if id == 1 && std::env::var_os("SC_EXCLUSIVE").is_some() {
+        let first = listeners.first().map(|l| l.local_addr().clone());
+        listeners.extend(exclusive(w, first.as_ref()));
+    }
     let _ = LISTENERS.set(listeners.clone());
     let _ = ADDRS.set(addrs.to_vec());
     if let (1, Ok(asks)) = (id, std::env::var("SC_ASK")) {
