@@ -103,9 +103,9 @@ struct Seen {
     wrong: Vec<String>,
 }
 
-/// `DATAGRAMS` datagrams from `CLIENTS` lock-step sockets to `target`; `answered` counts
+/// `total` datagrams from `CLIENTS` lock-step sockets to `target`; `answered` counts
 /// as they come (for a driver that acts in the middle).
-fn load(target: &str, answered: &AtomicU64) -> Result<Seen, String> {
+fn load(target: &str, total: u64, answered: &AtomicU64) -> Result<Seen, String> {
     let seen = Mutex::new(Seen::default());
     let failure = Mutex::new(None::<String>);
     let clients = (0..CLIENTS)
@@ -117,7 +117,7 @@ fn load(target: &str, answered: &AtomicU64) -> Result<Seen, String> {
             s.spawn(move || {
                 let mut buf = vec![0u8; 2048];
                 let mut k = i as u64;
-                while k < DATAGRAMS {
+                while k < total {
                     let data = format!("client {i} datagram {k}");
                     match c.ask(data.as_bytes(), &mut buf) {
                         Ok(Some(n)) => {
@@ -224,7 +224,7 @@ fn all_answered(seen: &Seen, workers: usize, what: &str) -> Outcome {
 pub fn udp_balance(mode: &str) -> Outcome {
     let (srv, addr, pids) = start(mode, "127.0.0.1:0")?;
     let fds_before = proc::fds_of(srv.pid());
-    let seen = load(&addr, &AtomicU64::new(0))?;
+    let seen = load(&addr, DATAGRAMS, &AtomicU64::new(0))?;
     all_answered(&seen, 4, &format!("{mode} {addr}"))?;
     let tcp = srv
         .seen
@@ -256,7 +256,7 @@ pub fn udp_families(mode: &str) -> Outcome {
         std::env::temp_dir().join(format!("cluster-udp-{}-{}.sock", std::process::id(), mode));
     for udp in ["[::1]:0".to_string(), format!("unix:{}", path.display())] {
         let (srv, addr, pids) = start(mode, &udp)?;
-        let seen = load(&addr, &AtomicU64::new(0))?;
+        let seen = load(&addr, DATAGRAMS, &AtomicU64::new(0))?;
         all_answered(&seen, 4, &format!("{mode} {addr}"))?;
         stop(srv, &pids)?;
     }
@@ -298,26 +298,44 @@ pub fn udp_addr_in_use(mode: &str) -> Outcome {
         )?;
     }
     stop(first, &pids)?;
-    // TCP and UDP on one address: two handles.
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let same = format!("127.0.0.1:{port}");
-    let mut srv = start_hello(
-        &[
-            "--listen",
-            &same,
-            "--workers",
-            "2",
-            "--mode",
-            mode,
-            "--udp",
-            &same,
-        ],
-        &[],
-    )?;
-    srv.expect("udp ", Duration::from_secs(20))?;
+    // TCP and UDP on one address: two handles. A port free for both is picked, then
+    // freed for hello; another program may take it meanwhile (client connections take
+    // ephemeral ports): then another port, up to five times.
+    let mut attempt = 0;
+    let (mut srv, same) = loop {
+        attempt += 1;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+        let same = format!("127.0.0.1:{port}");
+        if UdpSocket::bind(&same).is_err() {
+            if attempt >= 20 {
+                return Err("no port free for both TCP and UDP in 20 tries".into());
+            }
+            continue;
+        }
+        drop(tcp);
+        let mut srv = start_hello(
+            &[
+                "--listen",
+                &same,
+                "--workers",
+                "2",
+                "--mode",
+                mode,
+                "--udp",
+                &same,
+            ],
+            &[],
+        )?;
+        match srv.expect("udp ", Duration::from_secs(20)) {
+            Ok(_) => break (srv, same),
+            Err(e) if attempt < 5 && e.contains("Address already in use") => {
+                srv.wait(Duration::from_secs(15))?;
+                println!("    {same} was taken meanwhile; another port");
+            }
+            Err(e) => return Err(e),
+        }
+    };
     srv.seen_or_expect("ready ", Duration::from_secs(20))?;
     let pids = proc::children_of(srv.pid())
         .into_iter()
@@ -346,7 +364,7 @@ pub fn udp_respawn(mode: &str) -> Outcome {
     let answered = AtomicU64::new(0);
     let victim = pids[0];
     let seen = std::thread::scope(|s| -> Result<Seen, String> {
-        let loader = s.spawn(|| load(&addr, &answered));
+        let loader = s.spawn(|| load(&addr, DATAGRAMS, &answered));
         proc::wait_until("a third of the answers", Duration::from_secs(60), || {
             answered.load(Ordering::Relaxed) >= DATAGRAMS / 3 || loader.is_finished()
         })?;
@@ -363,6 +381,24 @@ pub fn udp_respawn(mode: &str) -> Outcome {
     check(total + seen.lost == DATAGRAMS, || {
         format!("{total} answered + {} lost != {DATAGRAMS}", seen.lost)
     })?;
+    // The load may end before the replacement is up (its respawn back-off): more
+    // rounds of 1,000 until it answers too, none of them losing anything.
+    let mut seen = seen;
+    let mut rounds = 0;
+    while !seen.by_worker.keys().any(|&id| id > 4) && rounds < 60 {
+        let more = load(&addr, 1000, &AtomicU64::new(0))?;
+        check(more.wrong.is_empty() && more.lost == 0, || {
+            format!(
+                "after the respawn: {} lost, {:?}",
+                more.lost,
+                more.wrong.first()
+            )
+        })?;
+        for (id, n) in more.by_worker {
+            *seen.by_worker.entry(id).or_default() += n;
+        }
+        rounds += 1;
+    }
     check(seen.lost <= 2, || {
         format!(
             "{} datagrams lost: more than the killed worker's 2 threads held",
