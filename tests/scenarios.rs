@@ -105,6 +105,10 @@ fn main() {
     scenarios.extend(all("udp_addr_in_use", datagram::udp_addr_in_use));
     scenarios.extend(all("udp_respawn", datagram::udp_respawn));
     scenarios.extend(all(
+        "udp_reload_and_upgrade",
+        datagram::udp_reload_and_upgrade,
+    ));
+    scenarios.extend(all(
         "exclusive_beside_shared",
         datagram::exclusive_beside_shared,
     ));

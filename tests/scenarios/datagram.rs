@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -106,6 +106,17 @@ struct Seen {
 /// `total` datagrams from `CLIENTS` lock-step sockets to `target`; `answered` counts
 /// as they come (for a driver that acts in the middle).
 fn load(target: &str, total: u64, answered: &AtomicU64) -> Result<Seen, String> {
+    load_until(target, total, None, answered)
+}
+
+/// Like `load`, ending early once `stop` is set (each client after its current
+/// datagram is answered or counted lost).
+fn load_until(
+    target: &str,
+    total: u64,
+    stop: Option<&AtomicBool>,
+    answered: &AtomicU64,
+) -> Result<Seen, String> {
     let seen = Mutex::new(Seen::default());
     let failure = Mutex::new(None::<String>);
     let clients = (0..CLIENTS)
@@ -117,7 +128,7 @@ fn load(target: &str, total: u64, answered: &AtomicU64) -> Result<Seen, String> 
             s.spawn(move || {
                 let mut buf = vec![0u8; 2048];
                 let mut k = i as u64;
-                while k < total {
+                while k < total && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
                     let data = format!("client {i} datagram {k}");
                     match c.ask(data.as_bytes(), &mut buf) {
                         Ok(Some(n)) => {
@@ -477,4 +488,103 @@ pub fn exclusive_beside_shared(mode: &str) -> Outcome {
         format!("worker 1 did not finish by itself: {exit:?}")
     })?;
     crate::util::check::clean_end(&srv, &end)
+}
+
+/// Datagrams keep coming (64 lock-step clients) through a rolling restart (SIGHUP) and
+/// then a binary upgrade (a new build over the program file, SIGUSR2): not one is lost
+/// (a worker that is replaced answers what it has read, then its receive returns
+/// `None`; the socket, or in reuse-port mode each socket of the group, stays with the
+/// primary and crosses `execve`), the new program serves the same UDP address, the
+/// previous workers are gone, and the primary's descriptor count is the same after.
+pub fn udp_reload_and_upgrade(mode: &str) -> Outcome {
+    use crate::hello_deploy::{gone, workers_of};
+    let dir = crate::upgrade::Scratch::new(&format!("udp-{mode}"))?;
+    dir.deploy_build(1)?;
+    let mut cmd = std::process::Command::new(dir.program());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--mode",
+        mode,
+        "--threads",
+        "2",
+        "--udp",
+        "127.0.0.1:0",
+    ]);
+    cmd.env_remove("CLUSTER_SCHED_POLICY");
+    let mut srv = Server::spawn(cmd)?;
+    let t = Duration::from_secs(20);
+    let line = srv.expect("udp ", t)?;
+    let addr = line["udp ".len()..].to_string();
+    srv.seen_or_expect("ready ", t)?;
+    let primary = srv.pid();
+    let fds_before = proc::fds_of(primary).len();
+    let first = workers_of(&srv);
+    let answered = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let progressed = |n: u64| {
+        let from = answered.load(Ordering::Relaxed);
+        proc::wait_until("datagrams to be answered", t, || {
+            answered.load(Ordering::Relaxed) >= from + n
+        })
+    };
+    let (seen, steps) = std::thread::scope(|s| {
+        let loader = s.spawn(|| load_until(&addr, u64::MAX, Some(&stop), &answered));
+        let steps = (|| -> Result<(Vec<(u32, u64)>, String), String> {
+            progressed(2000)?;
+            srv.signal("HUP")?;
+            srv.expect_containing("reload finished", t)?;
+            progressed(2000)?;
+            let reloaded = workers_of(&srv);
+            dir.deploy_build(2)?;
+            let from = srv.seen.len();
+            srv.signal("USR2")?;
+            srv.expect_containing("upgrade finished", t)?;
+            // The new program's `udp` line may come before or after that one.
+            let again = match srv.seen[from..].iter().find(|l| l.starts_with("udp ")) {
+                Some(l) => l.clone(),
+                None => srv.expect("udp ", t)?,
+            };
+            progressed(2000)?;
+            Ok((reloaded, again))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let seen = loader
+            .join()
+            .map_err(|_| "the load thread panicked".to_string())
+            .and_then(|r| r);
+        (seen, steps)
+    });
+    let seen = seen?;
+    let (reloaded, again) = steps?;
+    println!(
+        "    {mode}: {} answered through a reload and an upgrade, {} lost; by worker {:?}",
+        seen.by_worker.values().sum::<u64>(),
+        seen.lost,
+        seen.by_worker
+    );
+    check(seen.wrong.is_empty(), || {
+        format!("wrong answers: {:?}", seen.wrong.first())
+    })?;
+    check(seen.lost == 0, || format!("{} datagrams lost", seen.lost))?;
+    check(again == line, || {
+        format!("after the upgrade: {again}, before: {line}")
+    })?;
+    gone(&first).map_err(|e| format!("before the reload: {e}"))?;
+    gone(&reloaded).map_err(|e| format!("before the upgrade: {e}"))?;
+    let fds_after = proc::fds_of(primary).len();
+    check(fds_before == fds_after, || {
+        format!("the primary had {fds_before} descriptors, now {fds_after}")
+    })?;
+    let last = workers_of(&srv);
+    srv.signal("TERM")?;
+    let status = srv.wait(t)?;
+    let stderr = srv.stderr();
+    check(status.success(), || format!("exit {status}: {stderr}"))?;
+    check(!stderr.contains("udp:"), || {
+        format!("a receive failed: {stderr}")
+    })?;
+    gone(&last)
 }
