@@ -401,6 +401,49 @@ mod tests {
     }
 
     #[test]
+    fn datagram_handles_read_back_and_older_records_still_read() {
+        let mut h = sample();
+        h.handles = vec![
+            PassedHandle {
+                key: "127.0.0.1:0".parse().unwrap(),
+                local: "127.0.0.1:5353".parse().unwrap(),
+                kind: Kind::DatagramGroup,
+                fds: vec![11, 12, 13],
+                file: None,
+            },
+            PassedHandle {
+                key: "127.0.0.1:0".parse().unwrap(),
+                local: "127.0.0.1:40123".parse().unwrap(),
+                kind: Kind::Shared,
+                fds: vec![14],
+                file: None,
+            },
+            PassedHandle {
+                key: "[::1]:53".parse().unwrap(),
+                local: "[::1]:53".parse().unwrap(),
+                kind: Kind::Datagram,
+                fds: vec![15],
+                file: None,
+            },
+        ];
+        let text = h.encode();
+        assert!(text.contains(";handle datagram-group ") && text.contains(";handle datagram "));
+        let back = Handover::parse(&text).unwrap();
+        let kinds: Vec<Kind> = back.handles.iter().map(|h| h.kind).collect();
+        assert_eq!(kinds, [Kind::DatagramGroup, Kind::Shared, Kind::Datagram]);
+        // The same key for a datagram and a stream handle: told apart by kind.
+        assert_eq!(back.handles[0].key, back.handles[1].key);
+        assert!(back.handles[0].kind.is_datagram() && !back.handles[1].kind.is_datagram());
+        assert_eq!(back.handles[0].fds, vec![11, 12, 13]);
+        // A record of the version before datagrams (what the previous crate wrote).
+        let old = "cluster-upgrade-1;program 2f61;next 2 1;handle shared \
+                   3132372e302e302e313a30 3132372e302e302e313a3830 5";
+        let back = Handover::parse(old).unwrap();
+        assert_eq!(back.handles[0].kind, Kind::Shared);
+        assert_eq!(back.handles[0].local.to_string(), "127.0.0.1:80");
+    }
+
+    #[test]
     fn a_bad_record_is_refused_before_anything_is_claimed() {
         for bad in [
             "",
