@@ -112,6 +112,10 @@ fn main() {
         "exclusive_beside_shared",
         datagram::exclusive_beside_shared,
     ));
+    scenarios.push((
+        "listen_only_datagrams",
+        Box::new(datagram::listen_only_datagrams),
+    ));
     // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));

@@ -588,3 +588,34 @@ pub fn udp_reload_and_upgrade(mode: &str) -> Outcome {
     })?;
     gone(&last)
 }
+
+/// With `listen_only`, a datagram socket only on an address named by
+/// `Builder::listen_only_datagrams`: UDP on `[::1]:0`, allowed for TCP only, is refused
+/// (`EACCES`, the reason named, `listen-failed` reported); UDP on `127.0.0.1:0`, named,
+/// is served.
+pub fn listen_only_datagrams() -> Outcome {
+    let cmd = proc::self_command(&[
+        ("SC_WORKERS", "1".into()),
+        ("SC_LISTEN", "127.0.0.1:0".into()),
+        ("SC_ALLOW", "127.0.0.1:0,[::1]:0".into()),
+        ("SC_ALLOW_DATAGRAMS", "127.0.0.1:0".into()),
+        ("SC_ASK", "udp@[::1]:0,udp@127.0.0.1:0".into()),
+        ("SC_LISTEN_FAIL_OK", "1".into()),
+    ]);
+    let mut srv = Server::spawn(cmd)?;
+    let t = Duration::from_secs(10);
+    let refused = srv.seen_or_expect_containing("ask udp [::1]:0: ", t)?;
+    check(
+        refused.contains("Permission denied") || refused.contains("allowed datagram addresses"),
+        || format!("UDP on a TCP-only address: {refused}"),
+    )?;
+    let failed = srv.seen_or_expect("listen-failed ", t)?;
+    check(failed.contains("allowed datagram addresses"), || {
+        failed.clone()
+    })?;
+    let ok = srv.seen_or_expect_containing("ask udp 127.0.0.1:0: ", t)?;
+    check(ok.contains(": ok 127.0.0.1:"), || {
+        format!("the named address: {ok}")
+    })?;
+    crate::util::check::stop_and_check(&mut srv)
+}

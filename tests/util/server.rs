@@ -10,9 +10,11 @@
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for
 //! `listen_only`; with `SC_USER` and no `SC_ALLOW`, the `SC_LISTEN` addresses, unless
 //! `SC_NO_ALLOW` is set),
+//! `SC_ALLOW_DATAGRAMS` (addresses for `listen_only_datagrams`),
 //! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (worker 1 also
 //! binds an exclusive listener, see `exclusive`), `SC_ASK` (worker 1 asks for
-//! these addresses too once it listens, see `ask_more`),
+//! these addresses too once it listens, see `ask_more`; `udp@ADDR` asks for a datagram
+//! socket),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
 //! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
@@ -364,6 +366,13 @@ fn ask_more(asks: &str) {
             }
             None => (cluster::ListenOptions::new(), a),
         };
+        if let Some(udp) = a.strip_prefix("udp@") {
+            match cluster::Datagram::bind(udp) {
+                Ok(d) => eprintln!("ask udp {udp}: ok {}", d.local_addr()),
+                Err(e) => eprintln!("ask udp {udp}: {e}"),
+            }
+            continue;
+        }
         let addr = if a == "admin" {
             format!("fd:{}", env("SC_ADMIN_FD", "-1"))
         } else {
@@ -710,6 +719,19 @@ pub fn main() -> i32 {
     }
     if std::env::var_os("SC_SILENT").is_some() {
         builder = builder.silent(true);
+    }
+    if let Ok(allow) = std::env::var("SC_ALLOW_DATAGRAMS") {
+        match allow
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(a) => builder = builder.listen_only_datagrams(a),
+            Err(e) => {
+                eprintln!("server: SC_ALLOW_DATAGRAMS: {e}");
+                return 2;
+            }
+        }
     }
     if let Ok(allow) = std::env::var("SC_ALLOW") {
         let addrs: Result<Vec<ListenAddr>, _> = allow.split(',').map(str::parse).collect();
