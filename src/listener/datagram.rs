@@ -113,8 +113,9 @@ impl Datagram {
 
     /// Like [`bind`](Datagram::bind), with [`ListenOptions`]; only
     /// [`exclusive`](ListenOptions::exclusive) applies to a datagram socket (the others
-    /// are about listening and connections; they are carried to the primary, which
-    /// compares them with [`Builder::listen_only_with`](crate::Builder::listen_only_with)).
+    /// are about listening and connections, and are ignored here; the primary does not
+    /// compare them with an allowlist either, see
+    /// [`Builder::listen_only_datagrams`](crate::Builder::listen_only_datagrams)).
     ///
     /// # Errors
     ///
@@ -172,7 +173,9 @@ impl Datagram {
     }
 
     /// The std socket, for what this type does not wrap. Receiving on it directly works
-    /// too, but such a call is not interrupted by [`close`](Datagram::close).
+    /// too, but such a call is not interrupted by [`close`](Datagram::close). In shared
+    /// and round-robin modes every worker holds the same socket: an option set on it
+    /// (a timeout, `O_NONBLOCK`) is set for all of them.
     pub fn socket(&self) -> &DatagramSocket {
         &self.shared.socket
     }
