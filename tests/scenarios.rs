@@ -116,6 +116,10 @@ fn main() {
         "listen_only_datagrams",
         Box::new(datagram::listen_only_datagrams),
     ));
+    scenarios.push((
+        "exclusive_after_privilege_drop",
+        Box::new(datagram::exclusive_after_privilege_drop),
+    ));
     // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));

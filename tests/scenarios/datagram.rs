@@ -619,3 +619,59 @@ pub fn listen_only_datagrams() -> Outcome {
     })?;
     crate::util::check::stop_and_check(&mut srv)
 }
+
+/// `ListenOptions::exclusive` honours the privilege drop: as root, with workers dropped
+/// to `nobody` and `listen_only` naming only the shared address, worker 1's exclusive
+/// bind of a privileged port is `EACCES` (the worker has no capability left), while an
+/// exclusive bind outside the allowlist (`127.0.0.2:0`) works and the socket is the
+/// worker's own: `/proc/net/tcp` shows it owned by nobody's uid, not root's (the
+/// primary would have bound it as root, had it bound it at all: the allowlist refuses
+/// it there). Skipped when not root.
+pub fn exclusive_after_privilege_drop() -> Outcome {
+    if proc::ids_of(std::process::id()).map(|(uid, _)| uid) != Some(0) {
+        println!("    skipped: not root (CI runs as root)");
+        return Ok(());
+    }
+    let nobody = cluster::User::named("nobody").map_err(|e| e.to_string())?;
+    let port = (900..1024)
+        .rev()
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .ok_or("no free port below 1024")?;
+    let privileged = format!("127.0.0.1:{port}");
+    let asks = format!("1,{privileged},127.0.0.2:0");
+    let spec = crate::util::check::spec(
+        "round-robin",
+        2,
+        2,
+        &[("SC_USER", "nobody"), ("SC_EXCLUSIVE", asks.as_str())],
+    );
+    let (mut srv, _) = spec.start()?;
+    let t = Duration::from_secs(10);
+    let denied = srv.seen_or_expect_containing(&format!("exclusive-try {privileged} "), t)?;
+    check(
+        denied.contains(&format!("cannot listen on {privileged}"))
+            && denied.contains("Permission denied"),
+        || format!("a privileged port, exclusively, as nobody: {denied}"),
+    )?;
+    let own = srv.seen_or_expect_containing("exclusive-try 127.0.0.2:0 ", t)?;
+    let local = own
+        .split(" bound ")
+        .nth(1)
+        .ok_or_else(|| format!("outside the allowlist, exclusively: {own}"))?
+        .to_string();
+    let local: SocketAddr = local.parse().map_err(|e| format!("{local}: {e}"))?;
+    // /proc/net/tcp: "sl local rem st … uid …", the local address as 0200007F:PORT.
+    let want = format!("0200007F:{:04X}", local.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| e.to_string())?;
+    let uid = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A"))
+        .and_then(|f| f.get(7).and_then(|u| u.parse::<u32>().ok()))
+        .ok_or_else(|| format!("{local} not listening in /proc/net/tcp"))?;
+    check(uid == nobody.uid(), || {
+        format!("the exclusive socket {local} belongs to uid {uid}, not nobody's")
+    })?;
+    println!("    {denied}; {local} owned by uid {uid} (nobody)");
+    crate::util::check::stop_and_check(&mut srv)
+}

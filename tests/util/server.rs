@@ -11,8 +11,8 @@
 //! `listen_only`; with `SC_USER` and no `SC_ALLOW`, the `SC_LISTEN` addresses, unless
 //! `SC_NO_ALLOW` is set),
 //! `SC_ALLOW_DATAGRAMS` (addresses for `listen_only_datagrams`),
-//! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (worker 1 also
-//! binds an exclusive listener, see `exclusive`), `SC_ASK` (worker 1 asks for
+//! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (`1`, or addresses:
+//! worker 1 also binds exclusive listeners, see `exclusive`), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`; `udp@ADDR` asks for a datagram
 //! socket),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
@@ -438,6 +438,9 @@ fn extra_listeners(w: &Worker) -> Vec<Listener> {
     held
 }
 
+/// Exclusive listeners `SC_EXCLUSIVE` asked to try, held for the worker's life.
+static TRIED: std::sync::Mutex<Vec<Listener>> = std::sync::Mutex::new(Vec::new());
+
 /// `SC_EXCLUSIVE`: worker 1 binds `127.0.0.1:0` by itself (`ListenOptions::exclusive`)
 /// and serves it like its other listeners, and tries the first shared address (its
 /// port resolved) exclusively too; it tells the primary `exclusive ADDR` (or `exclusive-error E`) and
@@ -461,6 +464,22 @@ fn exclusive(w: &Worker, shared: Option<&ListenAddr>) -> Option<Listener> {
         }
         .as_bytes(),
     );
+    // `SC_EXCLUSIVE=ADDR,…`: more addresses to try, each answered `exclusive-try ADDR
+    // bound LOCAL` (kept open while the worker runs) or `exclusive-try ADDR ERROR`.
+    for a in env("SC_EXCLUSIVE", "")
+        .split(',')
+        .filter(|a| *a != "1" && !a.is_empty())
+    {
+        let text = match own.bind(a) {
+            Ok(l) => {
+                let t = format!("exclusive-try {a} bound {}", l.local_addr());
+                TRIED.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                t
+            }
+            Err(e) => format!("exclusive-try {a} {e}"),
+        };
+        let _ = w.send(text.as_bytes());
+    }
     mine.ok()
 }
 
