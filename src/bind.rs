@@ -123,6 +123,96 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
     }
 }
 
+/// Creates and binds a datagram socket for `addr` (Node's `dgram` `bind`): UDP for an
+/// IP address (`SO_REUSEPORT` when asked; never `SO_REUSEADDR`, which on a UDP socket
+/// lets another socket with it bind the same port and take a share of the datagrams,
+/// and which UDP does not need: there is no `TIME_WAIT`), a Unix datagram socket
+/// for a path (a stale socket file removed first, as for streams), or an adopted
+/// descriptor that must be a datagram socket. `kind` in the result says the family
+/// (`Tcp` for IP). On failure, a socket file it created is removed again.
+///
+/// # Errors
+///
+/// An `io::Error` of the OS error's kind whose message names `addr` (a
+/// [`ListenError`] inside).
+pub(crate) fn bind_datagram(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    bind_datagram_inner(addr, opts).map_err(|e| ListenError::io(addr, e))
+}
+
+fn bind_datagram_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let domain = if sa.is_ipv4() {
+                Domain::Inet4
+            } else {
+                Domain::Inet6
+            };
+            let fd = socket::datagram_socket(domain)?;
+            if opts.reuse_port {
+                socket::set_reuse_port(fd.as_fd())?;
+            }
+            socket::bind(fd.as_fd(), &SockAddr::from_inet(sa))?;
+            let local = socket::local_addr(fd.as_fd())?
+                .inet()
+                .ok_or_else(|| io::Error::other("getsockname returned no IP address"))?;
+            Ok(Bound {
+                fd,
+                local: ListenAddr::Tcp(local),
+                kind: StreamKind::Tcp,
+                socket_file: None,
+                adopted: false,
+            })
+        }
+        ListenAddr::Unix(path) => {
+            let dir = SocketDir::open(path)?;
+            let sockaddr = dir.address(&SockAddr::from_unix_path(path)?, opts.pin_directory);
+            dir.remove_stale(&sockaddr)?;
+            let fd = socket::datagram_socket(Domain::Unix)?;
+            socket::bind(fd.as_fd(), &sockaddr)?;
+            Ok(Bound {
+                fd,
+                local: addr.clone(),
+                kind: StreamKind::Unix,
+                socket_file: Some(dir.created()?),
+                adopted: false,
+            })
+        }
+        ListenAddr::Systemd(name) => {
+            let n = crate::activation::descriptor(name.as_deref())
+                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
+            adopt_datagram(n, addr)
+        }
+        ListenAddr::Fd(n) => adopt_datagram(*n, addr),
+    }
+}
+
+/// An adopted datagram socket (`fd:N`, or systemd's `ListenDatagram=`): duplicated,
+/// checked to be a bound datagram socket.
+fn adopt_datagram(n: i32, addr: &ListenAddr) -> io::Result<Bound> {
+    let fd = crate::sys::fd::dup_number(n)?;
+    if socket::int_option(fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_DGRAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {n} is not a datagram socket"),
+        ));
+    }
+    let sockname = socket::local_addr(fd.as_fd())?;
+    let (local, kind) = if let Some(a) = sockname.inet() {
+        (ListenAddr::Tcp(a), StreamKind::Tcp)
+    } else if let Some(p) = sockname.unix_path() {
+        (ListenAddr::Unix(p), StreamKind::Unix)
+    } else {
+        (addr.clone(), StreamKind::Unix)
+    };
+    Ok(Bound {
+        fd,
+        local,
+        kind,
+        socket_file: None,
+        adopted: true,
+    })
+}
+
 /// An adopted descriptor (`fd:N`, or one systemd passed): duplicated (the original stays
 /// where it was), checked to be a listening stream socket, its address and kind read
 /// from the socket itself.

@@ -194,6 +194,15 @@ pub enum Event {
         /// The bound address.
         addr: ListenAddr,
     },
+    /// The worker receives datagrams on `addr` (a [`Datagram`](crate::Datagram): the
+    /// datagram sibling of `Listening`, Node's `listening` of a `dgram` socket); port 0
+    /// is resolved. Counts as listening for readiness and reloads.
+    Receiving {
+        /// The worker.
+        worker: WorkerId,
+        /// The bound address.
+        addr: ListenAddr,
+    },
     /// The primary could not create the listener a worker asked for; the worker's
     /// listen call got the same error.
     ListenFailed {

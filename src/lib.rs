@@ -43,6 +43,12 @@
 //! In every mode the worker's code receives `std::net::TcpStream`s (or `UnixStream`s) and
 //! the peer's address in a [`Connection`].
 //!
+//! A worker asks for a datagram socket the same way ([`Datagram::bind`]: UDP or Unix
+//! datagram, Node's `dgram` sockets in a cluster): one socket bound by the primary and
+//! shared by every worker (shared and round-robin modes), or one `SO_REUSEPORT` socket
+//! per worker (reuse-port mode). With [`ListenOptions::exclusive`] a worker binds a
+//! listener or datagram socket by itself, as Node's `exclusive: true` does.
+//!
 //! The primary is single-threaded: `fork` copies only the calling thread, so **create
 //! the cluster before starting any thread** (it checks, and refuses otherwise). It
 //! drives everything from one `poll(2)` loop inside [`Cluster::next_event`]; `SIGTERM`
@@ -127,6 +133,7 @@ mod options;
 mod primary;
 mod settings;
 mod setup_stage;
+mod sock_type;
 mod socket_file;
 pub(crate) mod sys;
 mod worker;
@@ -137,6 +144,7 @@ pub use connection::{Connection, Stream};
 pub use error::{Error, ListenError};
 pub use event::{Event, ExitStatus, Replacement, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
+pub use listener::datagram::{Datagram, DatagramPeer, DatagramSocket};
 pub use listener::{Incoming, Listener};
 pub use mode::{Mode, ModeParseError};
 pub use options::{ListenOptions, DEFAULT_BACKLOG};

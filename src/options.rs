@@ -35,6 +35,7 @@ pub struct ListenOptions {
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) defer_accept: Option<Duration>,
+    pub(crate) exclusive: bool,
 }
 
 impl Default for ListenOptions {
@@ -52,6 +53,7 @@ impl ListenOptions {
             read_timeout: None,
             write_timeout: None,
             defer_accept: None,
+            exclusive: false,
         }
     }
 
@@ -87,6 +89,35 @@ impl ListenOptions {
     /// Only for protocols where the client speaks first (HTTP, not SMTP).
     pub fn defer_accept(mut self, d: Option<Duration>) -> ListenOptions {
         self.defer_accept = d.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Node's `exclusive: true` (`server.listen({ port, exclusive: true })`): in a
+    /// cluster worker, bind by itself instead of asking the primary. The worker creates,
+    /// binds and owns the socket with its own credentials (after any privilege drop of
+    /// [`Builder::user`](crate::Builder::user)), exactly as outside a cluster: same error
+    /// messages, port 0 is this worker's own port, and no other worker shares it. The
+    /// worker's runtime still closes the listener when the worker disconnects, so its
+    /// accept loop ends with the others; the primary knows nothing of it (no
+    /// [`Event::Listening`](crate::Event::Listening), not kept across a respawn, not
+    /// passed across a binary upgrade, not counted in the worker's accepted connections).
+    ///
+    /// Use it for a per-worker admin or metrics port, or in a test that needs one
+    /// worker's own socket. Outside a cluster it changes nothing.
+    ///
+    /// # Security
+    ///
+    /// [`Builder::listen_only`](crate::Builder::listen_only) limits what the *primary*
+    /// binds for workers, with the primary's privileges. An exclusive listener is not
+    /// bound by the primary, so the allowlist does not apply to it: it is a socket the
+    /// worker could open with `std::net` anyway, created with the worker's own (dropped)
+    /// privileges, so the kernel's rules apply to it (a port below 1024 needs
+    /// `CAP_NET_BIND_SERVICE`, which a worker that dropped privileges does not have; a
+    /// directory the worker cannot write refuses its Unix socket file). A cluster that
+    /// must keep its workers off the network altogether needs the kernel to say so
+    /// (a network namespace, seccomp, a firewall), not this crate.
+    pub fn exclusive(mut self, on: bool) -> ListenOptions {
+        self.exclusive = on;
         self
     }
 }

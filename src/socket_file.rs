@@ -100,7 +100,9 @@ impl SocketDir {
         match socket::connect(probe.as_fd(), addr) {
             // Somebody accepts, or will: in use. EAGAIN: a listener with a full backlog.
             Ok(()) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            // EPROTOTYPE: a live socket of the other type (a datagram socket is bound
+            // there, or a stream one when probing for a datagram bind): in use too.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EPROTOTYPE)) => {
                 Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

@@ -14,6 +14,8 @@ mod util;
 
 #[path = "scenarios/core.rs"]
 mod core_modes;
+#[path = "scenarios/datagram.rs"]
+mod datagram;
 #[path = "scenarios/demo.rs"]
 mod demo;
 #[path = "scenarios/deploy.rs"]
@@ -96,6 +98,27 @@ fn main() {
     scenarios.push((
         "listen_only_refuses_others",
         Box::new(listen_only_refuses_others),
+    ));
+    // Datagram sockets and exclusive listeners (issue 13).
+    scenarios.extend(all("udp_balance", datagram::udp_balance));
+    scenarios.extend(all("udp_families", datagram::udp_families));
+    scenarios.extend(all("udp_addr_in_use", datagram::udp_addr_in_use));
+    scenarios.extend(all("udp_respawn", datagram::udp_respawn));
+    scenarios.extend(all(
+        "udp_reload_and_upgrade",
+        datagram::udp_reload_and_upgrade,
+    ));
+    scenarios.extend(all(
+        "exclusive_beside_shared",
+        datagram::exclusive_beside_shared,
+    ));
+    scenarios.push((
+        "listen_only_datagrams",
+        Box::new(datagram::listen_only_datagrams),
+    ));
+    scenarios.push((
+        "exclusive_after_privilege_drop",
+        Box::new(datagram::exclusive_after_privilege_drop),
     ));
     // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));

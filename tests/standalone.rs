@@ -134,3 +134,96 @@ fn bind_errors_name_the_address() {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     assert!(e.to_string().contains("no-such-host"), "{e}");
 }
+
+#[test]
+fn a_datagram_socket_outside_a_cluster_echoes_and_close_wakes_its_threads() {
+    use cluster::{Datagram, DatagramSocket};
+    let socket = Datagram::bind("127.0.0.1:0").unwrap();
+    let ListenAddr::Tcp(addr) = *socket.local_addr() else {
+        panic!("not an IP address: {:?}", socket.local_addr())
+    };
+    assert_ne!(addr.port(), 0, "port 0 resolved");
+    assert!(matches!(socket.socket(), DatagramSocket::Udp(_)));
+    let threads = 3;
+    let started = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                started.wait();
+                let mut buf = [0u8; 64];
+                while let Some((n, peer)) = socket.recv_from(&mut buf).unwrap() {
+                    socket.send_to(&buf[..n], &peer).unwrap();
+                }
+            });
+        }
+        started.wait();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        for i in 0..20u8 {
+            client.send_to(&[i; 7], addr).unwrap();
+            let mut b = [0u8; 16];
+            let n = client.recv(&mut b).unwrap();
+            assert_eq!(&b[..n], &[i; 7]);
+        }
+        // Every thread is (or will be) blocked in recvfrom: close must wake them all
+        // (the scope joins them).
+        socket.close();
+    });
+    assert_eq!(socket.received(), 20);
+    assert!(socket.recv_from(&mut [0u8; 4]).unwrap().is_none());
+    // A port in use: the error names the address.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    let e = Datagram::bind(busy).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(e.to_string().contains(&busy.to_string()), "{e}");
+}
+
+#[test]
+fn a_unix_datagram_socket_answers_a_named_sender_and_removes_its_file() {
+    use cluster::{Datagram, DatagramSocket};
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("cluster-dgram-{}.sock", std::process::id()));
+    let own = dir.join(format!("cluster-dgram-client-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&own);
+    let socket = Datagram::bind(format!("unix:{}", path.display())).unwrap();
+    assert!(matches!(socket.socket(), DatagramSocket::Unix(_)));
+    let client = std::os::unix::net::UnixDatagram::bind(&own).unwrap();
+    client.send_to(b"ping", &path).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, peer) = socket.recv_from(&mut buf).unwrap().unwrap();
+    socket.send_to(&buf[..n], &peer).unwrap();
+    let mut b = [0u8; 16];
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = client.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"ping");
+    // An unnamed sender cannot be answered: an error, not a panic.
+    let unnamed = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    unnamed.send_to(b"x", &path).unwrap();
+    let (_, peer) = socket.recv_from(&mut buf).unwrap().unwrap();
+    let e = socket.send_to(b"x", &peer).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    // A live socket of the other type on a path is in use, not stale.
+    let e = Listener::bind(format!("unix:{}", path.display())).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    drop(socket);
+    assert!(!path.exists(), "the socket file was left behind");
+    std::fs::remove_file(&own).unwrap();
+}
+
+#[test]
+fn exclusive_changes_nothing_outside_a_cluster() {
+    let l = ListenOptions::new()
+        .exclusive(true)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let ListenAddr::Tcp(addr) = *l.local_addr() else {
+        panic!("not TCP")
+    };
+    let _c = TcpStream::connect(addr).unwrap();
+    assert!(l.accept().unwrap().is_some());
+}

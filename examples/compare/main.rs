@@ -4,7 +4,7 @@
 //! cargo run --release --example compare -- [--workers N] [--seconds S] [--clients C]
 //!            [--keep-alive] [--threads T]
 //!            [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port,rr-recycle-1000,shared-recycle-1000]
-//!            [--target HOST:PORT [--pid PID]]
+//!            [--target HOST:PORT [--pid PID]] [--udp]
 //! ```
 //!
 //! For each mode this program starts the demo server (the `hello` example's own code,
@@ -19,6 +19,14 @@
 //! 1000 connections): their CPU column includes the forks and the workers' starts, and
 //! their balance spans every worker that served, replaced ones included.
 //!
+//! `--udp` also starts each server with the demo's datagram echo (`--udp 127.0.0.1:0`)
+//! and, after the TCP row, runs the same number of clients as lock-step UDP senders
+//! (`udp.rs`) for the same time: a second table gives datagrams per second, latency,
+//! datagrams lost (unanswered within 200 ms), the balance across workers and the CPU
+//! per datagram. Round-robin serves datagrams from one shared socket like shared mode
+//! (nothing is accepted, so nothing is handed out); reuse-port from a socket per
+//! worker.
+//!
 //! `--target` measures a server that is already running instead (for instance
 //! `../shared/bench/node-cluster.js`); give its primary's `--pid` to get its CPU and
 //! memory too. The load generator shares the machine with the server: compare rows of
@@ -32,6 +40,7 @@ mod primary;
 mod procstat;
 #[path = "../hello/server.rs"]
 mod server;
+mod udp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -42,7 +51,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str =
     "usage: compare [--workers N] [--seconds S] [--clients C] [--keep-alive] [--threads T] \
      [--modes shared,round-robin,rr-fifo,rr-least-conn,reuse-port,rr-recycle-1000,shared-recycle-1000] \
-     [--target HOST:PORT [--pid PID]]";
+     [--target HOST:PORT [--pid PID]] [--udp]";
 
 /// One row's server configuration.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +120,8 @@ struct Options {
     configs: Vec<Config>,
     target: Option<SocketAddr>,
     pid: Option<u32>,
+    /// `--udp`: a datagram row per mode too.
+    udp: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -123,6 +134,7 @@ fn parse_args() -> Result<Options, String> {
         configs: CONFIGS.to_vec(),
         target: None,
         pid: None,
+        udp: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -142,6 +154,7 @@ fn parse_args() -> Result<Options, String> {
                     Some(number(value("--threads")?, "--threads")?.clamp(1.0, 1024.0) as usize)
             }
             "--keep-alive" => o.keep_alive = true,
+            "--udp" => o.udp = true,
             "--modes" => {
                 let list = value("--modes")?;
                 o.configs = list
@@ -174,6 +187,8 @@ fn parse_args() -> Result<Options, String> {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The datagram echo's address (`--udp`).
+    udp: Option<SocketAddr>,
 }
 
 impl Server {
@@ -198,6 +213,9 @@ impl Server {
             cmd.args(["--threads", &t.to_string()]);
         }
         cmd.args(c.extra);
+        if o.udp {
+            cmd.args(["--udp", "127.0.0.1:0"]);
+        }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
@@ -209,19 +227,28 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(20))
-            .map_err(|_| "the server did not print its ready line".to_string());
-        let addr = ready.and_then(|l| {
-            l.strip_prefix("ready ")
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| format!("unexpected line {l:?}"))
-        });
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().map_err(|_| "addr")?,
+            udp: None,
         };
-        server.addr = addr?;
+        // `ready ADDR`, and with `--udp` also `udp ADDR` (in either order: each comes
+        // once every worker has that socket).
+        let mut ready = None;
+        while ready.is_none() || (o.udp && server.udp.is_none()) {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .map_err(|_| "the server did not print its ready line".to_string())?;
+            let parsed = |prefix: &str| -> Option<SocketAddr> {
+                line.strip_prefix(prefix).and_then(|a| a.parse().ok())
+            };
+            match (parsed("ready "), parsed("udp ")) {
+                (Some(a), _) => ready = Some(a),
+                (_, Some(a)) => server.udp = Some(a),
+                _ => return Err(format!("unexpected line {line:?}")),
+            }
+        }
+        server.addr = ready.ok_or("no ready line")?;
         Ok(server)
     }
 
@@ -352,6 +379,60 @@ fn print_table(rows: &mut [Row], o: &Options) {
     }
 }
 
+/// The datagram row of one server (`--udp`): the same clients and time as the TCP
+/// row, as lock-step UDP senders.
+fn measure_udp(name: &str, addr: SocketAddr, pid: u32, o: &Options) -> Row {
+    let _ = udp::run(addr, o.clients, Duration::from_millis(500));
+    let before = procstat::snapshot(pid);
+    let out = udp::run(addr, o.clients, Duration::from_secs_f64(o.seconds));
+    let after = procstat::snapshot(pid);
+    Row {
+        name: name.to_string(),
+        out,
+        workers: o.workers,
+        cpu: Some(procstat::cpu_between(&before, &after)),
+        primary_rss: after.0.map(|p| p.rss_kib),
+        worker_rss: after.1.iter().map(|p| p.rss_kib).collect(),
+    }
+}
+
+/// The `--udp` table: datagrams per second, latency, lost, balance, CPU per datagram.
+fn print_udp_table(rows: &mut [Row], o: &Options) {
+    println!(
+        "\nUDP echo: {} lock-step client sockets, {} s (lost: no answer within 200 ms)\n",
+        o.clients, o.seconds
+    );
+    println!("| mode | datagrams/s | p50 ms | p99 ms | lost | max/min | CV | CPU µs/datagram primary + workers |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows.iter_mut() {
+        let (ratio, cv) = r.out.balance(r.workers);
+        let per = |secs: f64| secs * 1e6 / (r.out.ok.max(1) as f64);
+        let cpu = r.cpu.map_or("–".to_string(), |(p, w)| {
+            format!("{:.1} = {:.1} + {:.1}", per(p + w), per(p), per(w))
+        });
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {} | {:.2} | {:.3} | {} |",
+            r.name,
+            r.out.rate(),
+            r.out.percentile_ms(0.50),
+            r.out.percentile_ms(0.99),
+            r.out.errors,
+            ratio,
+            cv,
+            cpu,
+        );
+    }
+    for r in rows.iter() {
+        let shares: Vec<String> = r
+            .out
+            .by_worker
+            .iter()
+            .map(|(w, n)| format!("{w}:{n}"))
+            .collect();
+        println!("{} (udp): datagrams by worker {}", r.name, shares.join(" "));
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--serve") {
@@ -372,6 +453,7 @@ fn main() -> ExitCode {
         }
     };
     let mut rows = Vec::new();
+    let mut udp_rows = Vec::new();
     if let Some(addr) = o.target {
         let workers = o.pid.map_or(o.workers, |p| procstat::snapshot(p).1.len());
         eprintln!("compare: {addr} ...");
@@ -393,9 +475,15 @@ fn main() -> ExitCode {
                 o.workers,
                 &o,
             ));
+            if let Some(addr) = server.udp {
+                udp_rows.push(measure_udp(c.name, addr, server.pid(), &o));
+            }
             drop(server);
         }
     }
     print_table(&mut rows, &o);
+    if !udp_rows.is_empty() {
+        print_udp_table(&mut udp_rows, &o);
+    }
     ExitCode::SUCCESS
 }

@@ -5,6 +5,7 @@
 //!            [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections]
 //!            [--threads T] [--user NAME] [--timeout SECS] [--max-requests N]
 //!            [--max-requests-jitter J] [--max-rss MIB] [--upgrade-timeout SECS]
+//!            [--udp HOST:PORT|unix:PATH]
 //! ```
 //!
 //! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …), `unix:PATH`, `fd:N`, or
@@ -18,6 +19,10 @@
 //!   `Connection: close` traffic (each idle thread waiting in `accept` is one more
 //!   sleeping thread to wake per connection).
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).
+//! - `--udp ADDR` (UDP `HOST:PORT`, or `unix:PATH` for a Unix datagram socket): each
+//!   worker also answers every datagram on ADDR with the datagram prefixed
+//!   `worker ID: ` (`--threads` threads each). Once every worker has the socket, the
+//!   primary prints `udp ADDR` (port 0 resolved).
 //! - Every response carries `X-Worker: ID`. `GET /pid` answers the worker's pid,
 //!   `GET /crash` makes the worker abort (to watch the primary report it), `GET /leak`
 //!   allocates, touches and keeps 8 MiB in the worker that serves it (to watch

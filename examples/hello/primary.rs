@@ -31,11 +31,13 @@ pub fn write_line(line: &str) {
 pub const USAGE: &str = "usage: hello [--listen HOST:PORT|unix:PATH|fd:N|systemd[:NAME]] [--workers N] \
      [--mode shared|round-robin|reuse-port] [--scheduler fewest-dispatched|fifo|least-connections] [--threads T] [--user NAME] \
      [--prefetch N] [--accept-window-us US] [--timeout SECS] [--max-requests N] \
-     [--max-requests-jitter J] [--max-rss MIB] [--upgrade-timeout SECS]";
+     [--max-requests-jitter J] [--max-rss MIB] [--upgrade-timeout SECS] [--udp HOST:PORT|unix:PATH]";
 
 /// The command line.
 pub struct Options {
     listen: ListenAddr,
+    /// `--udp ADDR`: a datagram echo beside the HTTP server.
+    udp: Option<ListenAddr>,
     workers: Option<usize>,
     mode: Option<Mode>,
     threads: usize,
@@ -68,6 +70,7 @@ fn number(flag: &str, v: &str, min: u64) -> Result<u64, String> {
 pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut opts = Options {
         listen: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
+        udp: None,
         workers: None,
         mode: None,
         threads: 4,
@@ -90,6 +93,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
                     .parse()
                     .map_err(|e| format!("--listen: {e}"))?
             }
+            "--udp" => opts.udp = Some(value("--udp")?.parse().map_err(|e| format!("--udp: {e}"))?),
             "--workers" => {
                 let v = value("--workers")?;
                 match v.parse::<usize>() {
@@ -216,6 +220,7 @@ pub fn run(opts: Options) -> ExitCode {
                 builder = builder
                     .user(u)
                     .listen_only_with([(opts.listen.clone(), crate::http::listen_options())])
+                    .listen_only_datagrams(opts.udp.clone())
             }
             Err(e) => {
                 eprintln!("hello: --user: {e}");
@@ -223,8 +228,8 @@ pub fn run(opts: Options) -> ExitCode {
             }
         }
     }
-    let (addr, threads) = (opts.listen.clone(), opts.threads);
-    let mut cluster = match builder.start(move |w| server::serve(w, &addr, threads)) {
+    let (addr, udp, threads) = (opts.listen.clone(), opts.udp.clone(), opts.threads);
+    let mut cluster = match builder.start(move |w| server::serve(w, &addr, udp.as_ref(), threads)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hello: {e}");
@@ -238,6 +243,8 @@ pub fn run(opts: Options) -> ExitCode {
     let expected = cluster.target_workers();
     let mut listening = std::collections::BTreeSet::new();
     let mut ready = false;
+    let mut receiving = std::collections::BTreeSet::new();
+    let mut udp_ready = false;
     let mut failed = false;
     loop {
         let event = match cluster.next_event() {
@@ -254,6 +261,15 @@ pub fn run(opts: Options) -> ExitCode {
                 if !ready && listening.len() >= expected {
                     ready = true;
                     println!("ready {addr}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            Event::Receiving { worker, addr } => {
+                receiving.insert(worker);
+                if !udp_ready && receiving.len() >= expected {
+                    udp_ready = true;
+                    println!("udp {addr}");
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                 }

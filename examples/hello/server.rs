@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::Scope;
 
-use cluster::{ListenAddr, Listener, Worker};
+use cluster::{Datagram, ListenAddr, Listener, Worker};
 
 use crate::http;
 
@@ -119,13 +119,43 @@ impl<'a> Pool<'a> {
     }
 }
 
+/// `--udp`: answers each datagram with itself prefixed `worker ID: `, until the socket
+/// closes (the worker disconnects). A datagram that cannot be answered (an unnamed Unix
+/// sender, a full send buffer) is dropped, as UDP drops it.
+fn echo(socket: &Datagram, id: u32) {
+    let prefix = format!("worker {id}: ");
+    let mut buf = vec![0u8; 65536];
+    let mut reply = Vec::with_capacity(buf.len() + prefix.len());
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok(Some((n, peer))) => {
+                reply.clear();
+                reply.extend_from_slice(prefix.as_bytes());
+                reply.extend_from_slice(&buf[..n]);
+                let _ = socket.send_to(&reply, &peer);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("worker {id}: udp: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// A worker: `threads` threads block in the listener's accept (more while connections
 /// hold them all, see the module docs). When the primary asks the worker to disconnect
 /// (or it gets `SIGTERM`), the listener closes: accept returns `None`, busy threads
 /// see `is_closed` and finish after their current request (with `Connection: close`),
 /// and the worker returns.
-pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Result<()> {
+pub fn serve(
+    worker: &Worker,
+    addr: &ListenAddr,
+    udp: Option<&ListenAddr>,
+    threads: usize,
+) -> std::io::Result<()> {
     let listener = Listener::bind_with(addr, &http::listen_options())?;
+    let udp = udp.map(Datagram::bind).transpose()?;
     let pool = Pool {
         listener: &listener,
         id: worker.id().0,
@@ -135,11 +165,19 @@ pub fn serve(worker: &Worker, addr: &ListenAddr, threads: usize) -> std::io::Res
         served: AtomicU64::new(0),
     };
     std::thread::scope(|s| {
+        if let Some(socket) = &udp {
+            for _ in 0..threads {
+                s.spawn(|| echo(socket, pool.id));
+            }
+        }
         for _ in 0..threads {
             pool.grow(s);
         }
         if pool.total.load(Ordering::Acquire) == 0 {
             listener.close();
+            if let Some(socket) = &udp {
+                socket.close();
+            }
             return Err(std::io::Error::other("no thread could be started"));
         }
         Ok(())

@@ -5,9 +5,10 @@
 //! and each listener the runtime creates is handed the link it reports to.
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
-use super::Listener;
+use super::datagram::Datagram;
+use super::{Closable, Listener};
 use crate::addr::ListenAddr;
 use crate::connection::OpenCount;
 use crate::options::ListenOptions;
@@ -16,6 +17,11 @@ use crate::options::ListenOptions;
 pub(crate) trait WorkerLink: Send + Sync {
     /// Asks the primary for a listener on `addr` (Node's `queryServer` round trip).
     fn listen(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener>;
+    /// Asks the primary for a datagram socket on `addr` (the same round trip).
+    fn bind_datagram(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Datagram>;
+    /// Closes `endpoint` with the worker's other listeners when the worker disconnects
+    /// (an exclusive one, which the primary knows nothing of).
+    fn track(&self, endpoint: Weak<dyn Closable>);
     /// Counts one accepted connection; the returned count keeps it open until dropped.
     fn accepted(&self) -> OpenCount;
     /// Connections open in this worker now (sent with each round-robin credit).

@@ -64,6 +64,7 @@ use crate::socket_file::SocketFile;
 use crate::sys::sockaddr::SockAddr;
 use crate::sys::{poll, signal, socket};
 
+pub(crate) mod datagram;
 mod gate;
 mod handoff;
 pub(crate) mod link;
@@ -117,6 +118,13 @@ enum Source {
     Socket { fd: OwnedFd, exclusive: bool },
     /// A round-robin hand-off channel: credit, then `recvmsg`.
     Handoff(Channel),
+}
+
+/// What the worker runtime closes when the worker disconnects: a listener's or a
+/// datagram socket's shared state.
+pub(crate) trait Closable: Send + Sync {
+    /// Stops accepting or receiving, waking every thread blocked on it; idempotent.
+    fn close(&self);
 }
 
 /// Who made the listener, and so who must hear when it closes.
@@ -178,7 +186,14 @@ impl Listener {
         let addr = addr.to_listen_addr()?;
         signal::install_interrupt_handler()?;
         match link::registered() {
-            Some(worker) => worker.listen(&addr, options),
+            Some(worker) if !options.exclusive => worker.listen(&addr, options),
+            // Node's `exclusive`: the worker binds by itself; its runtime still closes
+            // the listener when the worker disconnects.
+            Some(worker) => {
+                let l = Listener::bind_standalone(&addr, options)?;
+                worker.track(Arc::downgrade(&l.shared) as _);
+                Ok(l)
+            }
             None => Listener::bind_standalone(&addr, options),
         }
     }
@@ -459,9 +474,11 @@ impl Endpoint {
         let peer = peer_of(self.kind, peer);
         Connection::new(Stream::from_fd(self.kind, conn), peer)
     }
+}
 
+impl Closable for Endpoint {
     /// Closes the listener (idempotent); see [`Listener::close`].
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         if self.gate.is_closed() {
             return;
         }

@@ -88,6 +88,7 @@ impl Builder {
                 scheduler: Box::new(FewestDispatched),
                 prefetch: DEFAULT_PREFETCH,
                 allowed: None,
+                allowed_datagrams: Vec::new(),
                 message_limit: DEFAULT_MESSAGE_LIMIT,
                 notify: true,
                 kept: Vec::new(),
@@ -203,6 +204,38 @@ impl Builder {
         allowed: impl IntoIterator<Item = (ListenAddr, ListenOptions)>,
     ) -> Builder {
         self.config.allowed = Some(allowed.into_iter().collect());
+        self
+    }
+
+    /// With [`listen_only`](Builder::listen_only) (or `listen_only_with`): the
+    /// addresses workers may bind [`Datagram`](crate::Datagram) sockets on, UDP or Unix
+    /// datagram. The allowlist of `listen_only` names stream listeners only: allowing
+    /// TCP on `0.0.0.0:53` does not allow UDP on it. Without `listen_only` any datagram
+    /// address is served, as any listen address is; with it and without this, none.
+    ///
+    /// ```no_run
+    /// use cluster::{Cluster, Datagram, User};
+    ///
+    /// let cluster = Cluster::builder()
+    ///     .user(User::named("nobody")?)
+    ///     .listen_only(["0.0.0.0:80".parse()?])
+    ///     .listen_only_datagrams(["0.0.0.0:53".parse()?])
+    ///     .start(|_worker| -> std::io::Result<()> {
+    ///         let socket = Datagram::bind("0.0.0.0:53")?;
+    ///         let mut buf = [0u8; 512];
+    ///         while let Some((n, peer)) = socket.recv_from(&mut buf)? {
+    ///             socket.send_to(&buf[..n], &peer)?;
+    ///         }
+    ///         Ok(())
+    ///     })?;
+    /// # drop(cluster);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen_only_datagrams(
+        mut self,
+        allowed: impl IntoIterator<Item = ListenAddr>,
+    ) -> Builder {
+        self.config.allowed_datagrams = allowed.into_iter().collect();
         self
     }
 

@@ -309,9 +309,12 @@ impl Cluster {
                 }
                 self.events.push_back(Event::Online { worker: id });
             }
-            Message::ListenRequest { seq, options, addr } => {
-                self.on_listen_request(id, seq, &options, addr)
-            }
+            Message::ListenRequest {
+                seq,
+                options,
+                addr,
+                sock,
+            } => self.on_listen_request(id, seq, &options, addr, sock),
             Message::Listening { handle } => self.on_listening(id, handle)?,
             Message::ListenerClosed { handle } => self.on_listener_closed(id, handle)?,
             Message::User(data) => self.events.push_back(Event::Message {

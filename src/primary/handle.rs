@@ -9,7 +9,9 @@
 //! - a round-robin handle ([`RoundRobinHandle`]) is the one in the data path: it has
 //!   descriptors for `poll` (its listener, its members' channels), timers (a paused
 //!   accept, the stall check), connections to hand out after every turn (`pump`), and
-//!   workers to report for breaking the protocol.
+//!   workers to report for breaking the protocol;
+//! - a datagram handle ([`DatagramHandle`]) hands out a datagram socket: one shared, or
+//!   one per worker in reuse-port mode, kept across respawns like reuse-port's.
 //!
 //! The matching on kinds happens here, once per method.
 
@@ -17,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::datagram::DatagramHandle;
 use super::reuse_port::ReusePortHandle;
 use super::round_robin::RoundRobinHandle;
 use super::scheduler::Scheduler;
@@ -36,6 +39,7 @@ pub(super) enum Handle {
     // Boxed: by far the largest, and there are few handles.
     RoundRobin(Box<RoundRobinHandle>),
     ReusePort(ReusePortHandle),
+    Datagram(DatagramHandle),
 }
 
 /// What a descriptor a handle asked `poll` to watch stands for.
@@ -75,6 +79,19 @@ impl Handle {
         })
     }
 
+    /// A datagram handle for `key` in `mode`: a reuse-port group for UDP in reuse-port
+    /// mode, else one socket bound with `bind` and shared (see `datagram.rs`).
+    pub(super) fn new_datagram(
+        mode: Mode,
+        key: &ListenAddr,
+        bind: impl FnOnce() -> io::Result<Bound>,
+    ) -> io::Result<Handle> {
+        Ok(Handle::Datagram(match (mode, key) {
+            (Mode::ReusePort, ListenAddr::Tcp(_)) => DatagramHandle::group(key)?,
+            _ => DatagramHandle::shared(bind()?),
+        }))
+    }
+
     /// A handle of `mode`'s kind over the sockets a previous program passed across a
     /// binary upgrade (`passed`, of kind `was`; see `upgrade/handover.rs` for what
     /// `fds` holds). Shared and round-robin take each other's socket (its blocking
@@ -99,7 +116,15 @@ impl Handle {
                 format!("{local}: a {was:?} socket cannot serve mode {mode}"),
             )
         };
+        if let Kind::Datagram | Kind::DatagramGroup = was {
+            // A datagram handle serves any mode with what it was (a group stays a
+            // group, and a shared socket shared: nobody listens or accepts on either).
+            let all = std::iter::once(first).chain(rest).collect();
+            let group = was == Kind::DatagramGroup;
+            return Ok(Handle::Datagram(DatagramHandle::adopt(local, group, all)?));
+        }
         Ok(match (mode, was) {
+            (_, Kind::Datagram | Kind::DatagramGroup) => return Err(mismatch()),
             (Mode::ReusePort, Kind::ReusePort) => {
                 Handle::ReusePort(ReusePortHandle::adopt(local, setup.options, first, rest))
             }
@@ -140,6 +165,15 @@ impl Handle {
             Handle::Shared(h) => Some((Kind::Shared, vec![h.socket()?])),
             Handle::RoundRobin(h) => Some((Kind::RoundRobin, vec![h.listener_fd()?])),
             Handle::ReusePort(h) => Some((Kind::ReusePort, h.passed_fds()?)),
+            Handle::Datagram(h) => {
+                let (group, fds) = h.passed_fds()?;
+                let kind = if group {
+                    Kind::DatagramGroup
+                } else {
+                    Kind::Datagram
+                };
+                Some((kind, fds))
+            }
         }
     }
 
@@ -147,7 +181,7 @@ impl Handle {
     pub(super) fn take_unsent(&mut self) -> Vec<OwnedFd> {
         match self {
             Handle::RoundRobin(h) => h.take_pending(),
-            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+            Handle::Shared(_) | Handle::ReusePort(_) | Handle::Datagram(_) => Vec::new(),
         }
     }
 
@@ -164,7 +198,14 @@ impl Handle {
             Handle::Shared(h) => h.local(),
             Handle::RoundRobin(h) => h.local(),
             Handle::ReusePort(h) => h.local(),
+            Handle::Datagram(h) => h.local(),
         }
+    }
+
+    /// Whether this is a datagram handle (what `Listening` reports, and the key's other
+    /// half).
+    pub(super) fn is_datagram(&self) -> bool {
+        matches!(self, Handle::Datagram(_))
     }
 
     /// Node's `add`: what `worker` listens through, to send in its listen reply (a
@@ -182,6 +223,9 @@ impl Handle {
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ESHUTDOWN)),
             Handle::RoundRobin(h) => h.add(worker).map(|(_, fd)| (Transport::Handoff, fd)),
             Handle::ReusePort(h) => h.grant(worker, replacing).map(|fd| (Transport::Socket, fd)),
+            Handle::Datagram(h) => h
+                .grant(worker, replacing)
+                .map(|fd| (Transport::Datagram, fd)),
         }
     }
 
@@ -196,6 +240,7 @@ impl Handle {
                 h.worker_gone(worker);
                 h.prune(target);
             }
+            Handle::Datagram(h) => h.worker_gone(worker, target),
         }
     }
 
@@ -212,6 +257,7 @@ impl Handle {
             Handle::Shared(_) => 0,
             Handle::RoundRobin(h) => h.descriptors_of(worker),
             Handle::ReusePort(h) => h.descriptors_of(worker),
+            Handle::Datagram(h) => h.descriptors_of(worker),
         }
     }
 
@@ -254,7 +300,7 @@ impl Handle {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
-            Handle::Shared(_) | Handle::ReusePort(_) => None,
+            Handle::Shared(_) | Handle::ReusePort(_) | Handle::Datagram(_) => None,
         }
     }
 
@@ -266,7 +312,7 @@ impl Handle {
                 h.check_stalls(now);
                 h.take_returned()
             }
-            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+            Handle::Shared(_) | Handle::ReusePort(_) | Handle::Datagram(_) => Vec::new(),
         }
     }
 
@@ -285,7 +331,7 @@ impl Handle {
                 }
                 h.take_faults()
             }
-            Handle::Shared(_) | Handle::ReusePort(_) => Vec::new(),
+            Handle::Shared(_) | Handle::ReusePort(_) | Handle::Datagram(_) => Vec::new(),
         }
     }
 
@@ -307,6 +353,10 @@ impl Handle {
                 h.close();
                 0
             }
+            Handle::Datagram(h) => {
+                h.close();
+                0
+            }
             Handle::RoundRobin(h) => h.close_listener(now, scheduler, on_dispatch),
         }
     }
@@ -324,6 +374,10 @@ impl Handle {
                 h.close();
                 0
             }
+            Handle::Datagram(h) => {
+                h.close();
+                0
+            }
             Handle::RoundRobin(h) => h.dropped(),
         }
     }
@@ -332,7 +386,7 @@ impl Handle {
     pub(super) fn dropped(&self) -> u64 {
         match self {
             Handle::RoundRobin(h) => h.dropped(),
-            Handle::Shared(_) | Handle::ReusePort(_) => 0,
+            Handle::Shared(_) | Handle::ReusePort(_) | Handle::Datagram(_) => 0,
         }
     }
 }

@@ -20,6 +20,13 @@
 //! could do whatever the primary does; any address is served unless `listen_only` says
 //! otherwise.
 //!
+//! Datagram sockets ([`Datagram`](crate::Datagram)) are asked for the same way, with
+//! the socket type as the key's other half (a TCP and a UDP socket on `127.0.0.1:0`
+//! are two handles). With `listen_only`, a datagram request is allowed only for an
+//! address named by [`Builder::listen_only_datagrams`](super::Builder::listen_only_datagrams):
+//! a TCP address allowed does not allow UDP on it. Its options are not compared (no
+//! option applies to a datagram socket).
+//!
 //! # A handle's life
 //!
 //! A handle is created by the first request for its key and keeps its id (the number
@@ -46,6 +53,7 @@ use crate::event::Event;
 use crate::ipc::codec::{ListenGrant, Message, ProtocolError};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
+use crate::sock_type::SockType;
 use crate::worker_id::WorkerId;
 
 /// Listening handles (distinct addresses) a cluster keeps at most: a worker asking for
@@ -60,12 +68,13 @@ impl Cluster {
         seq: u32,
         options: &ListenOptions,
         addr: ListenAddr,
+        sock: SockType,
     ) {
         let handles_before = self.handles.len();
         let found = self
-            .authorise(id, &addr, options)
+            .authorise(id, &addr, options, sock)
             .and_then(|()| self.check_listen_budget(id, &addr))
-            .and_then(|()| self.handle_for(&addr, options));
+            .and_then(|()| self.handle_for(&addr, sock, options));
         let idx = match found {
             Ok(i) => i,
             Err(error) => {
@@ -175,17 +184,26 @@ impl Cluster {
         id: WorkerId,
         key: &ListenAddr,
         options: &ListenOptions,
+        sock: SockType,
     ) -> io::Result<()> {
         let Some(allowed) = &self.config.allowed else {
             return Ok(());
         };
         let untrusted = self.config.settings.user.is_some();
-        let reason = match allowed.iter().find(|(a, _)| a == key) {
-            None => "not one of the cluster's allowed listen addresses (Builder::listen_only)",
-            Some((_, o)) if untrusted && o != options => {
+        let datagram_allowed = self.config.allowed_datagrams.contains(key);
+        let reason = match (sock, allowed.iter().find(|(a, _)| a == key)) {
+            (SockType::Datagram, _) if datagram_allowed => return Ok(()),
+            (SockType::Datagram, _) => {
+                "not one of the cluster's allowed datagram addresses \
+                 (Builder::listen_only_datagrams)"
+            }
+            (SockType::Stream, None) => {
+                "not one of the cluster's allowed listen addresses (Builder::listen_only)"
+            }
+            (SockType::Stream, Some((_, o))) if untrusted && o != options => {
                 "options other than those the cluster allows for it (Builder::listen_only_with)"
             }
-            Some(_) => return Ok(()),
+            (SockType::Stream, Some(_)) => return Ok(()),
         };
         self.events.push_back(Event::Error(Error::ListenDenied {
             worker: id,
@@ -200,8 +218,17 @@ impl Cluster {
 
     /// The handle for `key`, created on first use (bind once per key, so port 0 means
     /// one port for every worker).
-    fn handle_for(&mut self, key: &ListenAddr, options: &ListenOptions) -> io::Result<usize> {
-        if let Some(i) = self.handles.iter().position(|h| h.key == *key) {
+    fn handle_for(
+        &mut self,
+        key: &ListenAddr,
+        sock: SockType,
+        options: &ListenOptions,
+    ) -> io::Result<usize> {
+        if let Some(i) = self
+            .handles
+            .iter()
+            .position(|h| h.key == *key && h.sock == sock)
+        {
             return Ok(i);
         }
         if self.state != State::Running {
@@ -226,9 +253,26 @@ impl Cluster {
             prefetch: self.config.prefetch,
         };
         // A binary upgrade's previous program served this key: its very socket.
-        if let Some(claimed) = self.claim_inherited(key, mode, setup) {
+        let datagram = sock == SockType::Datagram;
+        if let Some(claimed) = self.claim_inherited(key, datagram, mode, setup) {
             let (handle, socket_file) = claimed.map_err(|e| ListenError::io(key, e))?;
-            return Ok(self.push_handle(key, handle, socket_file));
+            return Ok(self.push_handle(key, sock, handle, socket_file));
+        }
+        let pin_directory = self.config.settings.user.is_some();
+        if datagram {
+            let mut socket_file = None;
+            let handle = Handle::new_datagram(self.mode, key, || {
+                let mut bound = bind::bind_datagram(
+                    key,
+                    BindOptions {
+                        pin_directory,
+                        ..BindOptions::default()
+                    },
+                )?;
+                socket_file = bound.socket_file.take();
+                Ok(bound)
+            })?;
+            return Ok(self.push_handle(key, sock, handle, socket_file));
         }
         let bind_options = BindOptions {
             // The round-robin listener is polled, never blocked on.
@@ -239,7 +283,7 @@ impl Cluster {
             reuse_port: false,
             // Untrusted workers: a directory on a Unix path cannot be swapped under
             // the primary between its check and its bind.
-            pin_directory: self.config.settings.user.is_some(),
+            pin_directory,
         };
         let mut bound = bind::bind(key, bind_options, options)?;
         let socket_file = bound.socket_file.take();
@@ -253,13 +297,14 @@ impl Cluster {
                 return Err(ListenError::io(key, e));
             }
         };
-        Ok(self.push_handle(key, handle, socket_file))
+        Ok(self.push_handle(key, sock, handle, socket_file))
     }
 
     /// A new handle for `key`; its position.
     fn push_handle(
         &mut self,
         key: &ListenAddr,
+        sock: SockType,
         handle: Handle,
         socket_file: Option<crate::socket_file::SocketFile>,
     ) -> usize {
@@ -267,6 +312,7 @@ impl Cluster {
         self.handles.push(HandleEntry {
             id,
             key: key.clone(),
+            sock,
             handle,
             holders: Default::default(),
             socket_file,
@@ -305,10 +351,15 @@ impl Cluster {
         }
         hold.listening += 1;
         let addr = self.handles[i].local().clone();
+        let datagram = self.handles[i].handle.is_datagram();
         if let Some(s) = self.workers.get_mut(&id) {
             s.listening += 1;
         }
-        self.events.push_back(Event::Listening { worker: id, addr });
+        self.events.push_back(if datagram {
+            Event::Receiving { worker: id, addr }
+        } else {
+            Event::Listening { worker: id, addr }
+        });
         self.notify_if_ready();
         Ok(())
     }

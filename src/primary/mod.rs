@@ -73,6 +73,7 @@
 
 mod budget;
 mod builder;
+mod datagram;
 mod event_loop;
 mod handle;
 mod health;
@@ -103,6 +104,7 @@ use crate::ipc::codec::{Message, MAX_MESSAGE_LEN};
 use crate::mode::Mode;
 use crate::options::ListenOptions;
 use crate::settings::WorkerSettings;
+use crate::sock_type::SockType;
 use crate::socket_file::SocketFile;
 use crate::sys::process::{self, Pid};
 use crate::sys::signal::SignalPipe;
@@ -157,6 +159,8 @@ struct Config {
     /// With each, the options a listener on it is created with when workers are
     /// untrusted (`user` set): then a request with other options is refused.
     allowed: Option<Vec<(ListenAddr, ListenOptions)>>,
+    /// With `allowed`: the only addresses workers may bind datagram sockets on.
+    allowed_datagrams: Vec<ListenAddr>,
     /// Messages a second one worker may send (0: any number).
     message_limit: u32,
     /// Tell a service manager (`NOTIFY_SOCKET`) how the cluster is doing.
@@ -183,6 +187,8 @@ struct HandleEntry {
     id: u32,
     /// The address workers asked for (port 0 stays 0: one handle for all of them).
     key: ListenAddr,
+    /// With the address, the key: a stream listener or a datagram socket.
+    sock: SockType,
     handle: Handle,
     /// The workers listening on it, and what each holds: when the last lets go for
     /// good, the handle closes (see `listen.rs`).

@@ -23,6 +23,15 @@ pub(crate) fn stream_socket(domain: Domain, nonblocking: bool) -> io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Corresponds to `socket(2)` with `SOCK_DGRAM | SOCK_CLOEXEC` (blocking): a UDP or
+/// Unix datagram socket to bind and receive on.
+pub(crate) fn datagram_socket(domain: Domain) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers and returns a new fd or -1.
+    let fd = cvt(unsafe { libc::socket(domain.raw(), libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Corresponds to `socket(2)` with `AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC`: an unbound
 /// datagram socket, for sending to a service manager's notification socket.
 pub(crate) fn unix_datagram_socket() -> io::Result<OwnedFd> {

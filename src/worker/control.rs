@@ -2,8 +2,9 @@
 //! and the control thread (Node's `child.js`: `send({act: 'queryServer'})` with its
 //! callback, and the `process.on('internalMessage')` handler).
 //!
-//! [`Runtime::listen`] sends a listen request and waits for the reply that the control
-//! thread files under its `seq`, then builds the [`Listener`] from the grant. The
+//! [`Runtime::listen`] (and [`Runtime::bind_datagram`]) sends a listen request and
+//! waits for the reply that the control thread files under its `seq`, then builds the
+//! [`Listener`] (or [`Datagram`]) from the grant. The
 //! control thread ([`Runtime::control_loop`]) reads the control channel: listen
 //! replies, user messages (into the bounded inbox, see the module docs of
 //! [`worker`](super)), `Disconnect` (closes every listener), `Ping` (answered with a
@@ -15,7 +16,7 @@
 //! connection limit (`Builder::max_connections`), so the primary recycles it then.
 
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError, Weak};
 
@@ -23,10 +24,12 @@ use crate::addr::ListenAddr;
 use crate::connection::OpenCount;
 use crate::error::ListenError;
 use crate::ipc::channel::{Incoming, RecvError};
-use crate::ipc::codec::{Message, Transport, MAX_RECORD_LEN};
+use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_RECORD_LEN};
+use crate::listener::datagram::Datagram;
 use crate::listener::link::{self, WorkerLink};
-use crate::listener::Listener;
+use crate::listener::{Closable, Listener};
 use crate::options::ListenOptions;
+use crate::sock_type::SockType;
 use crate::sys::poll::{self, PollFd};
 use crate::sys::process;
 use crate::sys::signal;
@@ -98,6 +101,76 @@ impl Runtime {
         addr: &ListenAddr,
         options: &ListenOptions,
     ) -> io::Result<Listener> {
+        let (grant, fd, link) = self.ask(addr, options, SockType::Stream)?;
+        let made = match grant.transport {
+            Transport::Socket => {
+                Listener::from_granted_socket(grant.local, fd, options, grant.handle, link.clone())
+            }
+            Transport::Handoff => Ok(Listener::from_granted_handoff(
+                grant.local,
+                fd,
+                options,
+                grant.handle,
+                link,
+            )),
+            Transport::Datagram => Err(wrong_transport(addr)),
+        };
+        let listener = made.map_err(|e| {
+            self.listener_closed(grant.handle);
+            e
+        })?;
+        if self.announce(grant.handle, Arc::downgrade(listener.shared()) as _) {
+            listener.close();
+        }
+        Ok(listener)
+    }
+
+    /// Asks the primary for a datagram socket on `addr` (the same round trip, a
+    /// `datagram-request`).
+    pub(crate) fn bind_datagram(
+        &self,
+        addr: &ListenAddr,
+        options: &ListenOptions,
+    ) -> io::Result<Datagram> {
+        let (grant, fd, link) = self.ask(addr, options, SockType::Datagram)?;
+        let made = match grant.transport {
+            Transport::Datagram => Datagram::from_granted(grant.local, fd, grant.handle, link),
+            Transport::Socket | Transport::Handoff => Err(wrong_transport(addr)),
+        };
+        let socket = made.map_err(|e| {
+            self.listener_closed(grant.handle);
+            e
+        })?;
+        if self.announce(grant.handle, Arc::downgrade(socket.shared()) as _) {
+            socket.close();
+        }
+        Ok(socket)
+    }
+
+    /// Keeps `endpoint` to close when the worker disconnects, and tells the primary
+    /// that this worker listens on `handle`. Whether the worker is disconnecting
+    /// already (the caller then closes the new endpoint).
+    fn announce(&self, handle: u32, endpoint: Weak<dyn Closable>) -> bool {
+        let mut st = self.lock();
+        st.listeners.retain(|w| w.strong_count() > 0);
+        st.listeners.push(endpoint);
+        // `Listening` goes out while the lock is held: a `Disconnect` arriving now
+        // makes the control thread close this listener (`close_listeners`, which
+        // takes the lock first), and its `ListenerClosed` must follow `Listening`.
+        // The other way round, the primary would see an announcement for a
+        // listener already given back, which it takes for a forged record.
+        let _ = self.control.send(&Message::Listening { handle }, None);
+        st.disconnecting || st.primary_gone
+    }
+
+    /// The listen round trip: sends the request, waits for its reply, and returns the
+    /// grant with its descriptor and the link the new endpoint reports to.
+    fn ask(
+        &self,
+        addr: &ListenAddr,
+        options: &ListenOptions,
+        sock: SockType,
+    ) -> io::Result<(ListenGrant, OwnedFd, Arc<dyn WorkerLink>)> {
         // What the new listener reports to: this runtime, as registered at start.
         let Some(link) = link::registered().cloned() else {
             return Err(ListenError::io(
@@ -117,6 +190,7 @@ impl Runtime {
             seq,
             options: options.clone(),
             addr: addr.clone(),
+            sock,
         };
         if let Err(e) = self.control.send(&request, None) {
             forget(&mut self.lock());
@@ -168,47 +242,7 @@ impl Runtime {
                 ),
             ));
         };
-        let listener = match grant.transport {
-            Transport::Socket => {
-                match Listener::from_granted_socket(
-                    grant.local,
-                    fd,
-                    options,
-                    grant.handle,
-                    link.clone(),
-                ) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        self.listener_closed(grant.handle);
-                        return Err(e);
-                    }
-                }
-            }
-            Transport::Handoff => {
-                Listener::from_granted_handoff(grant.local, fd, options, grant.handle, link)
-            }
-        };
-        let disconnecting = {
-            let mut st = self.lock();
-            st.listeners.retain(|w| w.strong_count() > 0);
-            st.listeners.push(Arc::downgrade(listener.shared()));
-            // `Listening` goes out while the lock is held: a `Disconnect` arriving now
-            // makes the control thread close this listener (`close_listeners`, which
-            // takes the lock first), and its `ListenerClosed` must follow `Listening`.
-            // The other way round, the primary would see an announcement for a
-            // listener already given back, which it takes for a forged record.
-            let _ = self.control.send(
-                &Message::Listening {
-                    handle: grant.handle,
-                },
-                None,
-            );
-            st.disconnecting || st.primary_gone
-        };
-        if disconnecting {
-            listener.close();
-        }
-        Ok(listener)
+        Ok((grant, fd, link))
     }
 
     /// Connections open now, saturated to `u32` for the wire.
@@ -376,9 +410,37 @@ impl Runtime {
     }
 }
 
+/// A grant of the other kind than asked for (a stream socket for a datagram request,
+/// or the reverse): the primary would never send it.
+fn wrong_transport(addr: &ListenAddr) -> io::Error {
+    ListenError::io(
+        addr,
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the primary granted a socket of the other type",
+        ),
+    )
+}
+
 impl WorkerLink for Runtime {
     fn listen(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener> {
         Runtime::listen(self, addr, options)
+    }
+
+    fn bind_datagram(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Datagram> {
+        Runtime::bind_datagram(self, addr, options)
+    }
+
+    fn track(&self, endpoint: Weak<dyn Closable>) {
+        let closing = {
+            let mut st = self.lock();
+            st.listeners.retain(|w| w.strong_count() > 0);
+            st.listeners.push(endpoint.clone());
+            st.disconnecting || st.primary_gone
+        };
+        if let (true, Some(e)) = (closing, endpoint.upgrade()) {
+            e.close();
+        }
     }
 
     fn accepted(&self) -> OpenCount {

@@ -349,7 +349,8 @@ struct State {
     inbox: VecDeque<Vec<u8>>,
     /// Bytes in `inbox`.
     inbox_bytes: usize,
-    listeners: Vec<Weak<listener::Endpoint>>,
+    /// Every listener and datagram socket to close when the worker disconnects.
+    listeners: Vec<Weak<dyn listener::Closable>>,
     disconnecting: bool,
     primary_gone: bool,
 }

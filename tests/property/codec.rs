@@ -41,6 +41,7 @@ use super::codec::{
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
 use crate::setup_stage::SetupStage;
+use crate::sock_type::SockType;
 use crate::sys::fd;
 use crate::sys::scm::{BATCH, BATCH_RECORD};
 
@@ -171,14 +172,21 @@ impl Drop for OnPanic<'_> {
 }
 
 /// How many kinds of [`Message`] there are: [`variant`] numbers them `0..VARIANTS`.
-const VARIANTS: usize = 14;
+const VARIANTS: usize = 15;
 
 /// The kind of a message as an index, for the per-kind tallies. Exhaustive, so a new
 /// kind does not compile until the generator below learns to make it.
 fn variant(m: &Message<'_>) -> usize {
     match m {
         Message::Online => 0,
-        Message::ListenRequest { .. } => 1,
+        Message::ListenRequest {
+            sock: SockType::Stream,
+            ..
+        } => 1,
+        Message::ListenRequest {
+            sock: SockType::Datagram,
+            ..
+        } => 14,
         Message::ListenReply { .. } => 2,
         Message::Listening { .. } => 3,
         Message::ListenerClosed { .. } => 4,
@@ -298,20 +306,25 @@ impl Gen {
     fn message(&mut self, v: usize) -> Message<'_> {
         match v {
             0 => Message::Online,
-            1 => Message::ListenRequest {
+            1 | 14 => Message::ListenRequest {
                 seq: self.rng.u32(),
                 options: self.options(),
                 addr: self.listen_addr(),
+                sock: if v == 1 {
+                    SockType::Stream
+                } else {
+                    SockType::Datagram
+                },
             },
             2 => Message::ListenReply {
                 seq: self.rng.u32(),
                 result: if self.rng.one_in(2) {
                     Ok(ListenGrant {
                         handle: self.rng.u32(),
-                        transport: if self.rng.one_in(2) {
-                            Transport::Socket
-                        } else {
-                            Transport::Handoff
+                        transport: match self.rng.below(3) {
+                            0 => Transport::Socket,
+                            1 => Transport::Handoff,
+                            _ => Transport::Datagram,
                         },
                         local: self.listen_addr(),
                     })

@@ -19,10 +19,10 @@ use crate::util::proc::{self, Server};
 const T: Duration = Duration::from_secs(20);
 
 /// A directory of its own for one scenario's program file, removed at the end.
-struct Scratch(PathBuf);
+pub struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(tag: &str) -> Result<Scratch, String> {
+    pub fn new(tag: &str) -> Result<Scratch, String> {
         let dir =
             std::env::temp_dir().join(format!("cluster-upgrade-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -30,7 +30,7 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    fn program(&self) -> PathBuf {
+    pub fn program(&self) -> PathBuf {
         self.0.join("hello")
     }
 
@@ -47,7 +47,7 @@ impl Scratch {
 
     /// A build of the demo: the built example, with `build` appended (an ELF file runs
     /// the same with bytes after its end), so each build is a file of its own.
-    fn deploy_build(&self, build: u32) -> Result<(), String> {
+    pub fn deploy_build(&self, build: u32) -> Result<(), String> {
         let mut bytes = std::fs::read(proc::example("hello")?).map_err(|e| e.to_string())?;
         bytes.extend_from_slice(format!("\nbuild {build}\n").as_bytes());
         self.deploy(&bytes)

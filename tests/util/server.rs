@@ -10,8 +10,11 @@
 //! `SC_SCHEDULER` (`fifo`, `least-connections`; else the default), `SC_ALLOW` (addresses for
 //! `listen_only`; with `SC_USER` and no `SC_ALLOW`, the `SC_LISTEN` addresses, unless
 //! `SC_NO_ALLOW` is set),
-//! `SC_ADMIN` (the primary holds a private listener), `SC_ASK` (worker 1 asks for
-//! these addresses too once it listens, see `ask_more`),
+//! `SC_ALLOW_DATAGRAMS` (addresses for `listen_only_datagrams`),
+//! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (`1`, or addresses:
+//! worker 1 also binds exclusive listeners, see `exclusive`), `SC_ASK` (worker 1 asks for
+//! these addresses too once it listens, see `ask_more`; `udp@ADDR` asks for a datagram
+//! socket),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
 //! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
@@ -363,6 +366,13 @@ fn ask_more(asks: &str) {
             }
             None => (cluster::ListenOptions::new(), a),
         };
+        if let Some(udp) = a.strip_prefix("udp@") {
+            match cluster::Datagram::bind(udp) {
+                Ok(d) => eprintln!("ask udp {udp}: ok {}", d.local_addr()),
+                Err(e) => eprintln!("ask udp {udp}: {e}"),
+            }
+            continue;
+        }
         let addr = if a == "admin" {
             format!("fd:{}", env("SC_ADMIN_FD", "-1"))
         } else {
@@ -428,16 +438,65 @@ fn extra_listeners(w: &Worker) -> Vec<Listener> {
     held
 }
 
+/// Exclusive listeners `SC_EXCLUSIVE` asked to try, held for the worker's life.
+static TRIED: std::sync::Mutex<Vec<Listener>> = std::sync::Mutex::new(Vec::new());
+
+/// `SC_EXCLUSIVE`: worker 1 binds `127.0.0.1:0` by itself (`ListenOptions::exclusive`)
+/// and serves it like its other listeners, and tries the first shared address (its
+/// port resolved) exclusively too; it tells the primary `exclusive ADDR` (or `exclusive-error E`) and
+/// `exclusive-shared RESULT` (`bound` or the error).
+fn exclusive(w: &Worker, shared: Option<&ListenAddr>) -> Option<Listener> {
+    let own = cluster::ListenOptions::new().exclusive(true);
+    let mine = own.bind("127.0.0.1:0");
+    let _ = w.send(
+        match &mine {
+            Ok(l) => format!("exclusive {}", l.local_addr()),
+            Err(e) => format!("exclusive-error {e}"),
+        }
+        .as_bytes(),
+    );
+    let shared = shared.map(|a| own.bind(a));
+    let _ = w.send(
+        match &shared {
+            Some(Ok(_)) => "exclusive-shared bound".to_string(),
+            Some(Err(e)) => format!("exclusive-shared {e}"),
+            None => "exclusive-shared none".to_string(),
+        }
+        .as_bytes(),
+    );
+    // `SC_EXCLUSIVE=ADDR,…`: more addresses to try, each answered `exclusive-try ADDR
+    // bound LOCAL` (kept open while the worker runs) or `exclusive-try ADDR ERROR`.
+    for a in env("SC_EXCLUSIVE", "")
+        .split(',')
+        .filter(|a| *a != "1" && !a.is_empty())
+    {
+        let text = match own.bind(a) {
+            Ok(l) => {
+                let t = format!("exclusive-try {a} bound {}", l.local_addr());
+                TRIED.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                t
+            }
+            Err(e) => format!("exclusive-try {a} {e}"),
+        };
+        let _ = w.send(text.as_bytes());
+    }
+    mine.ok()
+}
+
 fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Result<()> {
     let _ = ENTRY_FDS.set(own_fds());
     if env("SC_CRASH", "") == "start" {
         return Err(std::io::Error::other("crashing at start, as SC_CRASH asks"));
     }
-    let listeners = addrs
+    let mut listeners = addrs
         .iter()
         .map(Listener::bind)
         .collect::<std::io::Result<Vec<_>>>()?;
     let id = w.id().0;
+    if id == 1 && std::env::var_os("SC_EXCLUSIVE").is_some() {
+        let first = listeners.first().map(|l| l.local_addr().clone());
+        listeners.extend(exclusive(w, first.as_ref()));
+    }
     let _ = LISTENERS.set(listeners.clone());
     let _ = ADDRS.set(addrs.to_vec());
     if let (1, Ok(asks)) = (id, std::env::var("SC_ASK")) {
@@ -679,6 +738,19 @@ pub fn main() -> i32 {
     }
     if std::env::var_os("SC_SILENT").is_some() {
         builder = builder.silent(true);
+    }
+    if let Ok(allow) = std::env::var("SC_ALLOW_DATAGRAMS") {
+        match allow
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(a) => builder = builder.listen_only_datagrams(a),
+            Err(e) => {
+                eprintln!("server: SC_ALLOW_DATAGRAMS: {e}");
+                return 2;
+            }
+        }
     }
     if let Ok(allow) = std::env::var("SC_ALLOW") {
         let addrs: Result<Vec<ListenAddr>, _> = allow.split(',').map(str::parse).collect();

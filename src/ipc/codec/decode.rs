@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
 use crate::setup_stage::SetupStage;
+use crate::sock_type::SockType;
 
 use super::{kind, tag, FdRule, ListenGrant, Message, ProtocolError, Transport};
 use super::{HEADER_LEN, MAX_RECORD_LEN};
@@ -51,12 +52,23 @@ impl Message<'_> {
                 let heartbeat_ms = r.u32()?;
                 r.done(Message::Pong { heartbeat_ms })?
             }
-            kind::LISTEN_REQUEST => {
-                r.kind = "listen-request";
+            kind::LISTEN_REQUEST | kind::DATAGRAM_REQUEST => {
+                let sock = if record[0] == kind::LISTEN_REQUEST {
+                    r.kind = "listen-request";
+                    SockType::Stream
+                } else {
+                    r.kind = "datagram-request";
+                    SockType::Datagram
+                };
                 let seq = r.u32()?;
                 let options = r.options()?;
                 let addr = r.listen_addr()?;
-                r.done(Message::ListenRequest { seq, options, addr })?
+                r.done(Message::ListenRequest {
+                    seq,
+                    options,
+                    addr,
+                    sock,
+                })?
             }
             kind::LISTEN_REPLY => {
                 r.kind = "listen-reply";
@@ -67,6 +79,7 @@ impl Message<'_> {
                     let transport = match r.u8()? {
                         tag::SOCKET => Transport::Socket,
                         tag::HANDOFF => Transport::Handoff,
+                        tag::DATAGRAM => Transport::Datagram,
                         _ => return Err(r.malformed("unknown transport")),
                     };
                     let local = r.listen_addr()?;

@@ -20,7 +20,9 @@ impl Message<'_> {
         match self {
             Message::Online | Message::Disconnect | Message::Probe | Message::Ping => {}
             Message::Pong { heartbeat_ms } => out.extend_from_slice(&heartbeat_ms.to_le_bytes()),
-            Message::ListenRequest { seq, options, addr } => {
+            Message::ListenRequest {
+                seq, options, addr, ..
+            } => {
                 out.extend_from_slice(&seq.to_le_bytes());
                 put_options(out, options);
                 put_listen_addr(out, addr);
@@ -34,6 +36,7 @@ impl Message<'_> {
                         out.push(match grant.transport {
                             Transport::Socket => tag::SOCKET,
                             Transport::Handoff => tag::HANDOFF,
+                            Transport::Datagram => tag::DATAGRAM,
                         });
                         put_listen_addr(out, &grant.local);
                     }

@@ -28,6 +28,7 @@
 use crate::addr::{ListenAddr, PeerAddr};
 use crate::options::ListenOptions;
 use crate::setup_stage::SetupStage;
+use crate::sock_type::SockType;
 
 pub use error::ProtocolError;
 pub use limits::MAX_MESSAGE_LEN;
@@ -49,6 +50,9 @@ pub(crate) enum Transport {
     /// A hand-off channel: the worker receives connections from the primary over it
     /// (RoundRobin mode).
     Handoff,
+    /// A bound datagram socket: the worker receives on it (every mode; the only
+    /// transport for a datagram request, and only for one).
+    Datagram,
 }
 
 /// One message between the primary and a worker. `User` borrows its payload from the
@@ -57,7 +61,9 @@ pub(crate) enum Transport {
 pub(crate) enum Message<'a> {
     /// Worker → primary: the worker runs (Node's `online`).
     Online,
-    /// Worker → primary: please give me a listener for `addr` (Node's `queryServer`).
+    /// Worker → primary: please give me a listener for `addr` (Node's `queryServer`),
+    /// or a datagram socket (its `dgram` counterpart): the two travel as two kinds with
+    /// the same payload, so a record of the first kind reads as it always did.
     ListenRequest {
         /// Matches the reply to the request.
         seq: u32,
@@ -65,6 +71,8 @@ pub(crate) enum Message<'a> {
         options: ListenOptions,
         /// The key.
         addr: ListenAddr,
+        /// A stream listener or a datagram socket (the key's other half).
+        sock: SockType,
     },
     /// Primary → worker: the answer to `ListenRequest`; `Ok` comes with a descriptor.
     ListenReply {
@@ -174,6 +182,7 @@ mod kind {
     pub(super) const PROBE: u8 = 12;
     pub(super) const PING: u8 = 13;
     pub(super) const PONG: u8 = 14;
+    pub(super) const DATAGRAM_REQUEST: u8 = 15;
 }
 
 mod tag {
@@ -184,6 +193,7 @@ mod tag {
     pub(super) const SYSTEMD: u8 = b'S';
     pub(super) const SOCKET: u8 = 1;
     pub(super) const HANDOFF: u8 = 2;
+    pub(super) const DATAGRAM: u8 = 3;
 }
 
 impl Message<'_> {
@@ -191,7 +201,14 @@ impl Message<'_> {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Message::Online => "online",
-            Message::ListenRequest { .. } => "listen-request",
+            Message::ListenRequest {
+                sock: SockType::Stream,
+                ..
+            } => "listen-request",
+            Message::ListenRequest {
+                sock: SockType::Datagram,
+                ..
+            } => "datagram-request",
             Message::ListenReply { .. } => "listen-reply",
             Message::Listening { .. } => "listening",
             Message::ListenerClosed { .. } => "listener-closed",
@@ -230,7 +247,14 @@ impl Message<'_> {
     fn kind(&self) -> u8 {
         match self {
             Message::Online => kind::ONLINE,
-            Message::ListenRequest { .. } => kind::LISTEN_REQUEST,
+            Message::ListenRequest {
+                sock: SockType::Stream,
+                ..
+            } => kind::LISTEN_REQUEST,
+            Message::ListenRequest {
+                sock: SockType::Datagram,
+                ..
+            } => kind::DATAGRAM_REQUEST,
             Message::ListenReply { .. } => kind::LISTEN_REPLY,
             Message::Listening { .. } => kind::LISTENING,
             Message::ListenerClosed { .. } => kind::LISTENER_CLOSED,

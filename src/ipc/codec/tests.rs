@@ -8,6 +8,20 @@ use super::*;
 
 fn every_message() -> Vec<Message<'static>> {
     vec![
+        Message::ListenRequest {
+            seq: 11,
+            options: ListenOptions::new(),
+            addr: "[::1]:0".parse().unwrap(),
+            sock: SockType::Datagram,
+        },
+        Message::ListenReply {
+            seq: 11,
+            result: Ok(ListenGrant {
+                handle: 3,
+                transport: Transport::Datagram,
+                local: "[::1]:5353".parse().unwrap(),
+            }),
+        },
         Message::Online,
         Message::Disconnect,
         Message::Probe,
@@ -15,6 +29,7 @@ fn every_message() -> Vec<Message<'static>> {
             seq: 7,
             options: ListenOptions::new(),
             addr: "127.0.0.1:0".parse().unwrap(),
+            sock: SockType::Stream,
         },
         Message::ListenRequest {
             seq: 8,
@@ -25,16 +40,19 @@ fn every_message() -> Vec<Message<'static>> {
                 .write_timeout(Some(Duration::from_secs(5)))
                 .defer_accept(Some(Duration::from_secs(1))),
             addr: "[::1]:8080".parse().unwrap(),
+            sock: SockType::Stream,
         },
         Message::ListenRequest {
             seq: 9,
             options: ListenOptions::new().backlog(16),
             addr: ListenAddr::Unix("/tmp/x.sock".into()),
+            sock: SockType::Stream,
         },
         Message::ListenRequest {
             seq: 10,
             options: ListenOptions::new().backlog(16),
             addr: ListenAddr::Fd(3),
+            sock: SockType::Stream,
         },
         Message::ListenReply {
             seq: 7,
@@ -195,12 +213,69 @@ fn length_field_must_match() {
 
 #[test]
 fn unknown_kinds_and_reserved_bytes() {
-    for k in [0u8, 15, 99, 255] {
+    for k in [0u8, 16, 99, 255] {
         let buf = [k, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(Message::decode(&buf, 0), Err(ProtocolError::UnknownKind(k)));
     }
     let buf = [kind::ONLINE, 1, 0, 0, 0, 0, 0, 0];
     assert_eq!(Message::decode(&buf, 0), Err(ProtocolError::Reserved));
+}
+
+#[test]
+fn datagram_requests_and_grants() {
+    // A datagram request is a listen request's payload under its own kind: the same
+    // bytes after the header, so a stream request reads as it always did.
+    let stream = Message::ListenRequest {
+        seq: 5,
+        options: ListenOptions::new(),
+        addr: "127.0.0.1:53".parse().unwrap(),
+        sock: SockType::Stream,
+    };
+    let datagram = Message::ListenRequest {
+        seq: 5,
+        options: ListenOptions::new(),
+        addr: "127.0.0.1:53".parse().unwrap(),
+        sock: SockType::Datagram,
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    stream.encode(&mut a);
+    datagram.encode(&mut b);
+    assert_eq!((a[0], b[0]), (kind::LISTEN_REQUEST, kind::DATAGRAM_REQUEST));
+    assert_eq!(a[1..], b[1..]);
+    assert_eq!(Message::decode(&b, 0), Ok(datagram.clone()));
+    assert_eq!(datagram.name(), "datagram-request");
+    // Never with a descriptor.
+    assert_eq!(
+        Message::decode(&b, 1),
+        Err(ProtocolError::UnexpectedFd {
+            kind: "datagram-request",
+            count: 1
+        })
+    );
+    // A grant's transport byte: 1, 2 and 3 are known; anything else is refused.
+    let grant = Message::ListenReply {
+        seq: 5,
+        result: Ok(ListenGrant {
+            handle: 9,
+            transport: Transport::Datagram,
+            local: "127.0.0.1:53".parse().unwrap(),
+        }),
+    };
+    let mut g = Vec::new();
+    grant.encode(&mut g);
+    assert_eq!(Message::decode(&g, 1), Ok(grant));
+    let at = HEADER_LEN + 4 + 4 + 4; // seq, errno, handle
+    assert_eq!(g[at], tag::DATAGRAM);
+    for bad in [0u8, 4, 255] {
+        g[at] = bad;
+        assert_eq!(
+            Message::decode(&g, 1),
+            Err(ProtocolError::Malformed {
+                kind: "listen-reply",
+                reason: "unknown transport"
+            })
+        );
+    }
 }
 
 #[test]

@@ -61,15 +61,21 @@ impl Cluster {
         );
     }
 
-    /// The socket the previous program served `key` on, if it passed one: the handle
-    /// to serve it with in this program, and its socket file.
+    /// The socket the previous program served `key` on (a datagram socket when
+    /// `datagram`), if it passed one: the handle to serve it with in this program, and
+    /// its socket file.
     pub(in crate::primary) fn claim_inherited(
         &mut self,
         key: &ListenAddr,
+        datagram: bool,
         mode: Mode,
         setup: Setup<'_>,
     ) -> Option<std::io::Result<(Handle, Option<SocketFile>)>> {
-        let i = self.upgrades.inherited.iter().position(|p| p.key == *key)?;
+        let i = self
+            .upgrades
+            .inherited
+            .iter()
+            .position(|p| p.key == *key && p.kind.is_datagram() == datagram)?;
         let p = self.upgrades.inherited.swap_remove(i);
         let file = p.file.map(|f| SocketFile::from_parts(f.dir, f.name, f.id));
         let adopted = matches!(key, ListenAddr::Fd(_) | ListenAddr::Systemd(_));

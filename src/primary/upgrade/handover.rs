@@ -7,7 +7,8 @@
 //! - each listening handle: the key workers ask for it by (port 0 stays 0), the address
 //!   it is bound to, its kind, its sockets (shared: the one socket; round-robin: the
 //!   listener, then the connections accepted and not yet handed out; reuse-port: the
-//!   anchor, then each worker's socket), and the Unix socket file it created (its
+//!   anchor, then each worker's socket; datagram: the shared socket, or each socket of
+//!   the group), and the Unix socket file it created (its
 //!   directory, held open, and the file's identity), so the next program removes that
 //!   file, and only that file, when it closes the handle;
 //! - each worker still running: its id, its pid and the primary's end of its control
@@ -33,6 +34,10 @@ use crate::sys::fd::{self, FileId};
 pub(crate) const VAR: &str = "CLUSTER_UPGRADE";
 
 /// The record's first field: a later version of the crate may read older records.
+/// The datagram kinds came later without a new version: a record written before them
+/// reads as it always did; a program from before them, handed a record with a
+/// datagram handle (a downgrade), refuses it ("bad handle kind"), so its trial fails
+/// and the running program keeps serving.
 const VERSION: &str = "cluster-upgrade-1";
 
 /// What kind of handle a passed one was.
@@ -41,6 +46,10 @@ pub(crate) enum Kind {
     Shared,
     RoundRobin,
     ReusePort,
+    /// A datagram handle's one shared socket.
+    Datagram,
+    /// A datagram handle's reuse-port group: every socket.
+    DatagramGroup,
 }
 
 impl Kind {
@@ -49,13 +58,26 @@ impl Kind {
             Kind::Shared => "shared",
             Kind::RoundRobin => "round-robin",
             Kind::ReusePort => "reuse-port",
+            Kind::Datagram => "datagram",
+            Kind::DatagramGroup => "datagram-group",
         }
     }
 
+    /// Whether a handle of this kind serves datagrams (the key's other half).
+    pub(crate) fn is_datagram(self) -> bool {
+        matches!(self, Kind::Datagram | Kind::DatagramGroup)
+    }
+
     fn parse(s: &str) -> Option<Kind> {
-        [Kind::Shared, Kind::RoundRobin, Kind::ReusePort]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Shared,
+            Kind::RoundRobin,
+            Kind::ReusePort,
+            Kind::Datagram,
+            Kind::DatagramGroup,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 
@@ -376,6 +398,49 @@ mod tests {
         );
         assert_eq!(back.workers[0].pid, 4242);
         assert_eq!(back.numbers(), vec![5, 6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn datagram_handles_read_back_and_older_records_still_read() {
+        let mut h = sample();
+        h.handles = vec![
+            PassedHandle {
+                key: "127.0.0.1:0".parse().unwrap(),
+                local: "127.0.0.1:5353".parse().unwrap(),
+                kind: Kind::DatagramGroup,
+                fds: vec![11, 12, 13],
+                file: None,
+            },
+            PassedHandle {
+                key: "127.0.0.1:0".parse().unwrap(),
+                local: "127.0.0.1:40123".parse().unwrap(),
+                kind: Kind::Shared,
+                fds: vec![14],
+                file: None,
+            },
+            PassedHandle {
+                key: "[::1]:53".parse().unwrap(),
+                local: "[::1]:53".parse().unwrap(),
+                kind: Kind::Datagram,
+                fds: vec![15],
+                file: None,
+            },
+        ];
+        let text = h.encode();
+        assert!(text.contains(";handle datagram-group ") && text.contains(";handle datagram "));
+        let back = Handover::parse(&text).unwrap();
+        let kinds: Vec<Kind> = back.handles.iter().map(|h| h.kind).collect();
+        assert_eq!(kinds, [Kind::DatagramGroup, Kind::Shared, Kind::Datagram]);
+        // The same key for a datagram and a stream handle: told apart by kind.
+        assert_eq!(back.handles[0].key, back.handles[1].key);
+        assert!(back.handles[0].kind.is_datagram() && !back.handles[1].kind.is_datagram());
+        assert_eq!(back.handles[0].fds, vec![11, 12, 13]);
+        // A record of the version before datagrams (what the previous crate wrote).
+        let old = "cluster-upgrade-1;program 2f61;next 2 1;handle shared \
+                   3132372e302e302e313a30 3132372e302e302e313a3830 5";
+        let back = Handover::parse(old).unwrap();
+        assert_eq!(back.handles[0].kind, Kind::Shared);
+        assert_eq!(back.handles[0].local.to_string(), "127.0.0.1:80");
     }
 
     #[test]
