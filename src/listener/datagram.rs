@@ -124,7 +124,7 @@ impl Datagram {
         let addr = addr.to_listen_addr()?;
         signal::install_interrupt_handler()?;
         match link::registered() {
-            Some(worker) if !options.exclusive => worker.bind_datagram(&addr, options),
+            Some(worker) if !options.exclusive => Datagram::granted(worker, &addr, options),
             Some(worker) => {
                 let d = Datagram::bind_standalone(&addr)?;
                 worker.track(Arc::downgrade(&d.shared) as _);
@@ -140,14 +140,29 @@ impl Datagram {
         Datagram::new(bound.local, bound.fd, Origin::Standalone { unlink })
     }
 
-    /// A datagram socket granted by the primary as handle `handle`.
-    pub(crate) fn from_granted(
-        local: ListenAddr,
-        fd: OwnedFd,
-        handle: u32,
-        link: Arc<dyn WorkerLink>,
+    /// A datagram socket the primary grants this worker (Node's `queryServer` round
+    /// trip), announced to it; closed at once if the worker is disconnecting already.
+    fn granted(
+        worker: &Arc<dyn WorkerLink>,
+        addr: &ListenAddr,
+        options: &ListenOptions,
     ) -> io::Result<Datagram> {
-        Datagram::new(local, fd, Origin::Worker { handle, link })
+        let g = worker.ask_datagram(addr, options)?;
+        let origin = Origin::Worker {
+            handle: g.handle,
+            link: worker.clone(),
+        };
+        let d = match Datagram::new(g.local, g.fd, origin) {
+            Ok(d) => d,
+            Err(e) => {
+                worker.listener_closed(g.handle);
+                return Err(e);
+            }
+        };
+        if worker.announce(g.handle, Arc::downgrade(&d.shared) as _) {
+            d.close();
+        }
+        Ok(d)
     }
 
     fn new(local: ListenAddr, fd: OwnedFd, origin: Origin) -> io::Result<Datagram> {
@@ -251,11 +266,6 @@ impl Datagram {
     /// Datagrams [`recv_from`](Datagram::recv_from) has returned so far.
     pub fn received(&self) -> u64 {
         self.shared.received.load(Ordering::Relaxed)
-    }
-
-    /// The shared state, for the worker runtime's list of sockets to close.
-    pub(crate) fn shared(&self) -> &Arc<DatagramEndpoint> {
-        &self.shared
     }
 }
 

@@ -5,9 +5,9 @@
 //! and each listener the runtime creates is handed the link it reports to.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock, Weak};
 
-use super::datagram::Datagram;
 use super::{Closable, Listener};
 use crate::addr::ListenAddr;
 use crate::connection::OpenCount;
@@ -17,8 +17,14 @@ use crate::options::ListenOptions;
 pub(crate) trait WorkerLink: Send + Sync {
     /// Asks the primary for a listener on `addr` (Node's `queryServer` round trip).
     fn listen(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Listener>;
-    /// Asks the primary for a datagram socket on `addr` (the same round trip).
-    fn bind_datagram(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Datagram>;
+    /// Asks the primary for a datagram socket on `addr` (the same round trip); the
+    /// caller builds the socket from the grant and [`announce`](WorkerLink::announce)s it.
+    fn ask_datagram(&self, addr: &ListenAddr, options: &ListenOptions)
+        -> io::Result<DatagramGrant>;
+    /// Keeps `endpoint`, granted as `handle`, to close when the worker disconnects, and
+    /// tells the primary the worker receives on it. Whether the worker is disconnecting
+    /// already (the caller then closes the endpoint).
+    fn announce(&self, handle: u32, endpoint: Weak<dyn Closable>) -> bool;
     /// Closes `endpoint` with the worker's other listeners when the worker disconnects
     /// (an exclusive one, which the primary knows nothing of).
     fn track(&self, endpoint: Weak<dyn Closable>);
@@ -28,6 +34,14 @@ pub(crate) trait WorkerLink: Send + Sync {
     fn open_now(&self) -> u32;
     /// The listener granted as `handle` closed: tell the primary.
     fn listener_closed(&self, handle: u32);
+}
+
+/// A datagram socket the primary granted: its address, the socket, and the handle
+/// the worker names it by.
+pub(crate) struct DatagramGrant {
+    pub(crate) local: ListenAddr,
+    pub(crate) fd: OwnedFd,
+    pub(crate) handle: u32,
 }
 
 /// This process's worker runtime, once it started.

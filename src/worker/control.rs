@@ -2,9 +2,9 @@
 //! and the control thread (Node's `child.js`: `send({act: 'queryServer'})` with its
 //! callback, and the `process.on('internalMessage')` handler).
 //!
-//! [`Runtime::listen`] (and [`Runtime::bind_datagram`]) sends a listen request and
+//! [`Runtime::listen`] (and [`Runtime::ask_datagram`]) sends a listen request and
 //! waits for the reply that the control thread files under its `seq`, then builds the
-//! [`Listener`] (or [`Datagram`]) from the grant. The
+//! [`Listener`] from the grant (a datagram socket is built by `Datagram::bind`). The
 //! control thread ([`Runtime::control_loop`]) reads the control channel: listen
 //! replies, user messages (into the bounded inbox, see the module docs of
 //! [`worker`](super)), `Disconnect` (closes every listener), `Ping` (answered with a
@@ -25,8 +25,7 @@ use crate::connection::OpenCount;
 use crate::error::ListenError;
 use crate::ipc::channel::{Incoming, RecvError};
 use crate::ipc::codec::{ListenGrant, Message, Transport, MAX_RECORD_LEN};
-use crate::listener::datagram::Datagram;
-use crate::listener::link::{self, WorkerLink};
+use crate::listener::link::{self, DatagramGrant, WorkerLink};
 use crate::listener::{Closable, Listener};
 use crate::options::ListenOptions;
 use crate::sock_type::SockType;
@@ -127,24 +126,23 @@ impl Runtime {
 
     /// Asks the primary for a datagram socket on `addr` (the same round trip, a
     /// `datagram-request`).
-    pub(crate) fn bind_datagram(
+    pub(crate) fn ask_datagram(
         &self,
         addr: &ListenAddr,
         options: &ListenOptions,
-    ) -> io::Result<Datagram> {
-        let (grant, fd, link) = self.ask(addr, options, SockType::Datagram)?;
-        let made = match grant.transport {
-            Transport::Datagram => Datagram::from_granted(grant.local, fd, grant.handle, link),
-            Transport::Socket | Transport::Handoff => Err(wrong_transport(addr)),
-        };
-        let socket = made.map_err(|e| {
-            self.listener_closed(grant.handle);
-            e
-        })?;
-        if self.announce(grant.handle, Arc::downgrade(socket.shared()) as _) {
-            socket.close();
+    ) -> io::Result<DatagramGrant> {
+        let (grant, fd, _link) = self.ask(addr, options, SockType::Datagram)?;
+        match grant.transport {
+            Transport::Datagram => Ok(DatagramGrant {
+                local: grant.local,
+                fd,
+                handle: grant.handle,
+            }),
+            Transport::Socket | Transport::Handoff => {
+                self.listener_closed(grant.handle);
+                Err(wrong_transport(addr))
+            }
         }
-        Ok(socket)
     }
 
     /// Keeps `endpoint` to close when the worker disconnects, and tells the primary
@@ -427,8 +425,16 @@ impl WorkerLink for Runtime {
         Runtime::listen(self, addr, options)
     }
 
-    fn bind_datagram(&self, addr: &ListenAddr, options: &ListenOptions) -> io::Result<Datagram> {
-        Runtime::bind_datagram(self, addr, options)
+    fn ask_datagram(
+        &self,
+        addr: &ListenAddr,
+        options: &ListenOptions,
+    ) -> io::Result<DatagramGrant> {
+        Runtime::ask_datagram(self, addr, options)
+    }
+
+    fn announce(&self, handle: u32, endpoint: Weak<dyn Closable>) -> bool {
+        Runtime::announce(self, handle, endpoint)
     }
 
     fn track(&self, endpoint: Weak<dyn Closable>) {
