@@ -21,6 +21,7 @@ use crate::addr::ListenAddr;
 use crate::connection::StreamKind;
 use crate::error::ListenError;
 use crate::options::ListenOptions;
+use crate::sock_type::SockType;
 use crate::socket_file::{SocketDir, SocketFile};
 use crate::sys::sockaddr::{Domain, SockAddr};
 use crate::sys::socket;
@@ -65,7 +66,8 @@ pub(crate) fn bind(
     opts: BindOptions,
     options: &ListenOptions,
 ) -> io::Result<Bound> {
-    let mut bound = bind_inner(addr, opts).map_err(|e| ListenError::io(addr, e))?;
+    let mut bound =
+        bind_inner(addr, opts, SockType::Stream).map_err(|e| ListenError::io(addr, e))?;
     if let Err(e) = configure(bound.fd.as_fd(), bound.kind, options) {
         if let Some(f) = bound.socket_file.take() {
             f.remove();
@@ -75,7 +77,15 @@ pub(crate) fn bind(
     Ok(bound)
 }
 
-fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+/// A new socket of `sock`'s type (streams non-blocking when asked).
+fn new_socket(domain: Domain, sock: SockType, opts: BindOptions) -> io::Result<OwnedFd> {
+    match sock {
+        SockType::Stream => socket::stream_socket(domain, opts.nonblocking),
+        SockType::Datagram => socket::datagram_socket(domain),
+    }
+}
+
+fn bind_inner(addr: &ListenAddr, opts: BindOptions, sock: SockType) -> io::Result<Bound> {
     match addr {
         ListenAddr::Tcp(sa) => {
             let domain = if sa.is_ipv4() {
@@ -83,8 +93,11 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
             } else {
                 Domain::Inet6
             };
-            let fd = socket::stream_socket(domain, opts.nonblocking)?;
-            socket::set_reuse_address(fd.as_fd())?;
+            let fd = new_socket(domain, sock, opts)?;
+            // Streams only: see `bind_datagram` for why UDP never gets it.
+            if sock == SockType::Stream {
+                socket::set_reuse_address(fd.as_fd())?;
+            }
             if opts.reuse_port {
                 socket::set_reuse_port(fd.as_fd())?;
             }
@@ -104,7 +117,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
             let dir = SocketDir::open(path)?;
             let sockaddr = dir.address(&SockAddr::from_unix_path(path)?, opts.pin_directory);
             dir.remove_stale(&sockaddr)?;
-            let fd = socket::stream_socket(Domain::Unix, opts.nonblocking)?;
+            let fd = new_socket(Domain::Unix, sock, opts)?;
             socket::bind(fd.as_fd(), &sockaddr)?;
             Ok(Bound {
                 fd,
@@ -117,9 +130,17 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
         ListenAddr::Systemd(name) => {
             let n = crate::activation::descriptor(name.as_deref())
                 .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
-            adopt(n, addr, opts)
+            adopt_as(sock, n, addr, opts)
         }
-        ListenAddr::Fd(n) => adopt(*n, addr, opts),
+        ListenAddr::Fd(n) => adopt_as(sock, *n, addr, opts),
+    }
+}
+
+/// Adopts descriptor `n` as a listener or as a datagram socket.
+fn adopt_as(sock: SockType, n: i32, addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
+    match sock {
+        SockType::Stream => adopt(n, addr, opts),
+        SockType::Datagram => adopt_datagram(n, addr),
     }
 }
 
@@ -136,54 +157,7 @@ fn bind_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
 /// An `io::Error` of the OS error's kind whose message names `addr` (a
 /// [`ListenError`] inside).
 pub(crate) fn bind_datagram(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
-    bind_datagram_inner(addr, opts).map_err(|e| ListenError::io(addr, e))
-}
-
-fn bind_datagram_inner(addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
-    match addr {
-        ListenAddr::Tcp(sa) => {
-            let domain = if sa.is_ipv4() {
-                Domain::Inet4
-            } else {
-                Domain::Inet6
-            };
-            let fd = socket::datagram_socket(domain)?;
-            if opts.reuse_port {
-                socket::set_reuse_port(fd.as_fd())?;
-            }
-            socket::bind(fd.as_fd(), &SockAddr::from_inet(sa))?;
-            let local = socket::local_addr(fd.as_fd())?
-                .inet()
-                .ok_or_else(|| io::Error::other("getsockname returned no IP address"))?;
-            Ok(Bound {
-                fd,
-                local: ListenAddr::Tcp(local),
-                kind: StreamKind::Tcp,
-                socket_file: None,
-                adopted: false,
-            })
-        }
-        ListenAddr::Unix(path) => {
-            let dir = SocketDir::open(path)?;
-            let sockaddr = dir.address(&SockAddr::from_unix_path(path)?, opts.pin_directory);
-            dir.remove_stale(&sockaddr)?;
-            let fd = socket::datagram_socket(Domain::Unix)?;
-            socket::bind(fd.as_fd(), &sockaddr)?;
-            Ok(Bound {
-                fd,
-                local: addr.clone(),
-                kind: StreamKind::Unix,
-                socket_file: Some(dir.created()?),
-                adopted: false,
-            })
-        }
-        ListenAddr::Systemd(name) => {
-            let n = crate::activation::descriptor(name.as_deref())
-                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
-            adopt_datagram(n, addr)
-        }
-        ListenAddr::Fd(n) => adopt_datagram(*n, addr),
-    }
+    bind_inner(addr, opts, SockType::Datagram).map_err(|e| ListenError::io(addr, e))
 }
 
 /// An adopted datagram socket (`fd:N`, or systemd's `ListenDatagram=`): duplicated,
