@@ -245,6 +245,10 @@ fn main() {
         hello_deploy::hello_keepalive_reloads,
     ));
     scenarios.extend(all("hello_pool_grows", hello_deploy::hello_pool_grows));
+    scenarios.push((
+        "hello_stop_not_held_by_trickle",
+        Box::new(hello_deploy::hello_stop_not_held_by_trickle),
+    ));
     for mode in ["round-robin", "shared", "reuse-port"] {
         for close in [false, true] {
             let name: &'static str = Box::leak(
@@ -263,6 +267,10 @@ fn main() {
     }
     scenarios.push(("upgrade_refused", Box::new(upgrade::upgrade_refused)));
     scenarios.push(("upgrade_notify", Box::new(upgrade::upgrade_notify)));
+    scenarios.push((
+        "upgrade_stopped_during_trial",
+        Box::new(upgrade::upgrade_stopped_during_trial),
+    ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     scenarios.push((

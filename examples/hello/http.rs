@@ -14,11 +14,13 @@
 //!   busy keep-alive connection, and a new connection's first request if it comes
 //!   within [`FIRST_REQUEST_WAIT`]. A connection idle between requests is closed only
 //!   after a last [`GRACE`] look finds nothing arrived, and then with a FIN and a
-//!   lingering close, not a reset.
+//!   lingering close (at most [`LINGER`]), not a reset. Once stopping, a connection has
+//!   [`STOP_BUDGET`] to finish what it began, so a trickling client cannot hold the stop
+//!   up to the shutdown timeout.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cluster::{ListenOptions, Stream};
 
@@ -32,6 +34,11 @@ pub const GRACE: Duration = Duration::from_millis(50);
 /// At a graceful stop, how long a new connection may stay silent before it counts as
 /// idle: its client connected to send a request.
 pub const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(1);
+/// At a graceful stop, how long a closed connection's input is drained at most.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// At a graceful stop, how long a connection may take to finish the request it began
+/// (a client trickling bytes must not hold the stop up until the shutdown timeout).
+pub const STOP_BUDGET: Duration = Duration::from_secs(2);
 
 const BUF: usize = 8192;
 
@@ -204,6 +211,7 @@ pub fn serve(
     let mut len = 0;
     let mut silent = Duration::ZERO;
     let mut answered = 0;
+    let mut budget = StopBudget::default();
     loop {
         // Answer every complete request in the buffer.
         loop {
@@ -233,7 +241,7 @@ pub fn serve(
             let consumed = head.len + head.content_length.min(buffered);
             buf.copy_within(consumed..len, 0);
             len -= consumed;
-            if !skip_body(stream, body_left) {
+            if !skip_body(stream, body_left, stopping) {
                 return answered;
             }
             let response = response.unwrap_or_else(|| error_response("500 Internal Server Error"));
@@ -257,6 +265,9 @@ pub fn serve(
                 false,
                 false,
             );
+            return answered;
+        }
+        if budget.spent(stopping) {
             return answered;
         }
         match stream.read(&mut buf[len..]) {
@@ -296,12 +307,31 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// A connection's time at a graceful stop: [`STOP_BUDGET`] from the moment it saw the
+/// stop.
+#[derive(Default)]
+struct StopBudget(Option<Instant>);
+
+impl StopBudget {
+    /// Whether the stop has come and the budget is spent.
+    fn spent(&mut self, stopping: &dyn Fn() -> bool) -> bool {
+        if !stopping() {
+            return false;
+        }
+        self.0.get_or_insert_with(Instant::now).elapsed() >= STOP_BUDGET
+    }
+}
+
 /// Reads and drops `left` bytes of request body, allowing the client [`IDLE_LIMIT`] of
-/// silence; false when the body did not come.
-fn skip_body(stream: &mut Stream, mut left: usize) -> bool {
+/// silence ([`STOP_BUDGET`] in all once stopping); false when the body did not come.
+fn skip_body(stream: &mut Stream, mut left: usize, stopping: &dyn Fn() -> bool) -> bool {
     let mut silent = Duration::ZERO;
+    let mut budget = StopBudget::default();
     let mut sink = [0u8; 4096];
     while left > 0 {
+        if budget.spent(stopping) {
+            return false;
+        }
         let want = left.min(sink.len());
         match stream.read(&mut sink[..want]) {
             Ok(0) => return false,
@@ -341,6 +371,9 @@ fn last_look(stream: &mut Stream, buf: &mut [u8]) -> Option<usize> {
         return Some(got);
     }
     let _ = stream.shutdown(Shutdown::Write);
-    while let Ok(1..) = stream.read(buf) {}
+    // Drained for LINGER at most (nginx's `lingering_time`): a client that keeps
+    // sending cannot hold the stop up.
+    let until = Instant::now() + LINGER;
+    while Instant::now() < until && matches!(stream.read(buf), Ok(1..)) {}
     None
 }

@@ -274,6 +274,8 @@ impl Cluster {
         let now = Instant::now();
         let deadline = crate::deadline::after(now, self.config.shutdown_timeout);
         self.state = State::Stopping { deadline };
+        // An upgrade being tried would otherwise exec the new program on the way out.
+        self.abandon_trial(true);
         if let Some(n) = &mut self.notifier {
             n.stopping();
         }

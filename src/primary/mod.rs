@@ -535,6 +535,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Nor an upgrade's trial.
+        self.abandon_trial(false);
         // Never leave a worker behind: kill what is alive, and reap it.
         for s in self.workers.values_mut() {
             if !s.killed {

@@ -304,3 +304,50 @@ pub fn hello_pool_grows(mode: &str) -> Outcome {
     exited_ok(&mut srv, T)?;
     gone(&workers)
 }
+
+/// A client that keeps sending after the server closed its keep-alive connection at a
+/// stop (a byte every 10 ms) does not hold the stop up: the worker drains it for a
+/// bounded time, finishes, prints its count and the demo exits 0 (before the bound, the
+/// worker was killed at the 4 s shutdown deadline).
+pub fn hello_stop_not_held_by_trickle() -> Outcome {
+    let mut srv = start_hello(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--mode",
+            "shared",
+            "--threads",
+            "1",
+        ],
+        &[],
+    )?;
+    let ready = srv.expect("ready ", Duration::from_secs(20))?;
+    let target = Target::parse(&ready["ready ".len()..])?;
+    let mut conn = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+    ask(&mut conn, false)?;
+    let workers = workers_of(&srv);
+    srv.signal("TERM")?;
+    let done = AtomicBool::new(false);
+    let status = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if conn.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10)); // the trickle's pace
+            }
+        });
+        let status = srv.wait(T);
+        done.store(true, Ordering::Relaxed);
+        status
+    })?;
+    let stderr = srv.stderr();
+    println!("    the demo exited with {status} while a client trickled bytes");
+    check(status.success(), || format!("exit {status}: {stderr}"))?;
+    check(stderr.contains("worker 1: served "), || {
+        format!("the worker did not finish by itself: {stderr}")
+    })?;
+    gone(&workers)
+}

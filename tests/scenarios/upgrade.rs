@@ -302,3 +302,43 @@ pub fn upgrade_notify() -> Outcome {
     exited_ok(&mut srv, T)?;
     gone(&workers)
 }
+
+/// `SIGTERM` while an upgrade's trial runs (a new program that hangs at start-up): the
+/// trial is ended and reaped with the cluster, nothing is exec'd on the way out, and
+/// the demo exits 0 leaving no process (before, the trial outlived the primary, or,
+/// had it reported, the stopping primary exec'd the new program).
+pub fn upgrade_stopped_during_trial() -> Outcome {
+    let dir = Scratch::new("stopped")?;
+    dir.deploy_build(1)?;
+    let (mut srv, _) = start(&dir.program(), "shared", &["--upgrade-timeout", "30"], &[])?;
+    let workers = workers_of(&srv);
+    dir.deploy(b"#!/bin/sh\nexec sleep 60\n")?;
+    srv.signal("USR2")?;
+    srv.expect_containing("upgrade: trying", T)?;
+    // The trial: the primary's one child that is not a worker.
+    let mut trial = None;
+    proc::wait_until("the trial to start", T, || {
+        trial = proc::children_of(srv.pid())
+            .into_iter()
+            .map(|c| c.0)
+            .find(|p| !workers.iter().any(|w| w.0 == *p))
+            .and_then(|p| Some((p, proc::start_time(p)?)));
+        trial.is_some()
+    })?;
+    let trial = trial.ok_or("no trial")?;
+    srv.signal("TERM")?;
+    let status = srv.wait(T)?;
+    // Checked before reading the demo's output to its end: a trial left running would
+    // hold the output pipe open.
+    gone(&[trial]).map_err(|e| format!("the trial (pid {}): {e}", trial.0))?;
+    let stderr = srv.stderr();
+    check(status.success(), || format!("exit {status}: {stderr}"))?;
+    check(!stderr.contains("upgrade: running"), || {
+        format!("the stopping primary ran the new program: {stderr}")
+    })?;
+    println!(
+        "    SIGTERM during the trial: trial pid {} ended with the cluster, exit 0",
+        trial.0
+    );
+    gone(&workers)
+}

@@ -36,8 +36,11 @@ pub(crate) const VAR: &str = "CLUSTER_UPGRADE";
 /// The record's first field: a later version of the crate may read older records.
 /// The datagram kinds came later without a new version: a record written before them
 /// reads as it always did; a program from before them, handed a record with a
-/// datagram handle (a downgrade), refuses it ("bad handle kind"), so its trial fails
-/// and the running program keeps serving.
+/// datagram handle (a downgrade), refuses it ("bad handle kind"). The trial is handed
+/// the record too (`CLUSTER_UPGRADE_TRIAL_RECORD`) and reads it before it reports, so
+/// from this version on such a program fails its trial and the running program keeps
+/// serving; a program from before that check only fails after `execve`, which ends the
+/// service.
 const VERSION: &str = "cluster-upgrade-1";
 
 /// What kind of handle a passed one was.
@@ -203,8 +206,10 @@ impl Handover<RawFd> {
         out
     }
 
-    /// Reads a record (numbers only: nothing is claimed yet).
-    fn parse(text: &str) -> Result<Handover<RawFd>, String> {
+    /// Reads a record (numbers only: nothing is claimed yet). An upgrade's trial reads
+    /// the record it would get this way, so a program that cannot read it fails the
+    /// trial, not the upgrade.
+    pub(super) fn parse(text: &str) -> Result<Handover<RawFd>, String> {
         let mut entries = text.split(';');
         if entries.next() != Some(VERSION) {
             return Err(format!("not a {VERSION} record"));

@@ -181,6 +181,21 @@ impl Cluster {
     /// The trial passed: hands everything over and `execve`s the new program in
     /// place. Returns only if `execve` failed, with everything as it was.
     fn exec_next(&mut self) {
+        if self.state != super::State::Running {
+            self.upgrade_failed("the cluster is stopping".into());
+            return;
+        }
+        // A worker whose control channel closed is exiting (or misbehaving: it gets
+        // killed at its deadline). Its channel cannot be passed on, so it is ended and
+        // reaped now, not left behind by the next program.
+        for s in self.workers.values_mut().filter(|s| s.eof) {
+            if !s.killed {
+                s.killed = true;
+                let _ = process::kill(s.pid, libc::SIGKILL);
+            }
+            let _ = process::wait(s.pid);
+        }
+        self.reap_due = true;
         // Round-robin connections accepted and not handed out cross with the sockets.
         let unsent: Vec<(u32, Vec<OwnedFd>)> = self
             .handles
@@ -198,10 +213,13 @@ impl Cluster {
         }
     }
 
-    /// Builds the record, lets its descriptors cross, and `execve`s; undoes all of it
-    /// if `execve` fails.
-    fn hand_over_and_exec(&self, unsent: &[(u32, Vec<OwnedFd>)]) -> Result<(), String> {
-        let program = self.upgrades.program.as_ref().map_err(Clone::clone)?;
+    /// The hand-over record as it stands, with the descriptors it names (`unsent`: the
+    /// round-robin connections taken out to cross with their listener).
+    fn record<'a>(
+        &'a self,
+        program: &Program,
+        unsent: &'a [(u32, Vec<OwnedFd>)],
+    ) -> (Handover<std::os::fd::RawFd>, Vec<BorrowedFd<'a>>) {
         let mut passed: Vec<BorrowedFd<'_>> = Vec::new();
         let mut record = Handover {
             program: program.path.clone(),
@@ -249,10 +267,24 @@ impl Cluster {
             });
             passed.push(s.control.as_fd());
         }
+        (record, passed)
+    }
+
+    /// The record's text for the trial, which checks that the new program can read it
+    /// (the descriptor numbers are this process's; the trial claims none).
+    fn record_for_trial(&self, program: &Program) -> String {
+        self.record(program, &[]).0.encode()
+    }
+
+    /// Builds the record, lets its descriptors cross, and `execve`s; undoes all of it
+    /// if `execve` fails.
+    fn hand_over_and_exec(&self, unsent: &[(u32, Vec<OwnedFd>)]) -> Result<(), String> {
+        let program = self.upgrades.program.as_ref().map_err(Clone::clone)?;
+        let (record, passed) = self.record(program, unsent);
         let text = record.encode();
         let env = next_env(
             &self.upgrades.service_env,
-            (handover::VAR, OsStr::new(&text)),
+            &[(handover::VAR, OsStr::new(&text))],
         );
         crate::log::report!("upgrade: running {}", program.path.display());
         let _ = std::io::stdout().flush();

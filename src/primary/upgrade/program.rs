@@ -12,6 +12,10 @@ use crate::sys::fd;
 /// (see `trial.rs`).
 pub(super) const TRIAL_VAR: &str = "CLUSTER_UPGRADE_TRIAL";
 
+/// The environment variable that hands the trial the record it would get, to read
+/// (see `trial.rs`).
+pub(super) const TRIAL_RECORD_VAR: &str = "CLUSTER_UPGRADE_TRIAL_RECORD";
+
 /// The program to run at an upgrade, resolved once, at start.
 #[derive(Debug)]
 pub(super) struct Program {
@@ -77,17 +81,22 @@ fn is_executable(p: &Path) -> bool {
 /// with the service manager's given back, and `extra`.
 pub(super) fn next_env(
     service_env: &[(OsString, OsString)],
-    extra: (&str, &OsStr),
+    extra: &[(&str, &OsStr)],
 ) -> Vec<CString> {
-    let skip =
-        |k: &OsStr| k == handover::VAR || k == TRIAL_VAR || service_env.iter().any(|(s, _)| s == k);
+    let skip = |k: &OsStr| {
+        k == handover::VAR
+            || k == TRIAL_VAR
+            || k == TRIAL_RECORD_VAR
+            || service_env.iter().any(|(s, _)| s == k)
+    };
     std::env::vars_os()
         .filter(|(k, _)| !skip(k))
         .chain(service_env.iter().cloned())
-        .chain(std::iter::once((
-            OsString::from(extra.0),
-            extra.1.to_owned(),
-        )))
+        .chain(
+            extra
+                .iter()
+                .map(|(k, v)| (OsString::from(*k), (*v).to_owned())),
+        )
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
         .collect()
 }

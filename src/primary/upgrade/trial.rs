@@ -8,7 +8,8 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use super::program::{next_env, Program, TRIAL_VAR};
+use super::handover::Handover;
+use super::program::{next_env, Program, TRIAL_RECORD_VAR, TRIAL_VAR};
 use super::Cluster;
 use crate::error::Error;
 use crate::event::Event;
@@ -38,7 +39,14 @@ pub(in crate::primary) fn end_trial_here(mode: Mode) {
         Some(n) => match fd::take_inherited(n) {
             Ok(out) => {
                 let mut out = std::fs::File::from(out);
-                i32::from(writeln!(out, "ok {mode}").is_err())
+                // The record the next program would get: readable here, or the upgrade
+                // stops now rather than after execve.
+                let record = std::env::var(TRIAL_RECORD_VAR).unwrap_or_default();
+                let report = match Handover::parse(&record) {
+                    Ok(_) => writeln!(out, "ok {mode}"),
+                    Err(e) => writeln!(out, "bad record: {e}"),
+                };
+                i32::from(report.is_err())
             }
             Err(_) => 1,
         },
@@ -73,7 +81,9 @@ impl Cluster {
             Some("the cluster is stopping".to_string())
         } else if self.upgrades.trial.is_some() {
             Some("an upgrade is already being tried".to_string())
-        } else if let Some(a) = &self.upgrades.adopting {
+        } else if let Some(a) = self.upgrades.adopting.as_ref().filter(|a| !a.reported_slow) {
+            // (Once its new workers were reported slow, a new upgrade may replace it:
+            // both generations are passed on and retired by the next program.)
             Some(format!(
                 "the last upgrade is still finishing ({} worker(s) of the previous program \
                  running)",
@@ -93,9 +103,13 @@ impl Cluster {
         };
         let (output, report) =
             fd::pipe_nonblocking().map_err(|e| Error::io("create the trial's pipe", e))?;
+        let record = self.record_for_trial(program);
         let env = next_env(
             &self.upgrades.service_env,
-            (TRIAL_VAR, OsStr::new(&report.as_raw_fd().to_string())),
+            &[
+                (TRIAL_VAR, OsStr::new(&report.as_raw_fd().to_string())),
+                (TRIAL_RECORD_VAR, OsStr::new(&record)),
+            ],
         );
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
@@ -128,6 +142,18 @@ impl Cluster {
         self.events
             .push_back(Event::UpgradeStarted { program: path });
         Ok(())
+    }
+
+    /// The cluster stops (or drops) while a trial runs: the trial is ended and reaped,
+    /// and the upgrade reported failed (`report`: not when dropping).
+    pub(in crate::primary) fn abandon_trial(&mut self, report: bool) {
+        let Some(t) = self.upgrades.trial.take() else {
+            return;
+        };
+        end_trial(t.pid);
+        if report {
+            self.upgrade_failed("the cluster is stopping".into());
+        }
     }
 
     /// The trial's pid while one runs (it is not an orphan to reap).
@@ -164,6 +190,11 @@ impl Cluster {
         let outcome = match line.strip_prefix("ok ").map(str::parse::<Mode>) {
             Some(Ok(mode)) => self.compatible(mode),
             Some(Err(_)) => Err(format!("the new program reported {line:?}")),
+            None if line.starts_with("bad record: ") => Err(format!(
+                "the new program {} cannot read this one's hand-over record ({})",
+                self.program_path(),
+                &line["bad record: ".len()..]
+            )),
             None => Err(match line.strip_prefix("exec: ") {
                 Some(e) => format!("cannot run {}: {e}", self.program_path()),
                 None => format!(
