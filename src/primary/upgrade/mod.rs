@@ -48,6 +48,15 @@
 //! [`Event::Upgraded`]; keys nobody asked for are closed then. No code of the previous
 //! program keeps running after that.
 //!
+//! # Known windows
+//!
+//! - Between `execve` and the new program's `Builder::start`, the passed descriptors
+//!   are inheritable (`FD_CLOEXEC` is set again when the record is read): a child the
+//!   new program starts before `Builder::start` inherits them, and keeps the ports
+//!   bound for as long as it lives. Start the cluster before starting other programs.
+//! - The program file is opened again at `execve`: a deploy that replaces it between
+//!   the trial and the `execve` runs a program that was not tried.
+//!
 //! # Files
 //!
 //! `program.rs` (what runs next, and with which environment), `trial.rs` (the trial),
