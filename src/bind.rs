@@ -171,13 +171,7 @@ fn adopt_datagram(n: i32, addr: &ListenAddr) -> io::Result<Bound> {
         ));
     }
     let sockname = socket::local_addr(fd.as_fd())?;
-    let (local, kind) = if let Some(a) = sockname.inet() {
-        (ListenAddr::Tcp(a), StreamKind::Tcp)
-    } else if let Some(p) = sockname.unix_path() {
-        (ListenAddr::Unix(p), StreamKind::Unix)
-    } else {
-        (addr.clone(), StreamKind::Unix)
-    };
+    let (local, kind) = named_local(&sockname).unwrap_or((addr.clone(), StreamKind::Unix));
     Ok(Bound {
         fd,
         local,
@@ -185,6 +179,18 @@ fn adopt_datagram(n: i32, addr: &ListenAddr) -> io::Result<Bound> {
         socket_file: None,
         adopted: true,
     })
+}
+
+/// An adopted socket's address as a listen address, and what it carries, when its
+/// name says: an IP address, or a Unix path (not an abstract or unnamed Unix socket).
+fn named_local(sockname: &SockAddr) -> Option<(ListenAddr, StreamKind)> {
+    if let Some(a) = sockname.inet() {
+        Some((ListenAddr::Tcp(a), StreamKind::Tcp))
+    } else {
+        sockname
+            .unix_path()
+            .map(|p| (ListenAddr::Unix(p), StreamKind::Unix))
+    }
 }
 
 /// An adopted descriptor (`fd:N`, or one systemd passed): duplicated (the original stays
@@ -202,17 +208,16 @@ fn adopt(n: i32, addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
         crate::sys::fd::set_nonblocking(fd.as_fd(), true)?;
     }
     let sockname = socket::local_addr(fd.as_fd())?;
-    let (local, kind) = if let Some(a) = sockname.inet() {
-        (ListenAddr::Tcp(a), StreamKind::Tcp)
-    } else if let Some(p) = sockname.unix_path() {
-        (ListenAddr::Unix(p), StreamKind::Unix)
-    } else if sockname.family() == libc::AF_UNIX {
-        (addr.clone(), StreamKind::Unix) // abstract or unnamed: keep fd:N
-    } else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("descriptor {n} is not a TCP or Unix socket"),
-        ));
+    let (local, kind) = match named_local(&sockname) {
+        Some(named) => named,
+        // Abstract or unnamed: keep `fd:N`.
+        None if sockname.family() == libc::AF_UNIX => (addr.clone(), StreamKind::Unix),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {n} is not a TCP or Unix socket"),
+            ))
+        }
     };
     Ok(Bound {
         fd,

@@ -13,8 +13,8 @@ use crate::util::proc::{self, Server};
 
 const T: Duration = Duration::from_secs(10);
 
-/// The demo, `workers` workers of 8 threads in `mode`, and its address.
-fn hello(mode: &str, workers: &str) -> Result<(Server, Target), String> {
+/// The demo, `workers` workers of `threads` threads in `mode`, and its address.
+fn hello(mode: &str, workers: &str, threads: &str) -> Result<(Server, Target), String> {
     let mut srv = start_hello(
         &[
             "--listen",
@@ -24,7 +24,7 @@ fn hello(mode: &str, workers: &str) -> Result<(Server, Target), String> {
             "--mode",
             mode,
             "--threads",
-            "8",
+            threads,
         ],
         &[],
     )?;
@@ -88,7 +88,7 @@ fn clean_eof(conn: &mut Conn) -> Result<(), String> {
 /// - the begun requests, completed after that, are answered with `Connection: close`;
 /// - the demo exits 0 and leaves no process.
 pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
-    let (mut srv, target) = hello(mode, "2")?;
+    let (mut srv, target) = hello(mode, "2", "8")?;
     // Connections, each with one request answered, sorted by the worker that holds it,
     // until both workers hold two.
     let mut held: BTreeMap<u32, Vec<Conn>> = BTreeMap::new();
@@ -217,7 +217,7 @@ pub fn progressed(progress: &AtomicU64, n: u64) -> Outcome {
 /// restarts: no request fails, and the workers' graceful closes (`Connection: close`)
 /// are what moves the clients to the new workers.
 pub fn hello_keepalive_reloads(mode: &str) -> Outcome {
-    let (mut srv, target) = hello(mode, "4")?;
+    let (mut srv, target) = hello(mode, "4", "8")?;
     let stop = AtomicBool::new(false);
     let progress = AtomicU64::new(0);
     let (seen, reloads) = std::thread::scope(|s| {
@@ -273,21 +273,7 @@ pub fn hello_keepalive_reloads(mode: &str) -> Outcome {
 /// first stays connected. A fixed pool would keep it waiting as long as the first
 /// client stays.
 pub fn hello_pool_grows(mode: &str) -> Outcome {
-    let mut srv = start_hello(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--mode",
-            mode,
-            "--threads",
-            "1",
-        ],
-        &[],
-    )?;
-    let ready = srv.expect("ready ", Duration::from_secs(20))?;
-    let target = Target::parse(&ready["ready ".len()..])?;
+    let (mut srv, target) = hello(mode, "1", "1")?;
     let mut held = Conn::connect(&target, T).map_err(|e| e.to_string())?;
     ask(&mut held, false)?;
     let mut more = Vec::new();
@@ -310,21 +296,7 @@ pub fn hello_pool_grows(mode: &str) -> Outcome {
 /// bounded time, finishes, prints its count and the demo exits 0 (before the bound, the
 /// worker was killed at the 4 s shutdown deadline).
 pub fn hello_stop_not_held_by_trickle() -> Outcome {
-    let mut srv = start_hello(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--mode",
-            "shared",
-            "--threads",
-            "1",
-        ],
-        &[],
-    )?;
-    let ready = srv.expect("ready ", Duration::from_secs(20))?;
-    let target = Target::parse(&ready["ready ".len()..])?;
+    let (mut srv, target) = hello("shared", "1", "1")?;
     let mut conn = Conn::connect(&target, T).map_err(|e| e.to_string())?;
     ask(&mut conn, false)?;
     let workers = workers_of(&srv);
