@@ -228,10 +228,13 @@ fn adopt(n: i32, addr: &ListenAddr, opts: BindOptions) -> io::Result<Bound> {
     })
 }
 
-/// Sets `options` on a bound socket before it listens: `TCP_NODELAY`, the timeouts and
-/// `TCP_DEFER_ACCEPT` on TCP sockets (accepted connections inherit the first three);
-/// nothing on Unix sockets, whose connections inherit nothing (the listener sets their
-/// timeouts one by one).
+/// Sets `options` on a bound socket before it listens: `TCP_NODELAY` and
+/// `TCP_DEFER_ACCEPT` on TCP sockets (accepted connections inherit the first); nothing
+/// on Unix sockets, whose connections inherit nothing.
+///
+/// Not the timeouts: the listener sets them on each connection it returns. On a
+/// listening socket `SO_RCVTIMEO` would bound `accept(2)` too, so every blocked
+/// accepter would wake with `EAGAIN` once per timeout, idle or not.
 fn configure(
     fd: std::os::fd::BorrowedFd<'_>,
     kind: StreamKind,
@@ -242,12 +245,6 @@ fn configure(
     }
     if options.nodelay {
         socket::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-    }
-    if options.read_timeout.is_some() {
-        socket::set_timeout(fd, socket::Timeout::Receive, options.read_timeout)?;
-    }
-    if options.write_timeout.is_some() {
-        socket::set_timeout(fd, socket::Timeout::Send, options.write_timeout)?;
     }
     if let Some(d) = options.defer_accept {
         let secs = d.as_secs().clamp(1, i32::MAX as u64) as i32;

@@ -1,14 +1,17 @@
 //! [`ListenOptions`]: how a listener and the connections it accepts are set up.
 //!
-//! Options for connections are set **once, on the listening socket**, by whoever creates
-//! it (the primary in a cluster, the process itself outside one). Linux copies a TCP
-//! listener's socket options into every connection it accepts, so `TCP_NODELAY` and the
-//! send/receive timeouts cost no system call per connection. Unix-socket connections do
-//! not inherit them; for those the timeouts are set on each accepted connection.
+//! `TCP_NODELAY` and `TCP_DEFER_ACCEPT` are set **once, on the listening socket**, by
+//! whoever creates it (the primary in a cluster, the process itself outside one): Linux
+//! copies a TCP listener's `TCP_NODELAY` into every connection it accepts, so it costs
+//! no system call per connection.
 //!
-//! A receive timeout on a listening socket also bounds a blocking `accept(2)` on it;
-//! the crate's `accept` absorbs those wake-ups (it just waits again), so application
-//! code does not see them.
+//! The send and receive timeouts are set on each connection the listener returns (one
+//! `setsockopt` each, only for those asked for). Not on the listening socket: there a
+//! receive timeout bounds a blocking `accept(2)` as well, so every thread blocked in
+//! `accept` would wake with `EAGAIN` once per timeout, idle or not (it did, and each
+//! woken thread then waited in `poll`, where every connection woke them all). A server
+//! that wants no `setsockopt` per connection sets a timeout itself, only on the
+//! connections that come to wait (as the `hello` example does).
 
 use std::time::Duration;
 

@@ -103,8 +103,9 @@ pub(crate) struct Endpoint {
     accepted: AtomicU64,
     /// An exclusive socket was drained and shut down after close.
     drained: AtomicBool,
-    /// Timeouts to set on each accepted Unix connection (TCP ones inherit them).
-    unix_timeouts: Option<(Option<Duration>, Option<Duration>)>,
+    /// `ListenOptions`' read and write timeouts, set on each connection returned (see
+    /// `bind::configure` for why not on the listening socket).
+    timeouts: Timeouts,
     /// Hand-off only: the epoll instances threads wait through (see `accept_handoff`),
     /// kept between calls, one per thread waiting at once.
     waits: Mutex<Vec<poll::ExclusiveWait>>,
@@ -265,9 +266,6 @@ impl Listener {
             }
             Source::Handoff(_) => bind::kind_of(&local),
         };
-        let timeouts = (options.read_timeout, options.write_timeout);
-        // Set on each accepted Unix connection (TCP ones inherit the listener's).
-        let unix_timeouts = (timeouts != (None, None)).then_some(timeouts);
         Listener {
             shared: Arc::new(Endpoint {
                 local,
@@ -277,7 +275,10 @@ impl Listener {
                 origin,
                 accepted: AtomicU64::new(0),
                 drained: AtomicBool::new(false),
-                unix_timeouts,
+                timeouts: Timeouts {
+                    read: options.read_timeout,
+                    write: options.write_timeout,
+                },
                 waits: Mutex::new(Vec::new()),
             }),
         }
@@ -322,10 +323,7 @@ impl Listener {
         if let Origin::Worker { link, .. } = &s.origin {
             conn = conn.counted(link.accepted());
         }
-        if let (Some((read, write)), Stream::Unix(_)) = (s.unix_timeouts, conn.stream()) {
-            conn.stream().set_read_timeout(read)?;
-            conn.stream().set_write_timeout(write)?;
-        }
+        s.timeouts.set_on(&conn)?;
         Ok(Some(conn))
     }
 
@@ -389,6 +387,27 @@ impl AsFd for Listener {
     }
 }
 
+/// The read and write timeouts of [`ListenOptions`], for each connection returned.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    read: Option<Duration>,
+    write: Option<Duration>,
+}
+
+impl Timeouts {
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO` on `conn`, each only when set (a new socket has
+    /// neither).
+    fn set_on(self, conn: &Connection) -> io::Result<()> {
+        if self.read.is_some() {
+            conn.stream().set_read_timeout(self.read)?;
+        }
+        if self.write.is_some() {
+            conn.stream().set_write_timeout(self.write)?;
+        }
+        Ok(())
+    }
+}
+
 /// A thread's back-off while out of descriptors or memory
 /// ([`Doubling::out_of_resources`]): each wait is cut short by a signal, so a close
 /// still wakes the thread.
@@ -410,6 +429,11 @@ impl Endpoint {
                 }
                 Err(e) => match classify(&e) {
                     AcceptFailure::Interrupted | AcceptFailure::Skip => {}
+                    // A blocking socket's receive timeout ran out (set by whoever
+                    // made it: a previous program across an upgrade, a service
+                    // manager; this crate sets none on a listening socket): block in
+                    // `accept` again, where one waiter is woken per connection.
+                    AcceptFailure::NotReady if !crate::sys::fd::is_nonblocking(fd).unwrap_or(true) => {}
                     // Retrying at once would spin at 100 % CPU on a non-blocking
                     // socket: wait until a connection is queued. Still inside the gate
                     // ticket, so `close`'s signal interrupts the wait (EINTR) as it
@@ -515,3 +539,6 @@ impl Drop for Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

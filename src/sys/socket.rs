@@ -181,47 +181,6 @@ pub(crate) fn set_reuse_port(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
 }
 
-/// Which timeout [`set_timeout`] sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Timeout {
-    /// `SO_RCVTIMEO`.
-    Receive,
-    /// `SO_SNDTIMEO`.
-    Send,
-}
-
-/// Corresponds to `setsockopt(SO_RCVTIMEO / SO_SNDTIMEO)`; `None` (or zero) means no
-/// timeout. Set on a listening TCP socket, it is inherited by accepted connections.
-pub(crate) fn set_timeout(
-    fd: BorrowedFd<'_>,
-    which: Timeout,
-    d: Option<std::time::Duration>,
-) -> io::Result<()> {
-    let d = d.unwrap_or_default();
-    let mut tv = libc::timeval {
-        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    if tv.tv_sec == 0 && tv.tv_usec == 0 && !d.is_zero() {
-        tv.tv_usec = 1; // a sub-microsecond timeout must not mean "none"
-    }
-    let name = match which {
-        Timeout::Receive => libc::SO_RCVTIMEO,
-        Timeout::Send => libc::SO_SNDTIMEO,
-    };
-    // SAFETY: `tv` is a valid timeval for the duration of the call.
-    cvt_r(|| unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (&tv as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
-}
-
 /// Corresponds to `setsockopt(SO_DETACH_REUSEPORT_BPF)` (Linux 4.19): removes the
 /// program that steers connections among the sockets of `fd`'s `SO_REUSEPORT` group.
 /// The program belongs to the group, so any socket of it detaches it for all.
