@@ -120,13 +120,15 @@ pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
         idle.extend(conns);
     }
     let workers = workers_of(&srv);
-    // And a new connection, taken by a worker (one descriptor more between them),
-    // whose client has not sent its request yet.
-    let worker_fds = || -> usize { workers.iter().map(|w| proc::fds_of(w.0).len()).sum() };
-    let fds_before = worker_fds();
+    // And a new connection, taken by a worker, whose client has not sent its request
+    // yet.
     let mut fresh = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+    let Conn::Tcp(s) = &fresh else {
+        return Err("the demo listens on TCP here".into());
+    };
+    let me = s.local_addr().map_err(|e| e.to_string())?;
     proc::wait_until("a worker to accept the new connection", T, || {
-        worker_fds() > fds_before
+        workers.iter().any(|w| proc::holds_connection_from(w.0, me))
     })?;
     let mut pids = vec![srv.pid()];
     if whom == "all" {
