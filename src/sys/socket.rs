@@ -63,6 +63,37 @@ pub(crate) fn send_to(fd: BorrowedFd<'_>, data: &[u8], addr: &SockAddr) -> io::R
     Ok(())
 }
 
+/// Corresponds to `recv(2)` with `MSG_DONTWAIT`, retried on `EINTR`: what the stream
+/// has now, `WouldBlock` when nothing has arrived, whatever the socket's blocking mode.
+pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = cvt_r(|| unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// Corresponds to `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`, retried on `EINTR`: as
+/// much as the send buffer takes now, `WouldBlock` when it takes nothing; a peer that
+/// is gone is `EPIPE`, not `SIGPIPE`.
+pub(crate) fn send_now(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes.
+    let n = cvt_r(|| unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })?;
+    Ok(n as usize)
+}
+
 /// Corresponds to `socketpair(2)` with `AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC`.
 ///
 /// `SOCK_SEQPACKET` keeps message boundaries (one `sendmsg` is one `recvmsg`, and the
