@@ -91,8 +91,13 @@ impl Endpoint {
     ) -> io::Result<Option<Connection>> {
         let mut backoff = Doubling::out_of_resources();
         'credit: loop {
+            // Closed (the worker disconnects): no more credits, but what the primary
+            // sent before is served, not left in the channel. Before an upgrade's
+            // `execve` the primary would take it back; after one it cannot (the
+            // previous workers' channels do not cross), and with one thread of a worker
+            // accepting at a time, connections were often queued while it served.
             if self.gate.is_closed() {
-                return Ok(None);
+                return Ok(drain_queued(ch));
             }
             // One credit for this call: the primary sends one connection against it.
             let open = match &self.origin {
@@ -101,8 +106,9 @@ impl Endpoint {
             };
             match ch.send(&Message::Ready { count: 1, open }, None) {
                 Ok(()) => {}
-                // Shut down (closed here, or the primary went away): nothing more comes.
-                Err(e) if primary_gone(&e) => return Ok(None),
+                // Shut down (closed here, or the primary went away): nothing more comes,
+                // but what it sent before may still be queued.
+                Err(e) if primary_gone(&e) => return Ok(drain_queued(ch)),
                 Err(e) => return Err(e),
             }
             let mut buf = [0u8; 256];
@@ -146,8 +152,10 @@ impl Endpoint {
                     {
                         continue
                     }
-                    // Everything queued was received first; the primary's end is gone.
-                    Err(RecvError::Io(e)) if primary_gone(&e) => return Ok(None),
+                    // The primary's end is gone. ECONNRESET comes *before* what is still
+                    // queued (the kernel reports a pending socket error ahead of the
+                    // queue), so the connections it sent are received still.
+                    Err(RecvError::Io(e)) if primary_gone(&e) => return Ok(drain_queued(ch)),
                     Err(RecvError::Io(e)) => return Err(e),
                     // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
                     // connection's descriptor and closed it (the client sees the
@@ -173,8 +181,38 @@ impl Endpoint {
 
 /// The primary's end of the channel is closed: `EPIPE` on a send, or `ECONNRESET` when
 /// it closed with credits of ours unread in its queue (a primary that exited, or that
-/// `execve`d a binary upgrade, which passes only the listening sockets on). Like an
-/// end of stream: no connection comes any more.
+/// `execve`d a binary upgrade, which passes only the listening sockets on). No
+/// connection comes any more, but those it sent before may still be queued
+/// ([`drain_queued`]).
 fn primary_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
+}
+
+/// After the primary's end closed: the next connection still queued in the channel,
+/// received without waiting (nothing more can come), or `None` once it is empty. A
+/// connection the primary sent ahead (round-robin's prefetch) is served, not closed
+/// with the channel when the worker exits (the client saw a reset: 1–4 requests in
+/// each binary upgrade under load once a worker had one thread accepting).
+fn drain_queued(ch: &Channel) -> Option<Connection> {
+    let mut buf = [0u8; 256];
+    // Bounded: each turn takes a record off the queue, or ends.
+    loop {
+        match ch.recv(&mut buf, true) {
+            Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
+                let kind = match peer {
+                    PeerAddr::Tcp(_) => StreamKind::Tcp,
+                    PeerAddr::Unix(_) => StreamKind::Unix,
+                };
+                return Some(Connection::new(Stream::from_fd(kind, fd), peer));
+            }
+            // A probe, a record without its descriptor: nothing to serve; the next.
+            Ok(Received::Message(..)) | Ok(Received::FdLost(_)) => continue,
+            // The error reported ahead of the queue (read once), or a signal.
+            Err(RecvError::Io(e)) if primary_gone(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                continue
+            }
+            Err(RecvError::Protocol(_)) => continue,
+            Ok(Received::Eof) | Err(RecvError::Io(_)) => return None,
+        }
+    }
 }

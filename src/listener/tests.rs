@@ -77,3 +77,79 @@ fn no_timeouts_unless_asked() {
     assert_eq!(t.read_timeout().unwrap(), None);
     assert_eq!(t.write_timeout().unwrap(), None);
 }
+
+/// A hand-off listener over a channel pair, and the primary's end.
+fn handoff_listener() -> (Listener, crate::ipc::channel::Channel) {
+    let (primary, worker) = crate::ipc::channel::Channel::pair().unwrap();
+    let listener = Listener::new(
+        "127.0.0.1:1".parse().unwrap(),
+        super::Source::Handoff(worker),
+        super::Origin::Standalone { unlink: None },
+        &ListenOptions::new(),
+    );
+    (listener, primary)
+}
+
+/// Sends `n` real TCP connections over `primary`, as round-robin's primary does; the
+/// clients' ends, in order.
+fn send_connections(primary: &crate::ipc::channel::Channel, n: usize) -> Vec<TcpStream> {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (0..n)
+        .map(|_| {
+            let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+            let (conn, peer) = server.accept().unwrap();
+            let msg = crate::ipc::codec::Message::NewConn {
+                peer: crate::addr::PeerAddr::Tcp(peer),
+                attempts: 0,
+            };
+            primary.send(&msg, Some(conn.as_fd())).unwrap();
+            client
+        })
+        .collect()
+}
+
+/// `accept` returns the connections of `clients`, in order, then `None`.
+fn accepts_then_ends(listener: &Listener, clients: &[TcpStream]) {
+    for (i, client) in clients.iter().enumerate() {
+        let conn = listener
+            .accept()
+            .unwrap()
+            .unwrap_or_else(|| panic!("connection {i} lost in the channel"));
+        let crate::Stream::Tcp(t) = conn.stream() else {
+            panic!("a TCP peer came as a Unix stream");
+        };
+        assert_eq!(t.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+    assert!(listener.accept().unwrap().is_none());
+}
+
+/// Round-robin: the worker closes its listener (it disconnects) while the primary's
+/// connections sent ahead are queued and no thread is receiving: they are still
+/// returned, then the end (after an upgrade's `execve` nobody else could take them).
+#[test]
+fn handoff_queue_is_drained_after_close() {
+    let (listener, primary) = handoff_listener();
+    let clients = send_connections(&primary, 2);
+    listener.close();
+    accepts_then_ends(&listener, &clients);
+}
+
+/// Round-robin: the primary's end of the hand-off channel closes (its `execve` in a
+/// binary upgrade, or its exit) with a credit of ours unread and two connections it
+/// sent ahead still queued. Both are returned, then the end (before, the first `accept`
+/// returned `None` and the worker exited with them queued: their clients got resets).
+#[test]
+fn handoff_queue_is_drained_when_the_primary_is_gone() {
+    use crate::ipc::codec::Message;
+
+    let (listener, primary) = handoff_listener();
+    let super::Source::Handoff(ch) = &listener.shared.source else {
+        unreachable!()
+    };
+    // A credit the primary never reads: its close then resets our end (ECONNRESET).
+    ch.send(&Message::Ready { count: 1, open: 0 }, None)
+        .unwrap();
+    let clients = send_connections(&primary, 2);
+    drop(primary);
+    accepts_then_ends(&listener, &clients);
+}
