@@ -68,6 +68,20 @@ pub fn gone(workers: &[(u32, u64)]) -> Outcome {
     .map_err(|_| format!("{} worker(s) left behind", alive()))
 }
 
+/// Closes a connection the scenario does not need, and waits for the server's end of
+/// stream: by then the server has closed its descriptor too.
+fn let_go(mut conn: Conn) -> Outcome {
+    conn.shutdown_write().map_err(|e| e.to_string())?;
+    let mut b = [0u8; 64];
+    loop {
+        match conn.read(&mut b) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("letting a connection go: {e}")),
+        }
+    }
+}
+
 /// Whether the server ended `conn` with a clean end of stream (not a reset).
 fn clean_eof(conn: &mut Conn) -> Result<(), String> {
     let mut b = [0u8; 1];
@@ -101,6 +115,8 @@ pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
         let mine = held.entry(w).or_default();
         if mine.len() < 2 {
             mine.push(conn);
+        } else {
+            let_go(conn)?;
         }
     }
     check(
@@ -120,15 +136,15 @@ pub fn hello_graceful_stop(mode: &str, sig: &str, whom: &str) -> Outcome {
         idle.extend(conns);
     }
     let workers = workers_of(&srv);
-    // And a new connection, taken by a worker, whose client has not sent its request
-    // yet.
+    // And a new connection, taken by a worker (one descriptor more between them),
+    // whose client has not sent its request yet. Every connection let go above is
+    // closed on the server's side by now (see `let_go`), so no close can cancel the
+    // new descriptor out.
+    let worker_fds = || -> usize { workers.iter().map(|w| proc::fds_of(w.0).len()).sum() };
+    let fds_before = worker_fds();
     let mut fresh = Conn::connect(&target, T).map_err(|e| e.to_string())?;
-    let Conn::Tcp(s) = &fresh else {
-        return Err("the demo listens on TCP here".into());
-    };
-    let me = s.local_addr().map_err(|e| e.to_string())?;
     proc::wait_until("a worker to accept the new connection", T, || {
-        workers.iter().any(|w| proc::holds_connection_from(w.0, me))
+        worker_fds() > fds_before
     })?;
     let mut pids = vec![srv.pid()];
     if whom == "all" {

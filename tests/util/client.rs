@@ -52,6 +52,14 @@ impl Conn {
         }
         Ok(c)
     }
+
+    /// `shutdown(SHUT_WR)`: the client is done sending.
+    pub fn shutdown_write(&self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Conn::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
+    }
 }
 
 impl Read for Conn {

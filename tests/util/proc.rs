@@ -483,32 +483,6 @@ pub fn check_idle(pid: u32, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether process `pid` holds the server end of the TCP connection whose client end
-/// is bound to `client` (loopback, IPv4 or IPv6): one of its descriptors is the socket
-/// `/proc/net/tcp{,6}` lists with that remote address. Exact, unlike counting
-/// descriptors, which a connection closing meanwhile can cancel out.
-pub fn holds_connection_from(pid: u32, client: std::net::SocketAddr) -> bool {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let port = format!(":{:04X}", client.port());
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
-        std::fs::read_to_string(table).unwrap_or_default().lines().any(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            f.len() > 9 && f[2].ends_with(&port) && inodes.iter().any(|i| i == f[9])
-        })
-    })
-}
-
 /// The descriptor numbers open in process `pid` (from /proc/PID/fd).
 pub fn fds_of(pid: u32) -> Vec<i32> {
     let mut out: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
