@@ -319,7 +319,9 @@ pub fn signal(pid: u32, sig: &str) -> Result<(), String> {
 }
 
 /// Sends a signal to every pid in one kill(1) call, back to back, as a service
-/// manager's control-group kill does.
+/// manager's control-group kill does (the first is the primary). A worker that exited
+/// in between (the primary, signalled first, may already have let an idle worker go)
+/// needs no signal: kill(1) then fails for it, which is not an error here.
 pub fn signal_all(pids: &[u32], sig: &str) -> Result<(), String> {
     let st = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -328,7 +330,9 @@ pub fn signal_all(pids: &[u32], sig: &str) -> Result<(), String> {
         .stderr(Stdio::null())
         .status()
         .map_err(|e| format!("kill: {e}"))?;
-    if st.success() {
+    let gone = |pid: u32| !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+    let exited_worker = pids.iter().skip(1).any(|p| gone(*p));
+    if st.success() || (exited_worker && pids.first().is_some_and(|p| !gone(*p))) {
         Ok(())
     } else {
         Err(format!("kill -{sig} {pids:?} failed"))
