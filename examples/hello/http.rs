@@ -42,16 +42,115 @@ pub const STOP_BUDGET: Duration = Duration::from_secs(2);
 
 const BUF: usize = 8192;
 
-/// How the listener must be set up for [`serve`]: `TCP_NODELAY` (responses go out at
-/// once), reads that wake every [`TICK`], writes that give up after [`IDLE_LIMIT`].
-/// They are set once on the listening socket and inherited by every TCP connection, so
-/// a connection costs no `setsockopt`.
-pub fn listen_options() -> ListenOptions {
-    ListenOptions::new()
-        .nodelay(true)
-        .read_timeout(Some(TICK))
-        .write_timeout(Some(IDLE_LIMIT))
+/// A thread's request buffer, kept from one connection to the next (zeroing 8 KiB for
+/// each new connection showed in a profile of short connections).
+pub struct Buffer(Box<[u8]>);
+
+impl Buffer {
+    pub fn new() -> Buffer {
+        Buffer(vec![0; BUF].into_boxed_slice())
+    }
 }
+
+/// How the listener is set up for [`serve`]: `TCP_NODELAY` (responses go out at once),
+/// set once on the listening socket and inherited by every TCP connection. No timeouts:
+/// [`serve`] sets them on a connection the first time it has to wait, so a connection
+/// answered without waiting (`Connection: close` with the request already there) costs
+/// no `setsockopt`.
+pub fn listen_options() -> ListenOptions {
+    ListenOptions::new().nodelay(true)
+}
+
+/// What [`serve`] tells the thread pool, and asks it.
+pub trait Waiting {
+    /// Whether another thread is accepting, so this one may wait without asking.
+    fn covered(&self) -> bool;
+    /// The connection is about to wait for its client: make sure another thread
+    /// accepts meanwhile.
+    fn before_wait(&self);
+    /// Whether the worker is stopping.
+    fn stopping(&self) -> bool;
+}
+
+/// How long a connection waits for its client before its thread hands the lead on
+/// (when nobody else accepts): a request nearly always follows its connection within
+/// this, and waiting for it costs the worker less than waking another thread to accept;
+/// a client that says nothing holds the worker's `accept` this long at most.
+pub const LEAD_WAIT: Duration = Duration::from_millis(5);
+
+/// One connection as [`serve`] reads and writes it: a read or write that need not wait
+/// is one system call. One that must wait while no other thread accepts first waits up
+/// to [`LEAD_WAIT`] (reads), then tells the pool ([`Waiting::before_wait`]); and the
+/// first long wait bounds the connection's waits: reads wake every [`TICK`], writes give
+/// up after [`IDLE_LIMIT`].
+struct Conn<'a> {
+    stream: &'a mut Stream,
+    waiting: &'a dyn Waiting,
+    bound: Bound,
+}
+
+/// The timeouts set on a connection so far.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// None: the connection has not waited yet.
+    Unset,
+    /// Reads wait [`LEAD_WAIT`].
+    Lead,
+    /// Reads wake every [`TICK`], writes give up after [`IDLE_LIMIT`].
+    Tick,
+}
+
+impl Conn<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.bound == Bound::Tick && self.waiting.covered() {
+            return self.stream.read(buf);
+        }
+        match self.stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        if self.bound != Bound::Tick && !self.waiting.covered() {
+            if self.bound == Bound::Unset {
+                self.stream.set_read_timeout(Some(LEAD_WAIT))?;
+                self.bound = Bound::Lead;
+            }
+            match self.stream.read(buf) {
+                Err(e) if is_timeout(&e) => {}
+                done => return done,
+            }
+        }
+        self.wait_long()?;
+        self.stream.read(buf)
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.stream.try_write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait_long()?;
+                    return self.stream.write_all(data);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a wait that may be long: another thread accepts meanwhile, and the wait
+    /// is bounded.
+    fn wait_long(&mut self) -> io::Result<()> {
+        self.waiting.before_wait();
+        if self.bound != Bound::Tick {
+            self.stream.set_read_timeout(Some(TICK))?;
+            self.stream.set_write_timeout(Some(IDLE_LIMIT))?;
+            self.bound = Bound::Tick;
+        }
+        Ok(())
+    }
+}
+
 const MAX_HEADERS: usize = 64;
 
 /// What the server answers; the routes live in `main.rs`.
@@ -165,7 +264,7 @@ fn parse<'a>(buf: &'a [u8], route: &mut dyn FnMut(Request<'_>)) -> Parse {
 }
 
 fn write_response(
-    stream: &mut Stream,
+    conn: &mut Conn<'_>,
     worker: u32,
     r: &Response,
     keep_alive: bool,
@@ -183,7 +282,7 @@ fn write_response(
     if !head_only {
         out.extend_from_slice(&r.body);
     }
-    stream.write_all(&out)
+    conn.write_all(&out)
 }
 
 fn error_response(status: &'static str) -> Response {
@@ -199,15 +298,23 @@ fn error_response(status: &'static str) -> Response {
 /// once if the connection is idle and stays so for [`GRACE`]). Returns the number of
 /// requests answered.
 ///
-/// The stream must come from a listener set up with [`listen_options`]: reads time out
-/// after [`TICK`], so an idle connection keeps looking at `stopping`.
+/// Once it has to wait, reads time out after [`TICK`], so an idle connection keeps
+/// looking at `stopping`.
 pub fn serve(
     stream: &mut Stream,
+    buf: &mut Buffer,
     worker: u32,
-    stopping: &dyn Fn() -> bool,
+    waiting: &dyn Waiting,
     router: &dyn Fn(&Request<'_>) -> Response,
 ) -> u64 {
-    let mut buf = [0u8; BUF];
+    let stopping = || waiting.stopping();
+    let stopping: &dyn Fn() -> bool = &stopping;
+    let mut conn = Conn {
+        stream,
+        waiting,
+        bound: Bound::Unset,
+    };
+    let buf = &mut buf.0[..];
     let mut len = 0;
     let mut silent = Duration::ZERO;
     let mut answered = 0;
@@ -220,14 +327,15 @@ pub fn serve(
             let head = match parsed {
                 Parse::Partial => break,
                 Parse::Bad(status) => {
-                    let _ = write_response(stream, worker, &error_response(status), false, false);
+                    let _ =
+                        write_response(&mut conn, worker, &error_response(status), false, false);
                     return answered;
                 }
                 Parse::Done(head) => head,
             };
             if head.chunked {
                 let _ = write_response(
-                    stream,
+                    &mut conn,
                     worker,
                     &error_response("501 Not Implemented"),
                     false,
@@ -241,12 +349,12 @@ pub fn serve(
             let consumed = head.len + head.content_length.min(buffered);
             buf.copy_within(consumed..len, 0);
             len -= consumed;
-            if !skip_body(stream, body_left, stopping) {
+            if !skip_body(&mut conn, body_left, stopping) {
                 return answered;
             }
             let response = response.unwrap_or_else(|| error_response("500 Internal Server Error"));
             let keep_alive = head.keep_alive && !stopping() && !response.then_crash;
-            if write_response(stream, worker, &response, keep_alive, head.method_head).is_err() {
+            if write_response(&mut conn, worker, &response, keep_alive, head.method_head).is_err() {
                 return answered;
             }
             answered += 1;
@@ -259,7 +367,7 @@ pub fn serve(
         }
         if len == buf.len() {
             let _ = write_response(
-                stream,
+                &mut conn,
                 worker,
                 &error_response("431 Request Header Fields Too Large"),
                 false,
@@ -270,7 +378,7 @@ pub fn serve(
         if budget.spent(stopping) {
             return answered;
         }
-        match stream.read(&mut buf[len..]) {
+        match conn.read(&mut buf[len..]) {
             Ok(0) => return answered,
             Ok(n) => {
                 len += n;
@@ -288,7 +396,7 @@ pub fn serve(
                 // loaded machine may take a moment to; one that never does must not
                 // hold up the stop).
                 if len == 0 && stopping() && (answered > 0 || silent >= FIRST_REQUEST_WAIT) {
-                    match last_look(stream, &mut buf) {
+                    match last_look(conn.stream, buf) {
                         Some(n) => len = n,
                         None => return answered,
                     }
@@ -324,7 +432,7 @@ impl StopBudget {
 
 /// Reads and drops `left` bytes of request body, allowing the client [`IDLE_LIMIT`] of
 /// silence ([`STOP_BUDGET`] in all once stopping); false when the body did not come.
-fn skip_body(stream: &mut Stream, mut left: usize, stopping: &dyn Fn() -> bool) -> bool {
+fn skip_body(conn: &mut Conn<'_>, mut left: usize, stopping: &dyn Fn() -> bool) -> bool {
     let mut silent = Duration::ZERO;
     let mut budget = StopBudget::default();
     let mut sink = [0u8; 4096];
@@ -333,7 +441,7 @@ fn skip_body(stream: &mut Stream, mut left: usize, stopping: &dyn Fn() -> bool) 
             return false;
         }
         let want = left.min(sink.len());
-        match stream.read(&mut sink[..want]) {
+        match conn.read(&mut sink[..want]) {
             Ok(0) => return false,
             Ok(n) => {
                 left -= n;

@@ -11,13 +11,12 @@
 //! - `ADDR` is `HOST:PORT` (`127.0.0.1:8080`, `[::1]:0`, …), `unix:PATH`, `fd:N`, or
 //!   `systemd` / `systemd:NAME` (a socket passed by systemd socket activation); default
 //!   `127.0.0.1:8080`. `--workers` defaults to the number of CPUs, `--mode` to
-//!   `CLUSTER_SCHED_POLICY`, then round-robin; `--threads` (accepting threads per
-//!   worker, each serving one connection at a time) to 4. The pool grows by one
-//!   thread whenever a connection takes the last thread waiting in `accept` (up to
-//!   256), so keep-alive clients never wait for a thread, and shrinks back while
-//!   threads wait idle; fewer base threads cost less memory and fewer wake-ups in
-//!   `Connection: close` traffic (each idle thread waiting in `accept` is one more
-//!   sleeping thread to wake per connection).
+//!   `CLUSTER_SCHED_POLICY`, then round-robin; `--threads` (threads kept per worker,
+//!   each serving one connection at a time) to 4. One thread of a worker accepts at a
+//!   time and serves what it gets; a connection that has to wait for its client hands
+//!   the `accept` on to a parked thread, or a new one (up to 256), so keep-alive
+//!   clients never wait for a thread, and threads above `--threads` leave after 2 s
+//!   parked (see `server.rs`).
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).
 //! - `--udp ADDR` (UDP `HOST:PORT`, or `unix:PATH` for a Unix datagram socket): each
 //!   worker also answers every datagram on ADDR with the datagram prefixed
