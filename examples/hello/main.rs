@@ -13,10 +13,10 @@
 //!   `127.0.0.1:8080`. `--workers` defaults to the number of CPUs, `--mode` to
 //!   `CLUSTER_SCHED_POLICY`, then round-robin; `--threads` (threads kept per worker,
 //!   each serving one connection at a time) to 4. One thread of a worker accepts at a
-//!   time and serves what it gets; a connection that has to wait for its client hands
-//!   the `accept` on to a parked thread, or a new one (up to 256), so keep-alive
-//!   clients never wait for a thread, and threads above `--threads` leave after 2 s
-//!   parked (see `server.rs`).
+//!   time (round-robin: `--threads` of them) and serves what it gets; a connection
+//!   that has to wait for its client hands the `accept` on to a parked thread, or a
+//!   new one (up to 256), so keep-alive clients never wait for a thread, and threads
+//!   above `--threads` leave after 2 s parked (see `server.rs`).
 //! - Once every worker listens, the primary prints `ready ADDR` (port 0 resolved).
 //! - `--udp ADDR` (UDP `HOST:PORT`, or `unix:PATH` for a Unix datagram socket): each
 //!   worker also answers every datagram on ADDR with the datagram prefixed

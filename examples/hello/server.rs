@@ -1,22 +1,27 @@
 //! The demo's worker: the routes, and a pool of threads that take turns in the
 //! listener's `accept` and each serve one connection at a time.
 //!
-//! **One thread accepts at a time** (leader/followers): the others wait parked. The
-//! thread that gets a connection serves it at once, and takes its place back in
-//! `accept` when it is done, so under a stream of short connections one hot thread per
-//! worker does all the work, as the C prefork loop does: more threads blocked in
-//! `accept` only meant more sleeping threads for the kernel to wake, one per connection
-//! (measured: server CPU per connection 54 µs with one accepting thread per worker, 68
-//! with four, against the C prefork's 49). Only when a connection would make its thread
-//! **wait** (for the client's next request, or for room to write), and nobody else is
-//! accepting, does the thread first hand the lead on: to a parked thread, or to a new
-//! one (Apache's worker MPM grows the same way), up to [`MAX_THREADS`]. So a keep-alive
-//! client holds a thread, never the worker's `accept`: a client that finds every thread
-//! held by others (reuse-port hashes each client to one worker) does not wait for one.
-//! A parked thread above `--threads` leaves once it has had nothing to do for
-//! [`SHRINK_AFTER`].
+//! **On a socket (shared, reuse-port), one thread accepts at a time** (leader/followers):
+//! the others wait parked. The thread that gets a connection serves it at once, and
+//! takes its place back in `accept` when it is done, so under a stream of short
+//! connections one hot thread per worker does all the work, as the C prefork loop does:
+//! more threads blocked in `accept` only meant more sleeping threads for the kernel to
+//! wake, one per connection (measured: server CPU per connection 54 µs with one
+//! accepting thread per worker, 68 with four, against the C prefork's 49). Only when a
+//! connection would make its thread **wait** (for the client's next request, or for
+//! room to write), and too few others accept, does the thread first hand the lead on:
+//! to a parked thread, or to a new one (Apache's worker MPM grows the same way), up to
+//! [`MAX_THREADS`]. So a keep-alive client holds a thread, never the worker's `accept`:
+//! a client that finds every thread held by others (reuse-port hashes each client to
+//! one worker) does not wait for one. A parked thread above `--threads` leaves once it
+//! has had nothing to do for [`SHRINK_AFTER`].
+//!
+//! **On a round-robin hand-off channel, `--threads` threads accept at once**: each
+//! waiting thread is a credit, and the primary hands a connection only to a thread that
+//! waits (with one, it often found none and had to queue connections ahead, or wake
+//! for each credit). The same hand-on keeps that many waiting.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::Scope;
 use std::time::Duration;
@@ -69,9 +74,13 @@ struct Pool<'a> {
     id: u32,
     /// Threads kept however quiet it is (`--threads`).
     base: usize,
-    /// A thread is in `accept`, or on its way there (a parked thread called, a new
-    /// one spawned): read without the lock before a connection waits.
-    leading: AtomicBool,
+    /// How many threads accept at once: one on a socket (shared, reuse-port), the
+    /// base on a round-robin hand-off channel, where each waiting thread is a credit
+    /// the primary can hand a connection to.
+    accepters: usize,
+    /// Threads in `accept`, or on their way there (a parked thread called, a new one
+    /// spawned): read without the lock before a connection waits.
+    leading: AtomicUsize,
     state: Mutex<State>,
     /// Parked threads wait here for a call to lead, or for the close.
     call: Condvar,
@@ -133,9 +142,9 @@ impl<'a> Pool<'a> {
                 }
             }
             let accepted = self.listener.accept();
-            // Nobody accepts while this thread serves: the connection hands the lead on
-            // only if it comes to wait (`Waiting::before_wait`).
-            self.leading.store(false, Ordering::Release);
+            // One accepter fewer while this thread serves: the connection hands the
+            // lead on only if it comes to wait (`Waiting::before_wait`).
+            self.leading.fetch_sub(1, Ordering::AcqRel);
             match accepted {
                 Ok(Some(mut conn)) => {
                     self.served.fetch_add(1, Ordering::Relaxed);
@@ -157,10 +166,7 @@ impl<'a> Pool<'a> {
             }
             // Back to `accept` at once if nobody took the lead meanwhile (the hot
             // thread), else park.
-            lead = self
-                .leading
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
+            lead = self.take_lead();
         }
         let mut st = self.lock();
         st.closed = true;
@@ -201,16 +207,24 @@ impl<'a> Pool<'a> {
         woken
     }
 
-    /// Before a connection waits: makes sure some thread accepts (a parked one called,
-    /// or a new one), unless one already does or the worker is stopping.
+    /// Whether enough threads accept already.
+    fn covered(&self) -> bool {
+        self.leading.load(Ordering::Acquire) >= self.accepters
+    }
+
+    /// Counts one more accepter, unless there are enough.
+    fn take_lead(&self) -> bool {
+        self.leading
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.accepters).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Before a connection waits: makes sure enough threads accept (a parked one
+    /// called, or a new one), unless they do or the worker is stopping.
     fn hand_on_lead<'s>(&'a self, s: &'s Scope<'s, 'a>) {
-        if self.leading.load(Ordering::Acquire)
-            || self.listener.is_closed()
-            || self
-                .leading
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
+        if self.covered() || self.listener.is_closed() || !self.take_lead() {
             return;
         }
         let mut st = self.lock();
@@ -223,7 +237,7 @@ impl<'a> Pool<'a> {
         drop(st);
         if !self.spawn(s, true) {
             // At the cap: the next thread to finish its connection takes the lead.
-            self.leading.store(false, Ordering::Release);
+            self.leading.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -236,7 +250,7 @@ struct Waiting<'a, 's> {
 
 impl http::Waiting for Waiting<'_, '_> {
     fn covered(&self) -> bool {
-        self.pool.leading.load(Ordering::Acquire)
+        self.pool.covered()
     }
 
     fn before_wait(&self) {
@@ -289,7 +303,12 @@ pub fn serve(
         listener: &listener,
         id: worker.id().0,
         base: threads,
-        leading: AtomicBool::new(true),
+        accepters: if listener.is_round_robin() {
+            threads
+        } else {
+            1
+        },
+        leading: AtomicUsize::new(0),
         state: Mutex::new(State::default()),
         call: Condvar::new(),
         served: AtomicU64::new(0),
@@ -300,12 +319,17 @@ pub fn serve(
                 s.spawn(|| echo(socket, pool.id));
             }
         }
-        // One thread leads from the start; the others wait parked for their turn.
-        let leader = pool.spawn(s, true);
-        for _ in 1..threads {
-            pool.spawn(s, false);
+        // `accepters` threads lead from the start; the others wait parked for a turn.
+        let mut leaders = 0;
+        for _ in 0..threads {
+            let lead = pool.take_lead();
+            if pool.spawn(s, lead) {
+                leaders += usize::from(lead);
+            } else if lead {
+                pool.leading.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-        if !leader {
+        if leaders == 0 {
             listener.close();
             if let Some(socket) = &udp {
                 socket.close();
