@@ -433,7 +433,8 @@ impl Endpoint {
                     // made it: a previous program across an upgrade, a service
                     // manager; this crate sets none on a listening socket): block in
                     // `accept` again, where one waiter is woken per connection.
-                    AcceptFailure::NotReady if !crate::sys::fd::is_nonblocking(fd).unwrap_or(true) => {}
+                    AcceptFailure::NotReady
+                        if !crate::sys::fd::is_nonblocking(fd).unwrap_or(true) => {}
                     // Retrying at once would spin at 100 % CPU on a non-blocking
                     // socket: wait until a connection is queued. Still inside the gate
                     // ticket, so `close`'s signal interrupts the wait (EINTR) as it

@@ -14,7 +14,9 @@ const READ: Duration = Duration::from_millis(300);
 const WRITE: Duration = Duration::from_millis(700);
 
 fn options() -> ListenOptions {
-    ListenOptions::new().read_timeout(Some(READ)).write_timeout(Some(WRITE))
+    ListenOptions::new()
+        .read_timeout(Some(READ))
+        .write_timeout(Some(WRITE))
 }
 
 /// `SO_RCVTIMEO` of the listening socket itself, read through a std socket that shares
