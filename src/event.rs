@@ -184,7 +184,10 @@ impl fmt::Display for Tenths {
         if r * 2 > d || (r * 2 == d && q % 2 == 1) {
             q += 1;
         }
-        write!(f, "{}.{}", q / 10, q % 10)
+        // Printed as u64 (a u128 would bring its own formatting code): a duration of
+        // over 584 years would show as u64::MAX seconds.
+        let whole = u64::try_from(q / 10).unwrap_or(u64::MAX);
+        write!(f, "{whole}.{}", (q % 10) as u8)
     }
 }
 
