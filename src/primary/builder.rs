@@ -492,6 +492,7 @@ impl Builder {
             config: self.config,
             worker_fn: f,
             workers: Default::default(),
+            poll_scratch: Default::default(),
             handles: Vec::new(),
             next_handle: 0,
             notifier: None,

@@ -258,6 +258,8 @@ pub struct Cluster {
     events: VecDeque<Event>,
     state: State,
     buf: Vec<u8>,
+    /// The poll lists of the last turn (`event_loop.rs`).
+    poll_scratch: event_loop::PollScratch,
     reap_due: bool,
     /// Orphans were left for the next turn (`reap_orphans` reached its bound).
     orphans_due: bool,
