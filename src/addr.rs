@@ -24,7 +24,7 @@ use crate::sys::sockaddr::UNIX_PATH_MAX;
 /// assert!("localhost:http".parse::<ListenAddr>().is_err());
 /// # Ok::<(), cluster::AddrParseError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ListenAddr {
     /// A TCP address, IPv4 or IPv6. Port 0 asks the kernel for a free port; in a
     /// cluster it is bound once, so every worker serves that same port.
@@ -44,6 +44,21 @@ pub enum ListenAddr {
     /// so workers do not inherit them; a missing or mismatched one is an error naming
     /// it. Like `fd:N`, the socket is adopted: it belongs to the service manager.
     Systemd(Option<String>),
+}
+
+/// Written out to keep it out of line (`#[inline(never)]`): the derived `clone` was
+/// inlined wherever an address is copied, a dozen places in the primary, about 5 KiB
+/// of the release binary. It clones as the derive did.
+impl Clone for ListenAddr {
+    #[inline(never)]
+    fn clone(&self) -> ListenAddr {
+        match self {
+            ListenAddr::Tcp(a) => ListenAddr::Tcp(*a),
+            ListenAddr::Unix(p) => ListenAddr::Unix(p.clone()),
+            ListenAddr::Fd(n) => ListenAddr::Fd(*n),
+            ListenAddr::Systemd(name) => ListenAddr::Systemd(name.clone()),
+        }
+    }
 }
 
 impl ListenAddr {

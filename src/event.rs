@@ -146,28 +146,48 @@ impl Replacement {
 
 impl fmt::Display for Replacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const MIB: f64 = 1024.0 * 1024.0;
+        const MIB: u128 = 1 << 20;
+        const NANOS: u128 = 1_000_000_000;
         match *self {
             Replacement::Unresponsive { silent } => write!(
                 f,
-                "unresponsive: no answer to the primary's ping for {:.1} s",
-                silent.as_secs_f64()
+                "unresponsive: no answer to the primary's ping for {} s",
+                Tenths(silent.as_nanos(), NANOS)
             ),
             Replacement::NoHeartbeat { silent } => write!(
                 f,
-                "no heartbeat: the application was silent for {:.1} s",
-                silent.as_secs_f64()
+                "no heartbeat: the application was silent for {} s",
+                Tenths(silent.as_nanos(), NANOS)
             ),
             Replacement::MaxConnections { accepted, limit } => {
                 write!(f, "max connections: {accepted} accepted, limit {limit}")
             }
             Replacement::MaxRss { rss, limit } => write!(
                 f,
-                "max rss: {:.1} MiB resident, limit {:.1} MiB",
-                rss as f64 / MIB,
-                limit as f64 / MIB
+                "max rss: {} MiB resident, limit {} MiB",
+                Tenths(rss.into(), MIB),
+                Tenths(limit.into(), MIB)
             ),
         }
+    }
+}
+
+/// `n / d` with one decimal, rounded half to even: what `{:.1}` prints for the
+/// quotient as an `f64`, without the float formatting code (about 20 KiB of the
+/// release binary, used nowhere else).
+struct Tenths(u128, u128);
+
+impl fmt::Display for Tenths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Tenths(n, d) = *self;
+        let (mut q, r) = (n.saturating_mul(10) / d, n.saturating_mul(10) % d);
+        if r * 2 > d || (r * 2 == d && q % 2 == 1) {
+            q += 1;
+        }
+        // Printed as u64 (a u128 would bring its own formatting code): a duration of
+        // over 584 years would show as u64::MAX seconds.
+        let whole = u64::try_from(q / 10).unwrap_or(u64::MAX);
+        write!(f, "{whole}.{}", (q % 10) as u8)
     }
 }
 
@@ -292,4 +312,36 @@ pub enum Event {
     /// Something failed and the primary recovered (a worker broke the protocol and was
     /// killed, a send failed, …); the cluster keeps running.
     Error(Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replacement reasons read as they did when they were formatted as `f64`.
+    #[test]
+    fn tenths_as_float_formatting() {
+        let mib = 1u64 << 20;
+        for rss in (0..40 * mib).step_by(4096).chain([u64::MAX >> 11, 1 << 52]) {
+            let r = Replacement::MaxRss { rss, limit: mib };
+            let f = rss as f64 / mib as f64;
+            assert_eq!(
+                r.to_string(),
+                format!("max rss: {f:.1} MiB resident, limit 1.0 MiB")
+            );
+        }
+        for ms in [
+            0, 1, 49, 51, 99, 100, 149, 151, 999, 1_000, 1_949, 30_000, 86_400_123,
+        ] {
+            let silent = Duration::from_millis(ms);
+            let r = Replacement::Unresponsive { silent };
+            assert_eq!(
+                r.to_string(),
+                format!(
+                    "unresponsive: no answer to the primary's ping for {:.1} s",
+                    silent.as_secs_f64()
+                )
+            );
+        }
+    }
 }

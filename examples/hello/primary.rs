@@ -241,9 +241,11 @@ pub fn run(opts: Options) -> ExitCode {
         }
     };
     let expected = cluster.target_workers();
-    let mut listening = std::collections::BTreeSet::new();
+    // The workers seen listening (receiving): a worker counts once however many
+    // listeners it reports.
+    let mut listening = Vec::new();
     let mut ready = false;
-    let mut receiving = std::collections::BTreeSet::new();
+    let mut receiving = Vec::new();
     let mut udp_ready = false;
     let mut failed = false;
     loop {
@@ -257,7 +259,9 @@ pub fn run(opts: Options) -> ExitCode {
         };
         match event {
             Event::Listening { worker, addr } => {
-                listening.insert(worker);
+                if !listening.contains(&worker) {
+                    listening.push(worker);
+                }
                 if !ready && listening.len() >= expected {
                     ready = true;
                     println!("ready {addr}");
@@ -266,7 +270,9 @@ pub fn run(opts: Options) -> ExitCode {
                 }
             }
             Event::Receiving { worker, addr } => {
-                receiving.insert(worker);
+                if !receiving.contains(&worker) {
+                    receiving.push(worker);
+                }
                 if !udp_ready && receiving.len() >= expected {
                     udp_ready = true;
                     println!("udp {addr}");

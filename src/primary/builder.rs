@@ -421,7 +421,9 @@ impl Builder {
     }
 
     /// Forks the workers; each runs `worker` and exits with its result (0 for `Ok`, 1
-    /// for `Err`, whose message goes to stderr, 101 for a panic).
+    /// for `Err`, whose message goes to stderr, 101 for a panic; with
+    /// `panic = "abort"` a panic kills the worker with `SIGABRT`, a crash like any
+    /// other).
     ///
     /// A worker or heartbeat timeout under 10 ms, or a `max_rss` of 0, is refused with
     /// [`Error::Config`]: every worker would be replaced as soon as it starts.
@@ -490,6 +492,7 @@ impl Builder {
             config: self.config,
             worker_fn: f,
             workers: Default::default(),
+            poll_scratch: Default::default(),
             handles: Vec::new(),
             next_handle: 0,
             notifier: None,

@@ -26,6 +26,13 @@ const REAP_POLL: Duration = Duration::from_millis(20);
 /// the others.
 const MESSAGES_PER_TURN: usize = 64;
 
+/// The poll lists, kept from turn to turn for their allocations.
+#[derive(Debug, Default)]
+pub(super) struct PollScratch {
+    tokens: Vec<Token>,
+    ready: Vec<(Token, bool, bool)>,
+}
+
 /// What a poll entry stands for.
 #[derive(Debug, Clone, Copy)]
 enum Token {
@@ -46,7 +53,12 @@ impl Cluster {
             let d = at.saturating_duration_since(now);
             timeout = Some(timeout.map_or(d, |t| t.min(d)));
         }
-        let ready = self.poll(now, timeout)?;
+        // The lists of the last turn, kept for their allocations (the primary's loop
+        // runs once per connection in round-robin).
+        let mut ready = std::mem::take(&mut self.poll_scratch.ready);
+        let mut tokens = std::mem::take(&mut self.poll_scratch.tokens);
+        self.poll(now, timeout, &mut tokens, &mut ready)?;
+        self.poll_scratch.tokens = tokens;
         // Signals first (the self-pipe pattern: drain, then act).
         if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {
             self.take_signals();
@@ -70,6 +82,7 @@ impl Cluster {
                 }
             }
         }
+        self.poll_scratch.ready = ready;
         let now = Instant::now();
         let reaping = self.reap_due || self.orphans_due || self.workers.values().any(|s| s.eof);
         if reaping || (self.state == State::Running && self.live_count() < self.target) {
@@ -102,14 +115,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// Builds the poll set, waits, and returns what is ready.
+    /// Builds the poll set, waits, and puts what is ready in `ready` (`tokens` is
+    /// scratch space).
     fn poll(
         &self,
         now: Instant,
         timeout: Option<Duration>,
-    ) -> Result<Vec<(Token, bool, bool)>, Error> {
+        tokens: &mut Vec<Token>,
+        ready: &mut Vec<(Token, bool, bool)>,
+    ) -> Result<(), Error> {
+        ready.clear();
+        tokens.clear();
         let mut fds = Vec::with_capacity(8 + self.workers.len() * 2);
-        let mut tokens = Vec::with_capacity(fds.capacity());
         if let Some(pipe) = &self.signals {
             fds.push(PollFd::new(pipe.as_fd(), false));
             tokens.push(Token::Signals);
@@ -122,25 +139,24 @@ impl Cluster {
             fds.push(PollFd::new(s.control.as_fd(), s.wants_write()));
             tokens.push(Token::Control(s.id));
         }
-        let mut watched = Vec::new();
         for h in &self.handles {
-            h.handle.watch(now, &mut watched);
-            for (fd, read, write, what) in watched.drain(..) {
+            h.handle.watch(now, &mut |fd, read, write, what| {
                 fds.push(PollFd::with(fd, read, write));
                 tokens.push(Token::Handle(h.id, what));
-            }
+            });
         }
         match poll::poll(&mut fds, timeout) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(Error::io("poll", e)),
         }
-        Ok(fds
-            .iter()
-            .zip(tokens)
-            .filter(|(fd, _)| fd.any())
-            .map(|(fd, t)| (t, fd.readable(), fd.writable()))
-            .collect())
+        ready.extend(
+            fds.iter()
+                .zip(tokens.iter())
+                .filter(|(fd, _)| fd.any())
+                .map(|(fd, &t)| (t, fd.readable(), fd.writable())),
+        );
+        Ok(())
     }
 
     /// The earliest timer: a kill deadline, a respawn back-off, a reload step, a

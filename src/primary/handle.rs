@@ -266,13 +266,15 @@ impl Handle {
     pub(super) fn watch<'a>(
         &'a self,
         now: Instant,
-        out: &mut Vec<(BorrowedFd<'a>, bool, bool, Watch)>,
+        out: &mut dyn FnMut(BorrowedFd<'a>, bool, bool, Watch),
     ) {
         if let Handle::RoundRobin(h) = self {
             if let Some(fd) = h.listener_to_poll(now) {
-                out.push((fd, true, false, Watch::Listener));
+                out(fd, true, false, Watch::Listener);
             }
-            out.extend(h.member_fds().map(|(fd, r, w)| (fd, r, w, Watch::Member)));
+            for (fd, r, w) in h.member_fds() {
+                out(fd, r, w, Watch::Member);
+            }
         }
     }
 

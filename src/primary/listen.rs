@@ -40,7 +40,6 @@
 //! with its last worker whatever the reason, so a crash refuses clients until the
 //! respawn listens again; here only a deliberate end does.
 
-use std::collections::BTreeSet;
 use std::io;
 
 use super::handle::{Handle, Setup};
@@ -150,8 +149,10 @@ impl Cluster {
         };
         match sent {
             Ok(()) if granted => {
-                slot.granted.insert(handle);
-                self.handles[idx].holders.entry(id).or_default().granted += 1;
+                if let Err(at) = slot.granted.binary_search(&handle) {
+                    slot.granted.insert(at, handle);
+                }
+                self.handles[idx].holders.or_default(id).granted += 1;
             }
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -432,7 +433,7 @@ impl Cluster {
 
     /// Worker `id` exited: it holds nothing any more. Handles it held that nobody holds
     /// now are closed if no replacement is coming (`replaced` false).
-    pub(super) fn release_holder(&mut self, id: WorkerId, held: &BTreeSet<u32>, replaced: bool) {
+    pub(super) fn release_holder(&mut self, id: WorkerId, held: &[u32], replaced: bool) {
         for h in &mut self.handles {
             h.holders.remove(&id);
         }

@@ -31,7 +31,8 @@
 //! `handle.rs` (the one interface of the listening handles,
 //! Node's `add`/`remove` and what the loop needs), and behind it `shared.rs`,
 //! `round_robin/` (with `scheduler.rs`) and `reuse_port.rs` (one kind per mode),
-//! `budget.rs` (each worker's share of the primary's descriptors).
+//! `budget.rs` (each worker's share of the primary's descriptors), `vec_map.rs` (the
+//! tables by worker id).
 //!
 //! # Trust
 //!
@@ -89,9 +90,10 @@ mod scheduler;
 mod shared;
 mod slot;
 mod upgrade;
+mod vec_map;
 mod vitals;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::rc::Rc;
@@ -127,6 +129,7 @@ use notify::Notifier;
 use reload::Reload;
 use respawn::CrashStreak;
 use slot::{Phase, Slot};
+use vec_map::VecMap;
 
 /// The signals the primary handles (and resets to `SIG_DFL` in each worker).
 ///
@@ -192,7 +195,7 @@ struct HandleEntry {
     handle: Handle,
     /// The workers listening on it, and what each holds: when the last lets go for
     /// good, the handle closes (see `listen.rs`).
-    holders: BTreeMap<WorkerId, Hold>,
+    holders: VecMap<WorkerId, Hold>,
     /// The Unix socket file this handle created, removed when the handle closes.
     socket_file: Option<SocketFile>,
 }
@@ -225,7 +228,7 @@ pub struct Cluster {
     mode: Mode,
     config: Config,
     worker_fn: Rc<WorkerFn>,
-    workers: BTreeMap<WorkerId, Slot>,
+    workers: VecMap<WorkerId, Slot>,
     handles: Vec<HandleEntry>,
     /// The id the next handle gets.
     next_handle: u32,
@@ -255,6 +258,8 @@ pub struct Cluster {
     events: VecDeque<Event>,
     state: State,
     buf: Vec<u8>,
+    /// The poll lists of the last turn (`event_loop.rs`).
+    poll_scratch: event_loop::PollScratch,
     reap_due: bool,
     /// Orphans were left for the next turn (`reap_orphans` reached its bound).
     orphans_due: bool,

@@ -1,7 +1,7 @@
 //! The primary's record of one worker process: pid, control channel, what is waiting to
 //! be sent to it, and where it is in its life.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -66,9 +66,9 @@ pub(crate) struct Slot {
     pub(crate) open: u32,
     /// On how many addresses it listens.
     pub(crate) listening: usize,
-    /// The handles it was ever granted (their ids): those it leaves empty when it
-    /// exits may close.
-    pub(crate) granted: BTreeSet<u32>,
+    /// The handles it was ever granted (their ids, ascending, each once): those it
+    /// leaves empty when it exits may close.
+    pub(crate) granted: Vec<u32>,
     /// When it was forked.
     pub(crate) forked_at: Instant,
     /// Its setup (chdir, setuid, …) failed: a young death whatever its uptime.
@@ -103,7 +103,7 @@ impl Slot {
             accepted: 0,
             open: 0,
             listening: 0,
-            granted: BTreeSet::new(),
+            granted: Vec::new(),
             forked_at: Instant::now(),
             setup_failed: false,
             said_online: false,

@@ -41,7 +41,10 @@
 //! 6. `Online` goes to the primary, and the worker function runs;
 //! 7. its result becomes the exit code (0, 1 for an error, 101 for a panic), stdout is
 //!    flushed, and the process leaves with `_exit`: it never returns into the primary's
-//!    code path, whose copy of the stack it still carries.
+//!    code path, whose copy of the stack it still carries. (Built with
+//!    `panic = "abort"`, as this repository's release profile is, a panic aborts the
+//!    worker instead: the primary sees it killed by `SIGABRT` and replaces it like any
+//!    crash.)
 //!
 //! # Messages, and back-pressure
 //!

@@ -128,7 +128,8 @@ impl RoundRobinHandle {
                 "{}: worker {} left a connection unreceived for {} ms (stopped or hung?); {} connection(s) go to other workers, and nothing more to it until it answers",
                 self.local,
                 worker,
-                STALL_TIMEOUT.as_millis(),
+                // (As u64: a u128 would bring its own formatting code, for a constant.)
+                STALL_TIMEOUT.as_millis() as u64,
                 back.len()
             );
             self.free.retain(|&f| f != id);
