@@ -245,6 +245,10 @@ fn main() {
         hello_deploy::hello_keepalive_reloads,
     ));
     scenarios.extend(all("hello_pool_grows", hello_deploy::hello_pool_grows));
+    scenarios.extend(all(
+        "hello_busy_keepalive_does_not_hold_accept",
+        hello_deploy::hello_busy_keepalive_does_not_hold_accept,
+    ));
     scenarios.push((
         "hello_stop_not_held_by_trickle",
         Box::new(hello_deploy::hello_stop_not_held_by_trickle),

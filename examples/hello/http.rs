@@ -72,21 +72,25 @@ pub trait Waiting {
     fn stopping(&self) -> bool;
 }
 
-/// How long a connection waits for its client before its thread hands the lead on
-/// (when nobody else accepts): a request nearly always follows its connection within
-/// this, and waiting for it costs the worker less than waking another thread to accept;
-/// a client that says nothing holds the worker's `accept` this long at most.
+/// How long a new connection waits for its first request before its thread hands the
+/// lead on (when too few others accept): a request nearly always follows its
+/// connection within this, and waiting for it costs the worker less than waking
+/// another thread to accept; a client that says nothing holds the worker's `accept`
+/// this long at most. Once, and only before the first response: a keep-alive client
+/// that asks again within it would otherwise hold the `accept` for as long as it asks.
 pub const LEAD_WAIT: Duration = Duration::from_millis(5);
 
 /// One connection as [`serve`] reads and writes it: a read or write that need not wait
-/// is one system call. One that must wait while no other thread accepts first waits up
-/// to [`LEAD_WAIT`] (reads), then tells the pool ([`Waiting::before_wait`]); and the
-/// first long wait bounds the connection's waits: reads wake every [`TICK`], writes give
-/// up after [`IDLE_LIMIT`].
+/// is one system call. One that must wait while too few other threads accept tells the
+/// pool first ([`Waiting::before_wait`]), except that a new connection's first read may
+/// wait [`LEAD_WAIT`] for its request before that; and the first long wait bounds the
+/// connection's waits: reads wake every [`TICK`], writes give up after [`IDLE_LIMIT`].
 struct Conn<'a> {
     stream: &'a mut Stream,
     waiting: &'a dyn Waiting,
     bound: Bound,
+    /// A response has been written: the first request's grace is over.
+    replied: bool,
 }
 
 /// The timeouts set on a connection so far.
@@ -94,7 +98,7 @@ struct Conn<'a> {
 enum Bound {
     /// None: the connection has not waited yet.
     Unset,
-    /// Reads wait [`LEAD_WAIT`].
+    /// Reads wait [`LEAD_WAIT`]: the first request's grace, used (it is given once).
     Lead,
     /// Reads wake every [`TICK`], writes give up after [`IDLE_LIMIT`].
     Tick,
@@ -109,11 +113,9 @@ impl Conn<'_> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return done,
         }
-        if self.bound != Bound::Tick && !self.waiting.covered() {
-            if self.bound == Bound::Unset {
-                self.stream.set_read_timeout(Some(LEAD_WAIT))?;
-                self.bound = Bound::Lead;
-            }
+        if self.bound == Bound::Unset && !self.replied && !self.waiting.covered() {
+            self.stream.set_read_timeout(Some(LEAD_WAIT))?;
+            self.bound = Bound::Lead;
             match self.stream.read(buf) {
                 Err(e) if is_timeout(&e) => {}
                 done => return done,
@@ -124,6 +126,7 @@ impl Conn<'_> {
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.replied = true;
         while !data.is_empty() {
             match self.stream.try_write(data) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -313,6 +316,7 @@ pub fn serve(
         stream,
         waiting,
         bound: Bound::Unset,
+        replied: false,
     };
     let buf = &mut buf.0[..];
     let mut len = 0;

@@ -309,6 +309,51 @@ pub fn hello_pool_grows(mode: &str) -> Outcome {
     gone(&workers)
 }
 
+/// One worker with one base thread; a keep-alive client asks back to back, with no
+/// pause between a response and its next request. A second client's request is
+/// answered while the first keeps asking (bounded: the first stops after 20,000
+/// requests or once the second is answered): a busy keep-alive connection must not
+/// hold the worker's `accept` (it did while each of its waits stayed under the demo's
+/// 5 ms first-request grace: the second client waited until the first stopped, and in
+/// the benchmark 12 of 16 keep-alive clients timed out).
+pub fn hello_busy_keepalive_does_not_hold_accept(mode: &str) -> Outcome {
+    let (mut srv, target) = hello(mode, "1", "1")?;
+    let mut busy = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+    ask(&mut busy, false)?;
+    let second_answered = AtomicBool::new(false);
+    let (busy_asked, second) = std::thread::scope(|s| {
+        let asker = s.spawn(|| -> Result<u32, String> {
+            let mut n = 0;
+            while n < 20_000 && !second_answered.load(Ordering::Relaxed) {
+                ask(&mut busy, false)?;
+                n += 1;
+            }
+            Ok(n)
+        });
+        let second = (|| -> Result<(), String> {
+            let mut c = Conn::connect(&target, T).map_err(|e| e.to_string())?;
+            ask(&mut c, false).map(drop)
+        })();
+        // Whether or not it was answered, the first client stops now.
+        second_answered.store(true, Ordering::Relaxed);
+        let busy_asked = asker
+            .join()
+            .map_err(|_| "the busy client panicked".to_string());
+        (busy_asked, second)
+    });
+    let busy_asked = busy_asked??;
+    second.map_err(|e| format!("the second client: {e}"))?;
+    check(busy_asked < 20_000, || {
+        "the second client was answered only after the busy one stopped (20,000 requests)".into()
+    })?;
+    println!("    {mode}: a second client answered while a busy keep-alive client asked ({busy_asked} requests meanwhile)");
+    let workers = workers_of(&srv);
+    drop(busy);
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, T)?;
+    gone(&workers)
+}
+
 /// A client that keeps sending after the server closed its keep-alive connection at a
 /// stop (a byte every 10 ms) does not hold the stop up: the worker drains it for a
 /// bounded time, finishes, prints its count and the demo exits 0 (before the bound, the
