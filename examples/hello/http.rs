@@ -63,10 +63,10 @@ pub fn listen_options() -> ListenOptions {
 
 /// What [`serve`] tells the thread pool, and asks it.
 pub trait Waiting {
-    /// Whether another thread is accepting, so this one may wait without asking.
+    /// Whether enough other threads accept, so this one may wait without asking.
     fn covered(&self) -> bool;
-    /// The connection is about to wait for its client: make sure another thread
-    /// accepts meanwhile.
+    /// The connection is about to wait for its client: make sure enough other threads
+    /// accept meanwhile.
     fn before_wait(&self);
     /// Whether the worker is stopping.
     fn stopping(&self) -> bool;
