@@ -122,13 +122,7 @@ impl Endpoint {
                 }
                 match ch.recv(&mut buf, wait.is_some()) {
                     Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
-                        // The primary's accept saw the family: an adopted abstract or
-                        // unnamed Unix socket's clients come as Unix peers.
-                        let kind = match peer {
-                            PeerAddr::Tcp(_) => StreamKind::Tcp,
-                            PeerAddr::Unix(_) => StreamKind::Unix,
-                        };
-                        return Ok(Some(Connection::new(Stream::from_fd(kind, fd), peer)));
+                        return Ok(Some(handed_off(fd, peer)));
                     }
                     Ok(Received::Eof) => return Ok(None),
                     // The primary asks whether this worker still takes connections
@@ -179,6 +173,16 @@ impl Endpoint {
     }
 }
 
+/// A connection received from the primary. Its kind follows the peer the primary's
+/// accept saw: an adopted abstract or unnamed Unix socket's clients come as Unix peers.
+fn handed_off(fd: std::os::fd::OwnedFd, peer: PeerAddr) -> Connection {
+    let kind = match peer {
+        PeerAddr::Tcp(_) => StreamKind::Tcp,
+        PeerAddr::Unix(_) => StreamKind::Unix,
+    };
+    Connection::new(Stream::from_fd(kind, fd), peer)
+}
+
 /// The primary's end of the channel is closed: `EPIPE` on a send, or `ECONNRESET` when
 /// it closed with credits of ours unread in its queue (a primary that exited, or that
 /// `execve`d a binary upgrade, which passes only the listening sockets on). No
@@ -199,11 +203,7 @@ fn drain_queued(ch: &Channel) -> Option<Connection> {
     loop {
         match ch.recv(&mut buf, true) {
             Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
-                let kind = match peer {
-                    PeerAddr::Tcp(_) => StreamKind::Tcp,
-                    PeerAddr::Unix(_) => StreamKind::Unix,
-                };
-                return Some(Connection::new(Stream::from_fd(kind, fd), peer));
+                return Some(handed_off(fd, peer));
             }
             // A probe, a record without its descriptor: nothing to serve; the next.
             Ok(Received::Message(..)) | Ok(Received::FdLost(_)) => continue,
