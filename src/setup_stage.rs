@@ -26,8 +26,9 @@ pub enum SetupStage {
     Runtime,
     /// Closing the descriptors the worker was not meant to inherit (`close_range`).
     Descriptors,
-    /// `setsid`: leaving the primary's session and its controlling terminal.
-    Session,
+    /// Giving up the controlling terminal (`TIOCNOTTY`, checked; `setsid` where
+    /// `/dev/tty` cannot be opened).
+    Terminal,
     /// Dropping capabilities: the bounding set, the ambient set, then every other
     /// (`PR_CAPBSET_DROP`, `PR_CAP_AMBIENT_CLEAR_ALL`, `capset`).
     Capabilities,
@@ -50,7 +51,7 @@ impl SetupStage {
             SetupStage::Signals => 7,
             SetupStage::Runtime => 8,
             SetupStage::Descriptors => 9,
-            SetupStage::Session => 10,
+            SetupStage::Terminal => 10,
             SetupStage::Capabilities => 11,
             SetupStage::NoNewPrivs => 12,
             SetupStage::VerifyDrop => 13,
@@ -68,7 +69,7 @@ impl SetupStage {
             7 => SetupStage::Signals,
             8 => SetupStage::Runtime,
             9 => SetupStage::Descriptors,
-            10 => SetupStage::Session,
+            10 => SetupStage::Terminal,
             11 => SetupStage::Capabilities,
             12 => SetupStage::NoNewPrivs,
             13 => SetupStage::VerifyDrop,
@@ -89,7 +90,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Signals => "reset signals",
             SetupStage::Runtime => "start the worker runtime",
             SetupStage::Descriptors => "close inherited descriptors",
-            SetupStage::Session => "setsid",
+            SetupStage::Terminal => "give up the controlling terminal",
             SetupStage::Capabilities => "drop capabilities",
             SetupStage::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
             SetupStage::VerifyDrop => "verify the privilege drop",

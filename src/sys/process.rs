@@ -5,6 +5,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{cvt, cvt_r};
 
@@ -277,10 +278,9 @@ pub(crate) fn is_child_subreaper() -> io::Result<bool> {
 }
 
 /// Corresponds to `setsid(2)`: this process leads a new session and process group, with
-/// no controlling terminal. A terminal's job-control signals (`SIGINT` from Ctrl-C,
-/// `SIGHUP` on hang-up) then no longer reach it, and it cannot use a terminal it
-/// inherited as its own (`TIOCSTI` into it needs it as controlling terminal, or
-/// `CAP_SYS_ADMIN`).
+/// no controlling terminal. Only the fallback of [`give_up_terminal`] now: a process
+/// outside its parent's process group is out of reach of everything that signals or
+/// counts a process group (a terminal's Ctrl-C, `kill -- -PGID`, `timeout(1)`).
 ///
 /// # Errors
 ///
@@ -289,6 +289,60 @@ pub(crate) fn is_child_subreaper() -> io::Result<bool> {
 pub(crate) fn new_session() -> io::Result<Pid> {
     // SAFETY: setsid takes no arguments.
     cvt(unsafe { libc::setsid() })
+}
+
+/// What [`give_up_terminal`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Terminal {
+    /// There was no controlling terminal (`/dev/tty` is `ENXIO`): a service.
+    NoneHeld,
+    /// The controlling terminal was given up with `TIOCNOTTY`; the process stays in its
+    /// parent's session and process group.
+    GivenUp,
+    /// `/dev/tty` could not be opened for another reason (missing in a container,
+    /// not accessible), so the terminal could not be found: the process left for a
+    /// session of its own (`setsid`), which has none for certain.
+    NewSession,
+}
+
+/// Gives up the controlling terminal without leaving the process group: `TIOCNOTTY` on
+/// `/dev/tty` (for a process that does not lead its session it detaches only that
+/// process), checked by opening `/dev/tty` again, which must fail with `ENXIO`. A
+/// process without a controlling terminal cannot `TIOCSTI` into a terminal it
+/// inherited (that needs it as controlling terminal, or `CAP_SYS_ADMIN`), is not sent
+/// `SIGTTIN`/`SIGTTOU` for using it, and being no session leader, can never take one
+/// again. Where `/dev/tty` cannot be opened at all, falls back to [`new_session`].
+///
+/// # Errors
+///
+/// The `ioctl`'s error, `EPERM` if the terminal is still controlling after it, or
+/// `setsid`'s.
+pub(crate) fn give_up_terminal() -> io::Result<Terminal> {
+    match open_tty() {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Terminal::NoneHeld),
+        Err(_) => return new_session().map(|_| Terminal::NewSession),
+        Ok(tty) => {
+            // SAFETY: `tty` is an open descriptor; TIOCNOTTY takes no argument.
+            cvt(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCNOTTY) })?;
+        }
+    }
+    match open_tty() {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Terminal::GivenUp),
+        _ => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the controlling terminal is still held after TIOCNOTTY",
+        )),
+    }
+}
+
+/// Opens `/dev/tty`, the controlling terminal, without making anything controlling.
+fn open_tty() -> io::Result<OwnedFd> {
+    let path = b"/dev/tty\0";
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: `path` is a NUL-terminated string; open returns a new fd or -1.
+    let fd = cvt_r(|| unsafe { libc::open(path.as_ptr().cast(), flags) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A user id (`uid_t`).

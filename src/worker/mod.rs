@@ -14,12 +14,18 @@
 //!    open — a private key, a database connection, another service's socket, the
 //!    descriptors its own parent leaked to it — a worker cannot use, even once it is
 //!    compromised. Descriptors a worker closure captured are closed too, unless named;
-//!    then `setsid(2)`: the worker leads a session of its own, without the primary's
-//!    controlling terminal (a worker that dropped privileges could otherwise push input
-//!    into a root shell with `TIOCSTI`, or be hung up with it). Ctrl-C in that terminal
-//!    reaches only the primary, which then shuts its workers down gracefully;
-//! 2. the signals the primary handles go back to `SIG_DFL` (ignored ones stay ignored,
-//!    as across `execve`), and the mask the primary had before the fork is restored;
+//!    then the worker gives up the primary's controlling terminal (`TIOCNOTTY`,
+//!    checked): a worker that dropped privileges could otherwise push input into a
+//!    root shell with `TIOCSTI`. It stays in the primary's session and process group,
+//!    as Node's workers do, so whatever signals or counts a process group sees the
+//!    whole cluster: a terminal's Ctrl-C, `kill -- -PGID`, `timeout(1)`, `ps -g`, a
+//!    benchmark summing the group's CPU. (Where `/dev/tty` cannot be opened to find
+//!    the terminal, it leaves for a session of its own with `setsid(2)` instead.);
+//! 2. the primary's own signals (`SIGHUP`, `SIGTTIN`, `SIGTTOU`, `SIGUSR2`) and
+//!    `SIGPIPE` are ignored, the other signals the primary handles go back to `SIG_DFL`
+//!    (ignored ones stay ignored, as across `execve`), and then the mask the primary had
+//!    before the fork is restored: a reload or upgrade signal sent to the group while a
+//!    worker starts cannot kill it;
 //! 3. the worker settings: working directory, silenced stdio (stdin alone from
 //!    `/dev/null` with a user), then `setgroups`, `setgid`, `setuid` and the rest of the
 //!    privilege drop, verified (see `settings.rs`);
@@ -27,7 +33,6 @@
 //!    it — then a check that the primary is still the parent (it may have died between
 //!    `fork` and `prctl`, and then nobody would send the signal);
 //! 5. the worker runtime starts: the `SIGURG` no-op handler used to interrupt `accept`;
-//!    the primary's own signals (`SIGHUP`, `SIGTTIN`, `SIGTTOU`, `SIGUSR2`) ignored;
 //!    `SIGTERM` and `SIGINT` written into a self-pipe, for they mean *disconnect* (a
 //!    service manager's control-group kill, `kill` of a worker, the primary's death
 //!    through `PR_SET_PDEATHSIG`): stop accepting, finish what it holds, exit 0; and one
@@ -397,15 +402,21 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         return setup_failed(&control, id, SetupStage::Descriptors, &e);
     }
     drop(keep);
-    if let Err(e) = process::new_session() {
-        return setup_failed(&control, id, SetupStage::Session, &e);
+    if let Err(e) = process::give_up_terminal() {
+        return setup_failed(&control, id, SetupStage::Terminal, &e);
     }
-    // SIGPIPE ignored, as in Node and in any Rust `main`, but also when the program
+    // The primary's signals, which a service manager's group kill, `kill -- -PGID` or a
+    // terminal also send the workers: not theirs to act on. Ignored before the mask is
+    // restored, so one sent to the group while this worker starts cannot kill it.
+    // SIGPIPE ignored too, as in Node and in any Rust `main`, but also when the program
     // embedding the cluster restored its default: a client that closes early is an
     // `EPIPE` from `write`, never a dead worker.
-    if let Err(e) = signal::reset_in_child(start.reset_signals, &start.mask)
-        .and_then(|()| signal::ignore(libc::SIGPIPE))
-    {
+    for sig in PRIMARY_ONLY_SIGNALS.into_iter().chain([libc::SIGPIPE]) {
+        if let Err(e) = signal::ignore(sig) {
+            return setup_failed(&control, id, SetupStage::Signals, &e);
+        }
+    }
+    if let Err(e) = signal::reset_in_child(start.reset_signals, &start.mask) {
         return setup_failed(&control, id, SetupStage::Signals, &e);
     }
     if let Err((stage, e)) = start.settings.apply() {
@@ -420,13 +431,6 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
     }
     if let Err(e) = signal::install_interrupt_handler() {
         return setup_failed(&control, id, SetupStage::Runtime, &e);
-    }
-    // The primary's signals, which a service manager's group kill or a terminal also
-    // sends the workers: not theirs to act on.
-    for sig in PRIMARY_ONLY_SIGNALS {
-        if let Err(e) = signal::ignore(sig) {
-            return setup_failed(&control, id, SetupStage::Signals, &e);
-        }
     }
     // SIGTERM and SIGINT are a disconnect (see `control.rs`).
     let signals = match SignalPipe::install(&DISCONNECT_SIGNALS) {

@@ -5,6 +5,7 @@
 //!
 //! The privilege scenarios need root (CI runs as root) and say why they skip otherwise.
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -166,8 +167,11 @@ pub fn iso_inherit_nothing() -> Outcome {
 }
 
 /// The primary has a controlling terminal (run under `script(1)`, as from a shell);
-/// every worker leads its own session and has none, so nothing it does reaches that
-/// terminal (`TIOCSTI` into the primary's shell, a `SIGHUP`, a read from it).
+/// every worker has none, so nothing it does reaches that terminal (`TIOCSTI` into the
+/// primary's shell needs it as controlling terminal), yet stays in the primary's
+/// process group and session, as Node's workers do: a Ctrl-C typed into the terminal
+/// (`^C` written to it) reaches the primary and every worker, and the cluster stops
+/// gracefully with exit 0.
 pub fn iso_no_controlling_tty() -> Outcome {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // `stty -onlcr`: lines arrive with "\n", not the terminal's "\r\n".
@@ -179,7 +183,8 @@ pub fn iso_no_controlling_tty() -> Outcome {
         .env("SC_MODE", "round-robin")
         .env("SC_WORKERS", "2")
         .env("SC_THREADS", "1");
-    let mut srv = Server::spawn(cmd)?;
+    // script(1) copies its stdin into the terminal: the keyboard.
+    let mut srv = Server::spawn_with_stdin(cmd, Stdio::piped())?;
     let result = no_controlling_tty(&mut srv);
     if result.is_err() {
         // The primary is script(1)'s child, in a session of its own: killing script
@@ -196,27 +201,35 @@ fn no_controlling_tty(srv: &mut Server) -> Outcome {
     let answers = ask_every_worker(&t[0], "hi", 2)?;
     let first = *answers.keys().next().ok_or("no worker")?;
     let primary = proc::parent_of(first).ok_or("no parent")?;
-    let (p_session, p_tty) = proc::session_and_tty(primary).ok_or("no primary stat")?;
-    check(p_tty != 0, || {
+    let p = proc::job_ids(primary).ok_or("no primary stat")?;
+    check(p.tty != 0, || {
         "script(1) gave the primary no terminal (tty_nr 0), nothing to check".to_string()
     })?;
     for (&pid, r) in &answers {
-        let (session, tty) = proc::session_and_tty(pid).ok_or("no worker stat")?;
+        let w = proc::job_ids(pid).ok_or("no worker stat")?;
         println!(
-            "    primary {primary}: session {p_session}, tty_nr {p_tty}; worker {} (pid \
-             {pid}): session {session}, tty_nr {tty}",
+            "    primary {primary}: {p:?}; worker {} (pid {pid}): {w:?}",
             r.worker
         );
-        check(tty == 0 && session == pid, || {
+        check(w.tty == 0, || {
             format!(
-                "worker {} has controlling terminal {tty} in session {session} (want none, \
-                 its own session {pid})",
-                r.worker
+                "worker {} has controlling terminal {} (want none)",
+                r.worker, w.tty
+            )
+        })?;
+        check(w.group == p.group && w.session == p.session, || {
+            format!(
+                "worker {} is in process group {} of session {}, not the primary's ({} of {})",
+                r.worker, w.group, w.session, p.group, p.session
             )
         })?;
     }
-    // The primary, not script(1): script's exit status is the primary's (-e).
-    proc::signal(primary, "TERM")?;
+    // Ctrl-C: the terminal sends SIGINT to its foreground process group.
+    let keyboard = srv.child.stdin.as_mut().ok_or("no stdin")?;
+    keyboard
+        .write_all(b"\x03")
+        .and_then(|()| keyboard.flush())
+        .map_err(|e| format!("typing ^C: {e}"))?;
     let end = exited_ok(srv, Duration::from_secs(10))?;
     clean_end(srv, &end)
 }

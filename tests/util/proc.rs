@@ -584,11 +584,24 @@ pub fn fd_flags(pid: u32, fd: i32) -> Option<u32> {
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
 }
 
-/// The session id and controlling terminal (`tty_nr`, 0 for none) of a process, from
-/// fields 6 and 7 of /proc/PID/stat.
-pub fn session_and_tty(pid: u32) -> Option<(u32, u64)> {
+/// Where a process stands towards terminals: its process group, session and
+/// controlling terminal (fields 5, 6 and 7 of /proc/PID/stat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobIds {
+    pub group: u32,
+    pub session: u32,
+    /// `tty_nr`: 0 for none.
+    pub tty: u64,
+}
+
+/// The process group, session and controlling terminal of a process.
+pub fn job_ids(pid: u32) -> Option<JobIds> {
     let f = stat_fields(pid)?;
-    Some((f.get(3)?.parse().ok()?, f.get(4)?.parse().ok()?))
+    Some(JobIds {
+        group: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        tty: f.get(4)?.parse().ok()?,
+    })
 }
 
 /// The parent pid of a process (field 4 of /proc/PID/stat).
