@@ -287,6 +287,10 @@ fn main() {
         use health::*;
         scenarios.extend(all("hung_worker_replaced", hung_worker_replaced));
         scenarios.push((
+            "group_stop_is_not_a_hang",
+            Box::new(group_stop_is_not_a_hang),
+        ));
+        scenarios.push((
             "heartbeat_replaces_hung_application",
             Box::new(heartbeat_replaces_hung_application),
         ));

@@ -59,6 +59,12 @@ impl Cluster {
         let mut tokens = std::mem::take(&mut self.poll_scratch.tokens);
         self.poll(now, timeout, &mut tokens, &mut ready)?;
         self.poll_scratch.tokens = tokens;
+        if let Some(t) = timeout {
+            // Back later than its timeout allows: the primary did not run meanwhile
+            // (stopped with the rest of its process group by Ctrl-Z or `SIGSTOP`,
+            // or starved), and neither, most likely, did its workers.
+            self.paused(now.elapsed().saturating_sub(t));
+        }
         // Signals first (the self-pipe pattern: drain, then act).
         if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {
             self.take_signals();

@@ -90,6 +90,45 @@ pub fn hung_worker_replaced(mode: &str) -> Outcome {
     )
 }
 
+/// The primary and its workers stopped *together* for longer than the worker timeout
+/// (a terminal's Ctrl-Z, `kill -STOP -- -PGID`: workers are in the primary's process
+/// group) and continued: no worker is taken for hung. The primary notices that it did
+/// not run itself (it says so on stderr), and that time is not the workers' silence;
+/// every worker still serves, none is replaced.
+pub fn group_stop_is_not_a_hang() -> Outcome {
+    let (mut srv, targets) = spec("round-robin", 2, 2, &[("SC_TIMEOUT_MS", "1000")]).start()?;
+    all_ok(&client::load(&targets[0], 20, 2, "hi", T), 20, "warm-up")?;
+    let workers = [
+        proc::worker_pid(&srv.seen, 1)?,
+        proc::worker_pid(&srv.seen, 2)?,
+    ];
+    let group = [srv.pid(), workers[0], workers[1]];
+    proc::signal_all(&group, "STOP")?;
+    for &pid in &group {
+        proc::wait_stopped(pid, T)?;
+    }
+    // The stimulus, not a synchronisation: the group stays stopped one and a half
+    // worker timeouts.
+    std::thread::sleep(Duration::from_millis(1500));
+    proc::signal_all(&group, "CONT")?;
+    let said = srv.expect("err: ", T)?;
+    println!("    {said}");
+    check(said.contains("did not run for"), || {
+        format!("the primary's first word after the stop: {said}")
+    })?;
+    let after = client::load(&targets[0], 100, 4, "hi", T);
+    all_ok(&after, 100, "after the group continued")?;
+    check(
+        after.by_worker.keys().copied().collect::<Vec<_>>() == [1, 2],
+        || format!("after: {}", after.shares()),
+    )?;
+    stop_and_check(&mut srv)?;
+    let replaced: Vec<&String> = lines_with(&srv, "replacing ").collect();
+    check(replaced.is_empty(), || {
+        format!("workers taken for hung after a group stop: {replaced:?}")
+    })
+}
+
 /// Heartbeats (`SC_HEARTBEAT_MS=600`, the test server's heartbeat thread calls
 /// `Worker::heartbeat` five times per timeout): under load for several timeouts no
 /// worker is touched; once one worker's application stops calling it, that worker
