@@ -493,6 +493,7 @@ impl Builder {
             worker_fn: f,
             workers: Default::default(),
             poll_scratch: Default::default(),
+            polled: None,
             handles: Vec::new(),
             next_handle: 0,
             notifier: None,

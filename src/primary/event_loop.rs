@@ -59,11 +59,13 @@ impl Cluster {
         let mut tokens = std::mem::take(&mut self.poll_scratch.tokens);
         self.poll(now, timeout, &mut tokens, &mut ready)?;
         self.poll_scratch.tokens = tokens;
-        if let Some(t) = timeout {
-            // Back later than its timeout allows: the primary did not run meanwhile
-            // (stopped with the rest of its process group by Ctrl-Z or `SIGSTOP`,
-            // or starved), and neither, most likely, did its workers.
-            self.paused(now.elapsed().saturating_sub(t));
+        let back = Instant::now();
+        if let (Some(t), Some(last)) = (timeout, self.polled.replace(back)) {
+            // Back later than the last turn and this poll's timeout explain: the
+            // primary did not run meanwhile (stopped with the rest of its process
+            // group by Ctrl-Z or `SIGSTOP`, or starved), and neither, most likely, did
+            // its workers.
+            self.paused(back.saturating_duration_since(last).saturating_sub(t));
         }
         // Signals first (the self-pipe pattern: drain, then act).
         if ready.iter().any(|(t, _, _)| matches!(t, Token::Signals)) {

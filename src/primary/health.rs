@@ -153,12 +153,14 @@ impl Cluster {
         Some(n.saturating_add(self.jitter.draw(j)).max(1))
     }
 
-    /// The primary was not running for `lost` beyond its poll's timeout. The time
-    /// does not count as any worker's silence: a terminal's Ctrl-Z (`SIGTSTP`) or a
+    /// The primary was away for `lost`: the time from one poll's return to the next,
+    /// beyond that poll's timeout (a turn's own work takes milliseconds). The time does
+    /// not count as any worker's silence: a terminal's Ctrl-Z (`SIGTSTP`) or a
     /// `kill -STOP -- -PGID` stops the primary and its workers together, and after
     /// `fg` every worker would otherwise be past its timeout and killed before its
-    /// answer to the last ping could arrive. Scheduling delays under 250 ms are not
-    /// counted (a worker timeout is rarely that short).
+    /// answer to the last ping could arrive. Under 250 ms is not counted (scheduling
+    /// delays; a worker timeout is rarely that short). An application that drives the
+    /// turns itself and spends longer between them gives its workers that time too.
     pub(super) fn paused(&mut self, lost: Duration) {
         if lost < PAUSE_NOTICED || self.config.health.ping_every().is_none() {
             return;

@@ -260,6 +260,9 @@ pub struct Cluster {
     buf: Vec<u8>,
     /// The poll lists of the last turn (`event_loop.rs`).
     poll_scratch: event_loop::PollScratch,
+    /// When the last turn's poll returned: how long the primary was away is measured
+    /// from it (`Cluster::paused`).
+    polled: Option<Instant>,
     reap_due: bool,
     /// Orphans were left for the next turn (`reap_orphans` reached its bound).
     orphans_due: bool,

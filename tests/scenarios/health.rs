@@ -103,18 +103,46 @@ pub fn group_stop_is_not_a_hang() -> Outcome {
         proc::worker_pid(&srv.seen, 2)?,
     ];
     let group = [srv.pid(), workers[0], workers[1]];
-    proc::signal_all(&group, "STOP")?;
-    for &pid in &group {
-        proc::wait_stopped(pid, T)?;
-    }
-    // The stimulus, not a synchronisation: the group stays stopped one and a half
-    // worker timeouts.
-    std::thread::sleep(Duration::from_millis(1500));
-    proc::signal_all(&group, "CONT")?;
-    let said = srv.expect("err: ", T)?;
-    println!("    {said}");
-    check(said.contains("did not run for"), || {
-        format!("the primary's first word after the stop: {said}")
+    let stop = AtomicBool::new(false);
+    let progress = AtomicU64::new(0);
+    let during = std::thread::scope(|s| -> Result<client::Load, String> {
+        // Clients that keep asking through the stop (the kernel queues their
+        // connections meanwhile): every one is answered once the group continues, none
+        // lost to the primary's stall recovery, which then sees connections that went
+        // unreceived for longer than its 1 s limit.
+        let load = s.spawn(|| client::load_until(&targets[0], 4, &stop, &progress));
+        let outcome = (|| -> Outcome {
+            proc::wait_until("the first answers", T, || {
+                progress.load(Ordering::Relaxed) > 0
+            })?;
+            proc::signal_all(&group, "STOP")?;
+            for &pid in &group {
+                proc::wait_stopped(pid, T)?;
+            }
+            // The stimulus, not a synchronisation: the group stays stopped one and a
+            // half worker timeouts.
+            std::thread::sleep(Duration::from_millis(1500));
+            let before = progress.load(Ordering::Relaxed);
+            proc::signal_all(&group, "CONT")?;
+            let said = srv.expect("err: ", T)?;
+            println!("    {said}");
+            check(said.contains("did not run for"), || {
+                format!("the primary's first word after the stop: {said}")
+            })?;
+            proc::wait_until("100 answers after the group continued", T, || {
+                progress.load(Ordering::Relaxed) >= before + 100
+            })
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let load = load.join().map_err(|_| "load panicked".to_string())?;
+        outcome.map(|()| load)
+    })?;
+    check(during.errors.is_empty(), || {
+        format!(
+            "through the group stop: {} failed: {:?}",
+            during.errors.len(),
+            during.errors
+        )
     })?;
     let after = client::load(&targets[0], 100, 4, "hi", T);
     all_ok(&after, 100, "after the group continued")?;
