@@ -217,7 +217,10 @@ impl Runtime {
                         addr,
                         io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("no answer from the primary within {LISTEN_REPLY_TIMEOUT:?}"),
+                            format!(
+                                "no answer from the primary within {}",
+                                crate::deadline::Shown(LISTEN_REPLY_TIMEOUT)
+                            ),
                         ),
                     ));
                 }

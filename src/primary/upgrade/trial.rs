@@ -242,9 +242,9 @@ impl Cluster {
         let t = self.upgrades.trial.take().expect("a trial");
         end_trial(t.pid);
         let why = format!(
-            "the new program {} did not reach Builder::start within {:?}",
+            "the new program {} did not reach Builder::start within {}",
             self.program_path(),
-            self.upgrades.timeout
+            crate::deadline::Shown(self.upgrades.timeout)
         );
         self.upgrade_failed(why);
     }
