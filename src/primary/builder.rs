@@ -583,8 +583,8 @@ fn cgroup_cpu_quota() -> Option<usize> {
 /// `None` for `max` (no limit) or anything unreadable.
 fn cpu_max_quota(line: &str) -> Option<usize> {
     let mut fields = line.split_ascii_whitespace();
-    let limit: u64 = fields.next()?.parse().ok()?;
-    let period: u64 = fields.next()?.parse().ok()?;
+    let limit = crate::number::u64(fields.next()?)?;
+    let period = crate::number::u64(fields.next()?)?;
     limit.checked_div(period).map(|n| n.max(1) as usize)
 }
 

@@ -203,7 +203,7 @@ fn close_range(first: u32, last: u32) -> io::Result<()> {
 /// own descriptor, which the listing closes itself).
 fn close_listed(kept: &[u32]) -> io::Result<()> {
     let open: Vec<u32> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|e| crate::number::parse(e.ok()?.file_name().to_str()?))
         .collect();
     // The listing's own descriptor is closed now, and was listed: closing that number
     // again gives EBADF, ignored below.

@@ -27,7 +27,7 @@ pub(crate) fn thread_count() -> io::Result<usize> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| crate::number::parse(v.trim()))
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -204,7 +204,7 @@ pub(crate) fn resident_bytes(pid: Pid) -> io::Result<u64> {
     let pages: u64 = statm
         .split_ascii_whitespace()
         .nth(1)
-        .and_then(|v| v.parse().ok())
+        .and_then(crate::number::u64)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
     Ok(pages.saturating_mul(page_size()))
 }

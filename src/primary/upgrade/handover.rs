@@ -160,10 +160,9 @@ fn addr_from(s: &str) -> Result<ListenAddr, String> {
     text.parse().map_err(|e| format!("address {text:?}: {e}"))
 }
 
-fn num<T: std::str::FromStr>(s: Option<&str>, what: &str) -> Result<T, String> {
+fn num<T: TryFrom<i64> + TryFrom<u64>>(s: Option<&str>, what: &str) -> Result<T, String> {
     let s = s.ok_or_else(|| format!("{what} missing"))?;
-    s.parse()
-        .map_err(|_| format!("{what} {s:?} is not a number"))
+    crate::number::parse(s).ok_or_else(|| format!("{what} {s:?} is not a number"))
 }
 
 impl Handover<RawFd> {
