@@ -1,5 +1,5 @@
 //! Decimal numbers read from text the crate is handed (environment variables, `/proc`
-//! files, the upgrade record, `cpu.max`), through two functions kept out of line.
+//! files, the upgrade record, `cpu.max`), through one parser kept out of line.
 //!
 //! `str::parse` is generic: each integer type it reads is one more copy of std's
 //! parser, inlined where it is called, about 250 bytes a site in the release demo.
