@@ -513,7 +513,7 @@ impl Builder {
             signals,
             events: VecDeque::new(),
             state: State::Running,
-            buf: vec![0u8; MAX_RECORD_LEN + 1],
+            buf: crate::sys::mem::ZeroedBuf::new(MAX_RECORD_LEN + 1),
             reap_due: false,
             orphans_due: false,
             pid: process::getpid(),

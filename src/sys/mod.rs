@@ -29,6 +29,7 @@
 
 pub(crate) mod caps;
 pub(crate) mod fd;
+pub(crate) mod mem;
 pub(crate) mod poll;
 pub(crate) mod process;
 pub(crate) mod scm;
