@@ -13,8 +13,13 @@ use crate::server;
 /// the pipe, and `eprintln!` writes a line in pieces, which interleave with theirs.
 macro_rules! log_line {
     ($($arg:tt)*) => {
-        write_line(&format!($($arg)*))
+        write_args(format_args!($($arg)*))
     };
+}
+
+/// [`write_line`] of a `format_args!`: the formatting in one place, not at each line.
+fn write_args(args: std::fmt::Arguments<'_>) {
+    write_line(&std::fmt::format(args));
 }
 
 /// Writes `line` and a newline to stderr with one `write_all` (one `write(2)` for a
