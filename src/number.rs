@@ -3,9 +3,9 @@
 //!
 //! `str::parse` is generic: each integer type it reads is one more copy of std's
 //! parser, inlined where it is called, about 250 bytes a site in the release demo.
-//! Every site reads through [`u64`] here instead and converts with `try_from`, which
+//! Every site reads through [`u64()`] here instead and converts with `try_from`, which
 //! accepts and refuses exactly what `parse` for the narrower type does: an optional
-//! `+` (or, through [`i64`], `-`), then ASCII digits, in range.
+//! `+` (or, through [`i64()`], `-`), then ASCII digits, in range.
 
 /// `s.parse::<u64>()`: an optional `+`, then decimal digits; `None` for anything else
 /// or a value above `u64::MAX`.
@@ -14,7 +14,7 @@ pub(crate) fn u64(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// `s.parse::<i64>()`: an optional sign, then decimal digits, through [`u64`].
+/// `s.parse::<i64>()`: an optional sign, then decimal digits, through [`u64()`].
 pub(crate) fn i64(s: &str) -> Option<i64> {
     match s.strip_prefix('-') {
         // "-+5" is not a number for `parse` either.
@@ -24,8 +24,8 @@ pub(crate) fn i64(s: &str) -> Option<i64> {
     }
 }
 
-/// `s.parse::<T>()` for any integer type `T`: through [`u64`] for an unsigned type,
-/// which refuses a minus sign even on zero (`-0`) as `parse` does, through [`i64`] for
+/// `s.parse::<T>()` for any integer type `T`: through [`u64()`] for an unsigned type,
+/// which refuses a minus sign even on zero (`-0`) as `parse` does, through [`i64()`] for
 /// a signed one.
 pub(crate) fn parse<T: TryFrom<i64> + TryFrom<u64>>(s: &str) -> Option<T> {
     if T::try_from(-1i64).is_err() {
