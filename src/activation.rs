@@ -40,20 +40,18 @@ fn read_env() -> Result<Passed, String> {
     }
     let fds =
         fds.ok_or("LISTEN_FDS is not set: no socket was passed (systemd socket activation)")?;
-    let count: i32 = fds
-        .parse()
-        .ok()
+    let count: i32 = crate::number::parse(&fds)
         .filter(|&n| n > 0 && n < 1024)
         .ok_or_else(|| format!("LISTEN_FDS is {fds:?}, not a number of sockets"))?;
     let me = process::getpid();
-    match pid.as_deref().map(str::parse::<i32>) {
-        Some(Ok(p)) if p == me => {}
-        Some(Ok(p)) => {
+    match pid.as_deref().map(crate::number::parse::<i32>) {
+        Some(Some(p)) if p == me => {}
+        Some(Some(p)) => {
             return Err(format!(
                 "LISTEN_PID is {p}, not this process ({me}): the sockets were passed to another"
             ))
         }
-        Some(Err(_)) => {
+        Some(None) => {
             return Err(format!(
                 "LISTEN_PID is {:?}, not a pid",
                 pid.unwrap_or_default()

@@ -174,8 +174,8 @@ impl FromStr for ListenAddr {
             return Ok(ListenAddr::Systemd(Some(name.to_string())));
         }
         if let Some(n) = s.strip_prefix("fd:") {
-            return match n.parse::<i32>() {
-                Ok(n) if n >= 0 => Ok(ListenAddr::Fd(n)),
+            return match crate::number::parse::<i32>(n) {
+                Some(n) if n >= 0 => Ok(ListenAddr::Fd(n)),
                 _ => Err(AddrParseError::new(
                     s,
                     "fd:N needs a non-negative descriptor number",
@@ -186,9 +186,9 @@ impl FromStr for ListenAddr {
             return Ok(ListenAddr::Tcp(a));
         }
         if let Some(port) = s.strip_prefix("localhost:") {
-            return match port.parse::<u16>() {
-                Ok(p) => Ok(ListenAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))),
-                Err(_) => Err(AddrParseError::new(
+            return match crate::number::parse::<u16>(port) {
+                Some(p) => Ok(ListenAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))),
+                None => Err(AddrParseError::new(
                     s,
                     "the port must be a number from 0 to 65535",
                 )),
@@ -197,7 +197,7 @@ impl FromStr for ListenAddr {
         // Say what is wrong as precisely as we can.
         match s.rsplit_once(':') {
             None => Err(AddrParseError::new(s, format!("no port; {EXPECTED}"))),
-            Some((_, port)) if port.parse::<u16>().is_err() => Err(AddrParseError::new(
+            Some((_, port)) if crate::number::parse::<u16>(port).is_none() => Err(AddrParseError::new(
                 s,
                 format!("the port {port:?} is not a number from 0 to 65535"),
             )),

@@ -129,6 +129,7 @@ mod ipc;
 mod listener;
 mod log;
 mod mode;
+mod number;
 mod options;
 mod primary;
 mod settings;

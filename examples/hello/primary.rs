@@ -13,8 +13,13 @@ use crate::server;
 /// the pipe, and `eprintln!` writes a line in pieces, which interleave with theirs.
 macro_rules! log_line {
     ($($arg:tt)*) => {
-        write_line(&format!($($arg)*))
+        write_args(format_args!($($arg)*))
     };
+}
+
+/// [`write_line`] of a `format_args!`: the formatting in one place, not at each line.
+fn write_args(args: std::fmt::Arguments<'_>) {
+    write_line(&std::fmt::format(args));
 }
 
 /// Writes `line` and a newline to stderr with one `write_all` (one `write(2)` for a
@@ -56,18 +61,29 @@ pub struct Options {
     max_rss_mib: Option<u64>,
 }
 
-/// A whole number for `flag`, at least `min`.
-fn number(flag: &str, v: &str, min: u64) -> Result<u64, String> {
+/// `v`, the value of `flag`, as a whole number in `range`; otherwise the error
+/// `FLAG: "V" is not WHAT`. One function for every numeric flag (out of line: inlined,
+/// each flag would carry its own copy of the parser and the message).
+#[inline(never)]
+fn number(
+    flag: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<u64, String> {
     match v.parse::<u64>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "{flag}: {v:?} is not a whole number of at least {min}"
-        )),
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!("{flag}: {v:?} is not {what}")),
     }
 }
 
+/// The value after `flag`, or the error `FLAG needs a value`.
+fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+    args.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
 /// Parses the command line (without the program name).
-pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
+pub fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut opts = Options {
         listen: "127.0.0.1:8080".parse().map_err(|e| format!("{e}"))?,
         udp: None,
@@ -84,94 +100,79 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String>
         max_requests_jitter: 0,
         max_rss_mib: None,
     };
-    let mut args = args;
+    const FLAGS: [&str; 14] = [
+        "--listen",
+        "--udp",
+        "--workers",
+        "--mode",
+        "--threads",
+        "--user",
+        "--prefetch",
+        "--accept-window-us",
+        "--timeout",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--max-rss",
+        "--upgrade-timeout",
+        "--scheduler",
+    ];
+    const ANY: std::ops::RangeInclusive<u64> = 0..=u64::MAX;
+    const POSITIVE: std::ops::RangeInclusive<u64> = 1..=u64::MAX;
     while let Some(flag) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match flag.as_str() {
-            "--listen" => {
-                opts.listen = value("--listen")?
-                    .parse()
-                    .map_err(|e| format!("--listen: {e}"))?
+        let flag = flag.as_str();
+        if matches!(flag, "-h" | "--help") {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        // Every other flag takes a value.
+        if !FLAGS.contains(&flag) {
+            return Err(format!("unknown argument {flag:?}"));
+        }
+        let v = value(&mut args, flag)?;
+        let n = |range, what| number(flag, &v, range, what);
+        match flag {
+            "--listen" | "--udp" => {
+                let addr = v.parse().map_err(|e| format!("{flag}: {e}"))?;
+                if flag == "--udp" {
+                    opts.udp = Some(addr);
+                } else {
+                    opts.listen = addr;
+                }
             }
-            "--udp" => opts.udp = Some(value("--udp")?.parse().map_err(|e| format!("--udp: {e}"))?),
             "--workers" => {
-                let v = value("--workers")?;
-                match v.parse::<usize>() {
-                    Ok(n) if n > 0 => opts.workers = Some(n),
-                    _ => return Err(format!("--workers: {v:?} is not a positive number")),
-                }
+                opts.workers = Some(n(1..=usize::MAX as u64, "a positive number")? as usize)
             }
-            "--mode" => {
-                opts.mode = Some(
-                    value("--mode")?
-                        .parse()
-                        .map_err(|e| format!("--mode: {e}"))?,
-                )
-            }
-            "--threads" => {
-                let v = value("--threads")?;
-                match v.parse::<usize>() {
-                    Ok(n) if (1..=1024).contains(&n) => opts.threads = n,
-                    _ => return Err(format!("--threads: {v:?} is not a number from 1 to 1024")),
-                }
-            }
-            "--user" => opts.user = Some(value("--user")?),
-            "--prefetch" => {
-                let v = value("--prefetch")?;
-                opts.prefetch = Some(
-                    v.parse()
-                        .map_err(|_| format!("--prefetch: {v:?} is not a number"))?,
-                );
-            }
-            "--accept-window-us" => {
-                let v = value("--accept-window-us")?;
-                opts.accept_window_us = Some(
-                    v.parse()
-                        .map_err(|_| format!("--accept-window-us: {v:?} is not a number"))?,
-                );
-            }
+            "--mode" => opts.mode = Some(v.parse().map_err(|e| format!("--mode: {e}"))?),
+            "--threads" => opts.threads = n(1..=1024, "a number from 1 to 1024")? as usize,
+            "--user" => opts.user = Some(v),
+            "--prefetch" => opts.prefetch = Some(n(0..=u64::from(u32::MAX), "a number")? as u32),
+            "--accept-window-us" => opts.accept_window_us = Some(n(ANY, "a number")?),
             "--timeout" => {
-                let secs = number("--timeout", &value("--timeout")?, 1)?;
+                let secs = n(POSITIVE, "a whole number of at least 1")?;
                 opts.timeout = Some(Duration::from_secs(secs));
             }
             "--max-requests" => {
-                opts.max_requests = Some(number("--max-requests", &value("--max-requests")?, 1)?)
+                opts.max_requests = Some(n(POSITIVE, "a whole number of at least 1")?)
             }
             "--max-requests-jitter" => {
-                opts.max_requests_jitter =
-                    number("--max-requests-jitter", &value("--max-requests-jitter")?, 0)?
+                opts.max_requests_jitter = n(ANY, "a whole number of at least 0")?
             }
             "--max-rss" => {
-                let mib = number("--max-rss", &value("--max-rss")?, 1)?;
+                let mib = n(POSITIVE, "a whole number of at least 1")?;
                 opts.max_rss_mib = Some(mib.min(u64::MAX >> 20));
             }
             "--upgrade-timeout" => {
-                let v = value("--upgrade-timeout")?;
-                match v.parse::<u64>() {
-                    Ok(n) if n > 0 => opts.upgrade_timeout = Some(n),
-                    _ => {
-                        return Err(format!(
-                            "--upgrade-timeout: {v:?} is not a positive number of seconds"
-                        ))
-                    }
+                opts.upgrade_timeout = Some(n(POSITIVE, "a positive number of seconds")?)
+            }
+            "--scheduler" => match v.as_str() {
+                "fewest-dispatched" | "fifo" | "least-connections" => opts.scheduler = Some(v),
+                other => {
+                    return Err(format!(
+                        "--scheduler: {other:?} is not fewest-dispatched, fifo or least-connections"
+                    ))
                 }
-            }
-            "--scheduler" => {
-                let v = value("--scheduler")?;
-                match v.as_str() {
-                    "fewest-dispatched" | "fifo" | "least-connections" => opts.scheduler = Some(v),
-                    other => {
-                        return Err(format!(
-                            "--scheduler: {other:?} is not fewest-dispatched, fifo or least-connections"
-                        ))
-                    }
-                }
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+            },
+            _ => return Err(format!("unknown argument {flag:?}")), // not in FLAGS
         }
     }
     Ok(opts)

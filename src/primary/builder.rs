@@ -97,7 +97,10 @@ impl Builder {
         }
     }
 
-    /// How many workers to keep (default: the number of CPUs). At most
+    /// How many workers to keep (default: the number of CPUs this process may use, as
+    /// Node's `os.availableParallelism()` counts them: its CPU affinity mask, capped by
+    /// a cgroup v2 CPU quota such as `docker --cpus` or systemd's `CPUQuota=` set; a
+    /// cgroup v1 quota is not read). At most
     /// [`MAX_WORKERS`](crate::MAX_WORKERS), and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
     /// (see [`Cluster::max_workers`]): `start` refuses more.
     pub fn workers(mut self, n: usize) -> Builder {
@@ -451,7 +454,7 @@ impl Builder {
         };
         let count = match self.workers {
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => available_parallelism(),
         };
         if count == 0 {
             return Err(Error::Config(
@@ -511,7 +514,7 @@ impl Builder {
             signals,
             events: VecDeque::new(),
             state: State::Running,
-            buf: vec![0u8; MAX_RECORD_LEN + 1],
+            buf: crate::sys::mem::ZeroedBuf::new(MAX_RECORD_LEN + 1),
             reap_due: false,
             orphans_due: false,
             pid: process::getpid(),
@@ -537,5 +540,73 @@ impl Builder {
         cluster.spawn()?;
         cluster.maintain(std::time::Instant::now());
         Ok(cluster)
+    }
+}
+
+/// How many CPUs this process may use: the CPUs of its affinity mask, capped by the
+/// cgroup v2 CPU quota of its cgroup and every cgroup above it; libuv's
+/// `uv_available_parallelism` (Node's `os.availableParallelism()`) since libuv 1.49.
+///
+/// `std::thread::available_parallelism` does the same and also reads cgroup v1 and
+/// `/proc/self/mountinfo` for where cgroups are mounted: 5.5 KiB of the release demo
+/// for a legacy hierarchy. Here, as in libuv, cgroup v2 is where it is mounted on
+/// every current distribution, `/sys/fs/cgroup`.
+fn available_parallelism() -> usize {
+    let cpus = process::affinity_cpus();
+    cgroup_cpu_quota().map_or(cpus, |quota| cpus.min(quota))
+}
+
+/// The smallest CPU quota of this process's cgroup v2 and its ancestors
+/// (`/sys/fs/cgroup/PATH/cpu.max`, PATH from the `0::PATH` line of
+/// `/proc/self/cgroup`), in whole CPUs, at least 1; `None` if none is set or readable.
+fn cgroup_cpu_quota() -> Option<usize> {
+    const ROOT: &str = "/sys/fs/cgroup";
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut dir = format!("{ROOT}{}", if path == "/" { "" } else { path });
+    let mut quota: Option<usize> = None;
+    loop {
+        let here = std::fs::read_to_string(format!("{dir}/cpu.max"))
+            .ok()
+            .and_then(|max| cpu_max_quota(&max));
+        quota = match (quota, here) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match dir.rfind('/') {
+            Some(cut) if dir.len() > ROOT.len() => dir.truncate(cut),
+            _ => return quota,
+        }
+    }
+}
+
+/// A `cpu.max` line, `LIMIT PERIOD` (microseconds), in whole CPUs, at least 1;
+/// `None` for `max` (no limit) or anything unreadable.
+fn cpu_max_quota(line: &str) -> Option<usize> {
+    let mut fields = line.split_ascii_whitespace();
+    let limit = crate::number::u64(fields.next()?)?;
+    let period = crate::number::u64(fields.next()?)?;
+    limit.checked_div(period).map(|n| n.max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_reads_as_whole_cpus() {
+        assert_eq!(cpu_max_quota("max 100000\n"), None);
+        assert_eq!(cpu_max_quota("200000 100000\n"), Some(2));
+        assert_eq!(cpu_max_quota("150000 100000\n"), Some(1));
+        assert_eq!(cpu_max_quota("50000 100000\n"), Some(1));
+        assert_eq!(cpu_max_quota("50000 0\n"), None);
+        assert_eq!(cpu_max_quota(""), None);
+    }
+
+    #[test]
+    fn available_parallelism_matches_the_affinity_mask_here() {
+        // No CPU quota where the tests run (checked: none of them set one).
+        let n = available_parallelism();
+        assert!(n >= 1 && n <= process::affinity_cpus());
     }
 }

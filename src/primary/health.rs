@@ -87,7 +87,9 @@ impl Health {
         ] {
             if let Some(d) = d.filter(|&d| d < MIN_PING_EVERY) {
                 return Err(Error::Config(format!(
-                    "{name} {d:?} is under {MIN_PING_EVERY:?}: every worker would be killed as it starts"
+                    "{name} {} is under {}: every worker would be killed as it starts",
+                    crate::deadline::Shown(d),
+                    crate::deadline::Shown(MIN_PING_EVERY)
                 )));
             }
         }

@@ -257,7 +257,9 @@ pub struct Cluster {
     signals: Option<SignalPipe>,
     events: VecDeque<Event>,
     state: State,
-    buf: Vec<u8>,
+    /// Where control records are received: room for the largest, resident only as far
+    /// as records reach (`sys::mem`).
+    buf: crate::sys::mem::ZeroedBuf,
     /// The poll lists of the last turn (`event_loop.rs`).
     poll_scratch: event_loop::PollScratch,
     /// When the last turn's poll returned: how long the primary was away is measured

@@ -37,10 +37,10 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET")?;
         let usec: Option<u64> = std::env::var("WATCHDOG_USEC")
             .ok()
-            .and_then(|v| v.parse().ok());
+            .and_then(|v| crate::number::u64(&v));
         let for_us = std::env::var("WATCHDOG_PID")
             .ok()
-            .and_then(|v| v.parse::<i32>().ok())
+            .and_then(|v| crate::number::parse::<i32>(&v))
             .map_or(true, |pid| pid == process::getpid());
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             std::env::remove_var(var);

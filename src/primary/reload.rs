@@ -191,8 +191,8 @@ impl Reload {
                             return Progress::Aborted {
                                 replaced: self.replaced,
                                 reason: format!(
-                                    "replacement worker {} was not listening after {:?}; worker {} keeps running",
-                                    step.new, self.timeout, step.old
+                                    "replacement worker {} was not listening after {}; worker {} keeps running",
+                                    step.new, crate::deadline::Shown(self.timeout), step.old
                                 ),
                             };
                         }

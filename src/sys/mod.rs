@@ -29,6 +29,7 @@
 
 pub(crate) mod caps;
 pub(crate) mod fd;
+pub(crate) mod mem;
 pub(crate) mod poll;
 pub(crate) mod process;
 pub(crate) mod scm;
@@ -57,10 +58,18 @@ impl_is_minus_one! { i32 i64 isize }
 /// Turns a libc return value into `io::Result`: `-1` becomes `errno`.
 pub(crate) fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {
     if ret.is_minus_one() {
-        Err(io::Error::last_os_error())
+        Err(last_error())
     } else {
         Ok(ret)
     }
+}
+
+/// `errno` as an `io::Error`, out of line: [`cvt`] is inlined at every call of libc,
+/// and the failure path is the rare one.
+#[cold]
+#[inline(never)]
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
 }
 
 /// Like [`cvt`], and calls `f` again while it fails with `EINTR`.

@@ -27,7 +27,7 @@ pub(crate) fn thread_count() -> io::Result<usize> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| crate::number::parse(v.trim()))
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -204,9 +204,27 @@ pub(crate) fn resident_bytes(pid: Pid) -> io::Result<u64> {
     let pages: u64 = statm
         .split_ascii_whitespace()
         .nth(1)
-        .and_then(|v| v.parse().ok())
+        .and_then(crate::number::u64)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
     Ok(pages.saturating_mul(page_size()))
+}
+
+/// Corresponds to `sched_getaffinity(2)` on this process: how many CPUs it may run on
+/// (`CPU_COUNT` of the mask), as libuv's `uv_available_parallelism` (Node's
+/// `os.availableParallelism()`) counts them; `sysconf(_SC_NPROCESSORS_ONLN)` when the
+/// mask does not fit a `cpu_set_t` (more than 1,024 CPUs). At least 1.
+pub(crate) fn affinity_cpus() -> usize {
+    // SAFETY: `cpu_set_t` is an array of integers, for which all zeroes is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of_val(&set);
+    // SAFETY: pid 0 is this process; `set` is `size` writable bytes.
+    let n = match cvt(unsafe { libc::sched_getaffinity(0, size, &mut set) }) {
+        // SAFETY: `set` is an initialised cpu_set_t.
+        Ok(_) => i64::from(unsafe { libc::CPU_COUNT(&set) }),
+        // SAFETY: sysconf takes a constant and touches no memory of ours.
+        Err(_) => unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
+    };
+    n.max(1) as usize
 }
 
 /// Corresponds to `sysconf(_SC_PAGESIZE)`; 4096 if it fails (it does not on Linux).

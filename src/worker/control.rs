@@ -217,7 +217,10 @@ impl Runtime {
                         addr,
                         io::Error::new(
                             io::ErrorKind::TimedOut,
-                            format!("no answer from the primary within {LISTEN_REPLY_TIMEOUT:?}"),
+                            format!(
+                                "no answer from the primary within {}",
+                                crate::deadline::Shown(LISTEN_REPLY_TIMEOUT)
+                            ),
                         ),
                     ));
                 }
@@ -317,7 +320,7 @@ impl Runtime {
     pub(super) fn control_loop(self: Arc<Self>) {
         // This thread takes SIGTERM and SIGINT for the worker (the others block them).
         let _ = signal::set_blocked(&super::DISCONNECT_SIGNALS, false);
-        let mut buf = vec![0u8; MAX_RECORD_LEN + 1];
+        let mut buf = crate::sys::mem::ZeroedBuf::new(MAX_RECORD_LEN + 1);
         loop {
             self.wait_for_inbox_room();
             // The channel, and the pipe SIGTERM/SIGINT write into; at least once a

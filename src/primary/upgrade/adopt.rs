@@ -127,9 +127,9 @@ impl Cluster {
         {
             a.reported_slow = true;
             let why = format!(
-                "the new program's workers do not all listen after {:?}; the previous \
+                "the new program's workers do not all listen after {}; the previous \
                  program's {left} worker(s) keep serving",
-                self.upgrades.timeout
+                crate::deadline::Shown(self.upgrades.timeout)
             );
             crate::log::report!("upgrade: {why}");
             self.events.push_back(Event::UpgradeFailed {

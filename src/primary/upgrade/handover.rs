@@ -160,10 +160,9 @@ fn addr_from(s: &str) -> Result<ListenAddr, String> {
     text.parse().map_err(|e| format!("address {text:?}: {e}"))
 }
 
-fn num<T: std::str::FromStr>(s: Option<&str>, what: &str) -> Result<T, String> {
+fn num<T: TryFrom<i64> + TryFrom<u64>>(s: Option<&str>, what: &str) -> Result<T, String> {
     let s = s.ok_or_else(|| format!("{what} missing"))?;
-    s.parse()
-        .map_err(|_| format!("{what} {s:?} is not a number"))
+    crate::number::parse(s).ok_or_else(|| format!("{what} {s:?} is not a number"))
 }
 
 impl Handover<RawFd> {
@@ -298,10 +297,12 @@ impl Handover<OwnedFd> {
     /// descriptor that is not open. Nothing is claimed then.
     pub(crate) fn decode(text: &str) -> Result<Handover<OwnedFd>, String> {
         let raw = Handover::parse(text)?;
-        let mut numbers = raw.numbers();
+        // Sorted as `u32`, the type of the crate's other sorts (one `sort_unstable` in
+        // the binary, not two); a negative number stays distinct and prints as itself.
+        let mut numbers: Vec<u32> = raw.numbers().into_iter().map(|n| n as u32).collect();
         numbers.sort_unstable();
         if let Some(w) = numbers.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("descriptor {} named twice", w[0]));
+            return Err(format!("descriptor {} named twice", w[0] as RawFd));
         }
         // Claimed one by one; on a failure, those claimed so far close as they drop.
         let take = |n: RawFd| {

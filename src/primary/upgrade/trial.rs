@@ -35,7 +35,7 @@ pub(in crate::primary) fn end_trial_here(mode: Mode) {
     let Some(n) = std::env::var_os(TRIAL_VAR) else {
         return;
     };
-    let code = match n.to_str().and_then(|s| s.parse::<i32>().ok()) {
+    let code = match n.to_str().and_then(crate::number::parse::<i32>) {
         Some(n) => match fd::take_inherited(n) {
             Ok(out) => {
                 let mut out = std::fs::File::from(out);
@@ -242,9 +242,9 @@ impl Cluster {
         let t = self.upgrades.trial.take().expect("a trial");
         end_trial(t.pid);
         let why = format!(
-            "the new program {} did not reach Builder::start within {:?}",
+            "the new program {} did not reach Builder::start within {}",
             self.program_path(),
-            self.upgrades.timeout
+            crate::deadline::Shown(self.upgrades.timeout)
         );
         self.upgrade_failed(why);
     }
