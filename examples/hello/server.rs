@@ -1,8 +1,8 @@
 //! The demo's worker: the routes, and a pool of threads that take turns in the
 //! listener's `accept` and each serve one connection at a time.
 //!
-//! **One thread of a worker accepts at a time** (leader/followers), in every mode: the
-//! others wait parked. The thread that gets a connection serves it at once, and
+//! **On a socket (shared, reuse-port), one thread accepts at a time** (leader/followers):
+//! the others wait parked. The thread that gets a connection serves it at once, and
 //! takes its place back in `accept` when it is done, so under a stream of short
 //! connections one hot thread per worker does all the work, as the C prefork loop does:
 //! more threads blocked in `accept` only meant more sleeping threads for the kernel to
@@ -16,13 +16,10 @@
 //! one worker) does not wait for one. A parked thread above `--threads` leaves once it
 //! has had nothing to do for [`SHRINK_AFTER`].
 //!
-//! **The same on a round-robin hand-off channel**: the one waiting thread is the
-//! worker's one credit, and when every worker's thread is busy the primary queues a
-//! connection ahead, which the thread takes without sleeping when it comes back.
-//! Measured against `--threads` threads waiting there (each a credit, so nearly every
-//! connection woke a sleeping thread): 79 against 84 µs of server CPU per connection
-//! on average over five interleaved runs, and fewer context switches per connection
-//! (1.6 against 2.0), 4 workers on 2 cores under close-mode load.
+//! **On a round-robin hand-off channel, `--threads` threads accept at once**: each
+//! waiting thread is a credit, and the primary hands a connection only to a thread that
+//! waits (with one, it often found none and had to queue connections ahead, or wake
+//! for each credit). The same hand-on keeps that many waiting.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -68,9 +65,6 @@ pub fn route(req: &http::Request<'_>) -> http::Response {
 /// The most threads one worker runs.
 pub const MAX_THREADS: usize = 256;
 
-/// Threads of one worker in `accept` at once (see the module docs).
-const ACCEPTERS: usize = 1;
-
 /// How long a parked thread above the base waits for the lead before it leaves.
 pub const SHRINK_AFTER: Duration = Duration::from_secs(2);
 
@@ -80,6 +74,10 @@ struct Pool<'a> {
     id: u32,
     /// Threads kept however quiet it is (`--threads`).
     base: usize,
+    /// How many threads accept at once: one on a socket (shared, reuse-port), the
+    /// base on a round-robin hand-off channel, where each waiting thread is a credit
+    /// the primary can hand a connection to.
+    accepters: usize,
     /// Threads in `accept`, or on their way there (a parked thread called, a new one
     /// spawned): read without the lock before a connection waits.
     leading: AtomicUsize,
@@ -211,14 +209,14 @@ impl<'a> Pool<'a> {
 
     /// Whether enough threads accept already.
     fn covered(&self) -> bool {
-        self.leading.load(Ordering::Acquire) >= ACCEPTERS
+        self.leading.load(Ordering::Acquire) >= self.accepters
     }
 
     /// Counts one more accepter, unless there are enough.
     fn take_lead(&self) -> bool {
         self.leading
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < ACCEPTERS).then_some(n + 1)
+                (n < self.accepters).then_some(n + 1)
             })
             .is_ok()
     }
@@ -305,6 +303,11 @@ pub fn serve(
         listener: &listener,
         id: worker.id().0,
         base: threads,
+        accepters: if listener.is_round_robin() {
+            threads
+        } else {
+            1
+        },
         leading: AtomicUsize::new(0),
         state: Mutex::new(State::default()),
         call: Condvar::new(),
@@ -316,7 +319,7 @@ pub fn serve(
                 s.spawn(|| echo(socket, pool.id));
             }
         }
-        // One thread leads from the start; the others wait parked for a turn.
+        // `accepters` threads lead from the start; the others wait parked for a turn.
         let mut leaders = 0;
         for _ in 0..threads {
             let lead = pool.take_lead();

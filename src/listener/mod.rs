@@ -345,6 +345,15 @@ impl Listener {
         self.shared.gate.is_closed()
     }
 
+    /// Whether connections come from the primary over a hand-off channel (round-robin
+    /// mode) rather than from `accept(2)` on a socket here. A thread pool may want to
+    /// know: on a socket, one thread waiting at a time takes the queue without a
+    /// wake-up per connection; on a hand-off channel, each waiting thread is a credit
+    /// the primary can hand a connection to at once.
+    pub fn is_round_robin(&self) -> bool {
+        matches!(self.shared.source, Source::Handoff(_))
+    }
+
     /// Connections this listener has returned so far.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
