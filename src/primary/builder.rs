@@ -99,8 +99,8 @@ impl Builder {
 
     /// How many workers to keep (default: the number of CPUs this process may use, as
     /// Node's `os.availableParallelism()` counts them: its CPU affinity mask, capped by
-    /// a cgroup v2 CPU quota such as `docker --cpus` or systemd's `CPUQuota=` set; a
-    /// cgroup v1 quota is not read). At most
+    /// a cgroup CPU quota such as `docker --cpus` or systemd's `CPUQuota=` set, cgroup
+    /// v2 or v1). At most
     /// [`MAX_WORKERS`](crate::MAX_WORKERS), and one per 16 descriptors of the primary's `RLIMIT_NOFILE`
     /// (see [`Cluster::max_workers`]): `start` refuses more.
     pub fn workers(mut self, n: usize) -> Builder {
@@ -544,40 +544,81 @@ impl Builder {
 }
 
 /// How many CPUs this process may use: the CPUs of its affinity mask, capped by the
-/// cgroup v2 CPU quota of its cgroup and every cgroup above it; libuv's
-/// `uv_available_parallelism` (Node's `os.availableParallelism()`) since libuv 1.49.
+/// CPU quota of its cgroup and every cgroup above it, as libuv's
+/// `uv_available_parallelism` (Node's `os.availableParallelism()`, since libuv 1.49)
+/// and `std::thread::available_parallelism` count them.
 ///
-/// `std::thread::available_parallelism` does the same and also reads cgroup v1 and
-/// `/proc/self/mountinfo` for where cgroups are mounted: 5.5 KiB of the release demo
-/// for a legacy hierarchy. Here, as in libuv, cgroup v2 is where it is mounted on
-/// every current distribution, `/sys/fs/cgroup`.
+/// Unlike std, it does not read `/proc/self/mountinfo` to find where the hierarchies
+/// are mounted (5.5 KiB of the release demo): cgroup v2 is taken at `/sys/fs/cgroup`
+/// and v1's `cpu` controller at `/sys/fs/cgroup/cpu`, where every current distribution
+/// and container runtime puts them. A path that is not there (a container that sees
+/// its own cgroup as the root) is walked up to the root, which is the container's.
 fn available_parallelism() -> usize {
     let cpus = process::affinity_cpus();
     cgroup_cpu_quota().map_or(cpus, |quota| cpus.min(quota))
 }
 
-/// The smallest CPU quota of this process's cgroup v2 and its ancestors
-/// (`/sys/fs/cgroup/PATH/cpu.max`, PATH from the `0::PATH` line of
-/// `/proc/self/cgroup`), in whole CPUs, at least 1; `None` if none is set or readable.
+/// The smallest CPU quota of this process's cgroups and their ancestors, in whole
+/// CPUs, at least 1; `None` if none is set or readable. `/proc/self/cgroup` has one
+/// `ID:CONTROLLERS:PATH` line per hierarchy: `0::PATH` for cgroup v2 (`cpu.max`), and
+/// with cgroup v1, or both (a hybrid system), a line naming `cpu` among its
+/// controllers (`cpu.cfs_quota_us` / `cpu.cfs_period_us`).
 fn cgroup_cpu_quota() -> Option<usize> {
-    const ROOT: &str = "/sys/fs/cgroup";
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut dir = format!("{ROOT}{}", if path == "/" { "" } else { path });
-    let mut quota: Option<usize> = None;
-    loop {
-        let here = std::fs::read_to_string(format!("{dir}/cpu.max"))
-            .ok()
-            .and_then(|max| cpu_max_quota(&max));
-        quota = match (quota, here) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    let mut quota = None;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
         };
+        let here = if id == "0" && controllers.is_empty() {
+            walk_up("/sys/fs/cgroup", path, v2_quota)
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            walk_up("/sys/fs/cgroup/cpu", path, v1_quota)
+        } else {
+            None
+        };
+        quota = smaller(quota, here);
+    }
+    quota
+}
+
+/// The smallest of `read`'s answers for the cgroup directory `root` + `path` and each
+/// directory above it, up to `root`.
+fn walk_up(root: &str, path: &str, read: fn(&str) -> Option<usize>) -> Option<usize> {
+    let mut dir = format!("{root}{}", path.trim_end_matches('/'));
+    let mut quota = None;
+    loop {
+        quota = smaller(quota, read(&dir));
         match dir.rfind('/') {
-            Some(cut) if dir.len() > ROOT.len() => dir.truncate(cut),
+            Some(cut) if dir.len() > root.len() => dir.truncate(cut),
             _ => return quota,
         }
     }
+}
+
+fn smaller(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// cgroup v2: `DIR/cpu.max`.
+fn v2_quota(dir: &str) -> Option<usize> {
+    cpu_max_quota(&std::fs::read_to_string(format!("{dir}/cpu.max")).ok()?)
+}
+
+/// cgroup v1: `DIR/cpu.cfs_quota_us` (`-1`: no limit) over `DIR/cpu.cfs_period_us`.
+fn v1_quota(dir: &str) -> Option<usize> {
+    let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).ok();
+    let line = format!(
+        "{} {}",
+        read("cpu.cfs_quota_us")?.trim(),
+        read("cpu.cfs_period_us")?.trim()
+    );
+    cpu_max_quota(&line)
 }
 
 /// A `cpu.max` line, `LIMIT PERIOD` (microseconds), in whole CPUs, at least 1;
@@ -600,7 +641,36 @@ mod tests {
         assert_eq!(cpu_max_quota("150000 100000\n"), Some(1));
         assert_eq!(cpu_max_quota("50000 100000\n"), Some(1));
         assert_eq!(cpu_max_quota("50000 0\n"), None);
+        // cgroup v1's "no limit", as `v1_quota` passes it on.
+        assert_eq!(cpu_max_quota("-1 100000"), None);
         assert_eq!(cpu_max_quota(""), None);
+    }
+
+    #[test]
+    fn quotas_are_the_smallest_up_the_tree() {
+        let root = std::env::temp_dir().join(format!("cluster-cgroup-{}", std::process::id()));
+        let leaf = root.join("a/b");
+        std::fs::create_dir_all(&leaf).unwrap();
+        let write = |dir: &std::path::Path, name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).unwrap();
+        };
+        // v1: 4 CPUs at the root, 2 in `a`, no limit in `a/b`.
+        write(&root, "cpu.cfs_quota_us", "400000\n");
+        write(&root, "cpu.cfs_period_us", "100000\n");
+        write(&root.join("a"), "cpu.cfs_quota_us", "200000\n");
+        write(&root.join("a"), "cpu.cfs_period_us", "100000\n");
+        write(&leaf, "cpu.cfs_quota_us", "-1\n");
+        write(&leaf, "cpu.cfs_period_us", "100000\n");
+        // v2: no limit in `a/b`, 3 CPUs at the root.
+        write(&leaf, "cpu.max", "max 100000\n");
+        write(&root, "cpu.max", "300000 100000\n");
+        let r = root.to_str().unwrap();
+        assert_eq!(walk_up(r, "/a/b", v1_quota), Some(2));
+        assert_eq!(walk_up(r, "/a/b", v2_quota), Some(3));
+        // A path that is not there (a container's view): its root still counts.
+        assert_eq!(walk_up(r, "/docker/0123/", v2_quota), Some(3));
+        assert_eq!(walk_up(r, "/", v1_quota), Some(4));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
