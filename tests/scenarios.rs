@@ -132,6 +132,10 @@ fn main() {
         graceful_shutdown_slow_request,
     ));
     scenarios.push(("shutdown_deadline_kills", Box::new(shutdown_deadline_kills)));
+    scenarios.push((
+        "shutdown_survives_group_stop",
+        Box::new(shutdown_survives_group_stop),
+    ));
     scenarios.push(("primary_killed", Box::new(primary_killed)));
     scenarios.push(("privilege_drop", Box::new(privilege_drop)));
     scenarios.push(("setup_failure_reported", Box::new(setup_failure_reported)));

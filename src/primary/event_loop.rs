@@ -26,6 +26,10 @@ const REAP_POLL: Duration = Duration::from_millis(20);
 /// the others.
 const MESSAGES_PER_TURN: usize = 64;
 
+/// How long beyond its poll's timeout the primary must have been away before that
+/// time is given back to its deadlines (see [`Cluster::paused`]).
+const PAUSE_NOTICED: Duration = Duration::from_millis(250);
+
 /// The poll lists, kept from turn to turn for their allocations.
 #[derive(Debug, Default)]
 pub(super) struct PollScratch {
@@ -121,6 +125,32 @@ impl Cluster {
         self.maintain(now);
         self.finish_if_done();
         Ok(())
+    }
+
+    /// The primary was away for `lost`: the time from one poll's return to the next,
+    /// beyond that poll's timeout (a turn's own work takes milliseconds). A terminal's
+    /// Ctrl-Z (`SIGTSTP`), `kill -STOP -- -PGID` or a frozen container (`docker pause`)
+    /// stop the primary and its workers together; the time they were stopped is given
+    /// back to every deadline that measures what a worker does: its silence (health),
+    /// its disconnect deadline (a shutdown, a reload, a recycle), a replacement's time
+    /// to listen, an upgrade's trial. Under 250 ms is not counted (scheduling delays). An
+    /// application that drives the turns itself and spends longer between them gives
+    /// its workers that time too.
+    fn paused(&mut self, lost: Duration) {
+        if lost < PAUSE_NOTICED {
+            return;
+        }
+        crate::log::report!(
+            "the primary did not run for {} ms (stopped?); its deadlines and its workers' \
+             silence are moved on by as much",
+            lost.as_millis()
+        );
+        self.postpone_health(lost);
+        self.postpone_disconnects(lost);
+        for r in [&mut self.reload, &mut self.recycle].into_iter().flatten() {
+            r.postpone(lost);
+        }
+        self.postpone_trial(lost);
     }
 
     /// Builds the poll set, waits, and puts what is ready in `ready` (`tokens` is

@@ -63,10 +63,6 @@ use crate::worker_id::WorkerId;
 /// The shortest wait between two pings.
 const MIN_PING_EVERY: Duration = Duration::from_millis(10);
 
-/// How long beyond its poll's timeout the primary must have been away before that
-/// time stops counting as its workers' silence (see [`Cluster::paused`]).
-const PAUSE_NOTICED: Duration = Duration::from_millis(250);
-
 /// The worker-health settings ([`Builder`](super::Builder)'s `worker_timeout`,
 /// `heartbeat_timeout`, `max_connections`, `max_connections_jitter`, `max_rss`).
 #[derive(Debug, Clone, Default)]
@@ -155,22 +151,15 @@ impl Cluster {
         Some(n.saturating_add(self.jitter.draw(j)).max(1))
     }
 
-    /// The primary was away for `lost`: the time from one poll's return to the next,
-    /// beyond that poll's timeout (a turn's own work takes milliseconds). The time does
-    /// not count as any worker's silence: a terminal's Ctrl-Z (`SIGTSTP`) or a
-    /// `kill -STOP -- -PGID` stops the primary and its workers together, and after
-    /// `fg` every worker would otherwise be past its timeout and killed before its
-    /// answer to the last ping could arrive. Under 250 ms is not counted (scheduling
-    /// delays; a worker timeout is rarely that short). An application that drives the
-    /// turns itself and spends longer between them gives its workers that time too.
-    pub(super) fn paused(&mut self, lost: Duration) {
-        if lost < PAUSE_NOTICED || self.config.health.ping_every().is_none() {
+    /// The primary was away for `lost` (see `Cluster::paused`): that time is not any
+    /// worker's silence. A terminal's Ctrl-Z (`SIGTSTP`), `kill -STOP -- -PGID` or a
+    /// frozen container stop the primary and its workers together, and afterwards every
+    /// worker would otherwise be past its timeout and killed before its answer to the
+    /// last ping could arrive.
+    pub(super) fn postpone_health(&mut self, lost: Duration) {
+        if self.config.health.ping_every().is_none() {
             return;
         }
-        crate::log::report!(
-            "the primary did not run for {} ms (stopped?); that time is not counted as worker silence",
-            lost.as_millis()
-        );
         for s in self.workers.values_mut() {
             s.vitals.heard = crate::deadline::after(s.vitals.heard, lost);
         }

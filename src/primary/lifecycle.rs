@@ -10,7 +10,7 @@
 //! (scale down, `disconnect`, `kill`) is accounted for right away.
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::reload::{self, Progress, Reload, Seen};
 use super::slot::{Phase, Slot};
@@ -404,6 +404,19 @@ impl Cluster {
             status,
             requested: slot.requested,
         });
+    }
+
+    /// The primary was away for `lost` (see `Cluster::paused`): every disconnect
+    /// deadline, and the shutdown's, moves on by as much.
+    pub(super) fn postpone_disconnects(&mut self, lost: Duration) {
+        for s in self.workers.values_mut() {
+            if let Phase::Disconnecting { deadline } = &mut s.phase {
+                *deadline = crate::deadline::after(*deadline, lost);
+            }
+        }
+        if let State::Stopping { deadline } = &mut self.state {
+            *deadline = crate::deadline::after(*deadline, lost);
+        }
     }
 
     pub(super) fn expire_deadlines(&mut self, now: Instant) {

@@ -114,6 +114,14 @@ impl Reload {
         }
     }
 
+    /// The primary was away for `lost` (see `Cluster::paused`): the replacement's time
+    /// to listen moves on by as much.
+    pub(crate) fn postpone(&mut self, lost: Duration) {
+        if let Some(step) = &mut self.step {
+            step.deadline = crate::deadline::after(step.deadline, lost);
+        }
+    }
+
     /// Whether a step is under way (else the next `advance` starts one).
     pub(crate) fn stepping(&self) -> bool {
         self.step.is_some()

@@ -397,6 +397,64 @@ pub fn shutdown_deadline_kills() -> Outcome {
     srv.check_workers_gone(Duration::from_secs(2))
 }
 
+/// A shutdown stopped with its workers (the whole process group: Ctrl-Z, `kill -STOP --
+/// -PGID`, a frozen container) for longer than its timeout: the time stopped is given
+/// back, so a worker that finishes its request within the timeout of time it actually
+/// ran is not killed when the group continues. The primary continues first and says it
+/// was away; then the worker answers, and the cluster exits 0.
+pub fn shutdown_survives_group_stop() -> Outcome {
+    let mut s = spec("round-robin", 1, 2);
+    s.env = vec![("SC_SHUTDOWN_MS", "2000".into())];
+    let (mut srv, targets) = s.start()?;
+    let t = targets[0].clone();
+    let worker = proc::worker_pid(&srv.seen, 1)?;
+    let group = [srv.pid(), worker];
+    std::thread::scope(|scope| -> Outcome {
+        let slow = scope.spawn(|| client::ask(&t, "sleep 1500", Duration::from_secs(20)));
+        srv.expect("message 1 busy", Duration::from_secs(5))?;
+        srv.signal("TERM")?;
+        // The shutdown has begun (the listener refuses): worker 1 has its deadline.
+        let Target::Tcp(addr) = t else {
+            return Err("not a TCP target".into());
+        };
+        proc::wait_until(
+            "new connections to be refused",
+            Duration::from_secs(3),
+            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        )?;
+        proc::signal_all(&group, "STOP")?;
+        for &pid in &group {
+            proc::wait_stopped(pid, Duration::from_secs(5))?;
+        }
+        // The stimulus, not a synchronisation: stopped longer than the 2 s timeout.
+        std::thread::sleep(Duration::from_millis(2500));
+        // The primary first: it acts on its deadlines before the worker can answer.
+        proc::signal(srv.pid(), "CONT")?;
+        let said = srv.expect("err: ", Duration::from_secs(5))?;
+        println!("    {said}");
+        check(said.contains("did not run for"), || {
+            format!("the primary's first word after the stop: {said}")
+        })?;
+        proc::signal(worker, "CONT").map_err(|e| {
+            format!("worker 1 is gone: killed at its deadline as the primary continued ({e})")
+        })?;
+        let status = srv.wait(Duration::from_secs(10))?;
+        check(status.success(), || format!("exit status {status}"))?;
+        let reply = slow.join().map_err(|_| "client panicked".to_string())?;
+        check(reply.is_ok(), || {
+            format!("the request begun before the shutdown was not answered: {reply:?}")
+        })
+    })?;
+    let rest = srv.rest(Duration::from_secs(2));
+    let stderr = srv.stderr();
+    let exit = srv.seen_or_expect("exit 1 ", Duration::from_secs(1))?;
+    check(!exit.contains("signal"), || {
+        format!("the worker was killed: {exit}")
+    })?;
+    check_hygiene(&rest, &stderr)?;
+    srv.check_workers_gone(Duration::from_secs(2))
+}
+
 /// With `Respawn::never()` a crashed worker is not replaced: the cluster shrinks.
 pub fn respawn_never() -> Outcome {
     let mut s = spec("round-robin", 2, 2);

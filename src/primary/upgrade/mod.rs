@@ -170,6 +170,14 @@ impl Cluster {
         trial.into_iter().chain(slow).min()
     }
 
+    /// The primary was away for `lost` (see `Cluster::paused`): the trial's deadline
+    /// moves on by as much.
+    pub(super) fn postpone_trial(&mut self, lost: Duration) {
+        if let Some(t) = &mut self.upgrades.trial {
+            t.deadline = crate::deadline::after(t.deadline, lost);
+        }
+    }
+
     /// Timers: the trial's deadline, the new workers' slowness, the end of an upgrade.
     pub(super) fn upgrade_tick(&mut self, now: Instant) {
         self.trial_tick(now);
