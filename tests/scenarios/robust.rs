@@ -367,6 +367,12 @@ fn out_of_fds(mode: &str, what: &str, whose: fn(&Server) -> Result<u32, String>)
 pub fn worker_ctrunc() -> Outcome {
     let (mut srv, targets) = spec("round-robin", 1, 1, &[]).start()?;
     all_ok(&client::load(&targets[0], 10, 1, "hi", T), 10, "warm-up")?;
+    // A message through the primary: it answers in a turn after the one that handed
+    // this connection out, so its copy of every connection so far is closed (under
+    // load the last warm-up connection's copy could still be open, between its
+    // `sendmsg` and its `close`, when the descriptors were listed).
+    let pong = client::ask(&targets[0], "tell ping", T)?;
+    check(pong.text == "pong", || format!("{pong:?}"))?;
     let primary = srv.pid();
     let worker = proc::worker_pid(&srv.seen, 1)?;
     let primary_fds = proc::fds_of(primary);
