@@ -613,21 +613,26 @@ fn v2_quota(dir: &str) -> Option<usize> {
 /// cgroup v1: `DIR/cpu.cfs_quota_us` (`-1`: no limit) over `DIR/cpu.cfs_period_us`.
 fn v1_quota(dir: &str) -> Option<usize> {
     let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).ok();
-    let line = format!(
-        "{} {}",
+    whole_cpus(
         read("cpu.cfs_quota_us")?.trim(),
-        read("cpu.cfs_period_us")?.trim()
-    );
-    cpu_max_quota(&line)
+        read("cpu.cfs_period_us")?.trim(),
+    )
 }
 
 /// A `cpu.max` line, `LIMIT PERIOD` (microseconds), in whole CPUs, at least 1;
 /// `None` for `max` (no limit) or anything unreadable.
 fn cpu_max_quota(line: &str) -> Option<usize> {
     let mut fields = line.split_ascii_whitespace();
-    let limit = crate::number::u64(fields.next()?)?;
-    let period = crate::number::u64(fields.next()?)?;
-    limit.checked_div(period).map(|n| n.max(1) as usize)
+    whole_cpus(fields.next()?, fields.next()?)
+}
+
+/// A quota and its period (microseconds) in whole CPUs, at least 1; `None` when the
+/// quota is no number (`max`, v1's `-1`: no limit) or the period is 0.
+fn whole_cpus(limit: &str, period: &str) -> Option<usize> {
+    let limit = crate::number::u64(limit)?;
+    limit
+        .checked_div(crate::number::u64(period)?)
+        .map(|n| n.max(1) as usize)
 }
 
 #[cfg(test)]
@@ -641,7 +646,7 @@ mod tests {
         assert_eq!(cpu_max_quota("150000 100000\n"), Some(1));
         assert_eq!(cpu_max_quota("50000 100000\n"), Some(1));
         assert_eq!(cpu_max_quota("50000 0\n"), None);
-        // cgroup v1's "no limit", as `v1_quota` passes it on.
+        // cgroup v1's "no limit" (-1) is none too.
         assert_eq!(cpu_max_quota("-1 100000"), None);
         assert_eq!(cpu_max_quota(""), None);
     }

@@ -407,15 +407,12 @@ impl Cluster {
     }
 
     /// The primary was away for `lost` (see `Cluster::paused`): every disconnect
-    /// deadline, and the shutdown's, moves on by as much.
+    /// deadline (a shutdown's is each worker's) moves on by as much.
     pub(super) fn postpone_disconnects(&mut self, lost: Duration) {
         for s in self.workers.values_mut() {
             if let Phase::Disconnecting { deadline } = &mut s.phase {
                 *deadline = crate::deadline::after(*deadline, lost);
             }
-        }
-        if let State::Stopping { deadline } = &mut self.state {
-            *deadline = crate::deadline::after(*deadline, lost);
         }
     }
 

@@ -309,20 +309,6 @@ pub(crate) fn new_session() -> io::Result<Pid> {
     cvt(unsafe { libc::setsid() })
 }
 
-/// What [`give_up_terminal`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Terminal {
-    /// There was no controlling terminal (`/dev/tty` is `ENXIO`): a service.
-    NoneHeld,
-    /// The controlling terminal was given up with `TIOCNOTTY`; the process stays in its
-    /// parent's session and process group.
-    GivenUp,
-    /// `/dev/tty` could not be opened for another reason (missing in a container,
-    /// not accessible), so the terminal could not be found: the process left for a
-    /// session of its own (`setsid`), which has none for certain.
-    NewSession,
-}
-
 /// Gives up the controlling terminal without leaving the process group: `TIOCNOTTY` on
 /// `/dev/tty` (for a process that does not lead its session it detaches only that
 /// process), checked by opening `/dev/tty` again, which must fail with `ENXIO`. A
@@ -335,17 +321,20 @@ pub(crate) enum Terminal {
 ///
 /// The `ioctl`'s error, `EPERM` if the terminal is still controlling after it, or
 /// `setsid`'s.
-pub(crate) fn give_up_terminal() -> io::Result<Terminal> {
+pub(crate) fn give_up_terminal() -> io::Result<()> {
     match open_tty() {
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Terminal::NoneHeld),
-        Err(_) => return new_session().map(|_| Terminal::NewSession),
+        // None held (a service).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
+        // The terminal cannot be found (no `/dev/tty` in a container, or not accessible):
+        // a session of its own has none for certain.
+        Err(_) => return new_session().map(drop),
         Ok(tty) => {
             // SAFETY: `tty` is an open descriptor; TIOCNOTTY takes no argument.
             cvt(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCNOTTY) })?;
         }
     }
     match open_tty() {
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Terminal::GivenUp),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
         _ => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "the controlling terminal is still held after TIOCNOTTY",
