@@ -7,7 +7,10 @@
 //! [`Builder::start`](crate::Builder::start), before any fork), and taken out of the
 //! environment, so no worker, and nothing a worker starts, takes the sockets for its
 //! own. `LISTEN_PID` must be this process: the variables were meant for it, not for a
-//! parent that passed its environment on.
+//! parent that passed its environment on. Once they are known to be this process's,
+//! the passed descriptors are marked close-on-exec, as `sd_listen_fds(3)` does: a
+//! program the application starts (a log shipper, a shell command) must not hold the
+//! service's listening sockets, nor keep its port bound after the service stopped.
 
 use std::sync::OnceLock;
 
@@ -69,9 +72,12 @@ fn read_env() -> Result<Passed, String> {
             names.len()
         ));
     }
-    Ok(Passed {
-        fds: (0..count).map(|i| FIRST_FD + i).zip(names).collect(),
-    })
+    let fds: Vec<(i32, Option<String>)> = (0..count).map(|i| FIRST_FD + i).zip(names).collect();
+    for &(fd, _) in &fds {
+        // A number that is not open is reported when it is used (`EBADF`, naming it).
+        let _ = crate::sys::fd::set_cloexec_number(fd);
+    }
+    Ok(Passed { fds })
 }
 
 /// The descriptor passed for `name` (`None`: the one socket passed).

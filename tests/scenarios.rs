@@ -280,6 +280,7 @@ fn main() {
         Box::new(upgrade::upgrade_stopped_during_trial),
     ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
+    scenarios.push(("watchdog_floor", Box::new(watchdog_floor)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     scenarios.push((
         "systemd_socket_activate",

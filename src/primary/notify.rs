@@ -18,6 +18,20 @@ use crate::sys::process;
 use crate::sys::sockaddr::SockAddr;
 use crate::sys::socket;
 
+/// The shortest time between two watchdog pings. `WATCHDOG_USEC` is pinged at half its
+/// value, as `sd_watchdog_enabled(3)` advises; a value below twice this floor (a typo,
+/// or a hostile environment: `WATCHDOG_USEC=1` made half of it 0 and the primary's
+/// loop spin, pinging without pause) is pinged at the floor instead, with a warning.
+/// systemd itself has no use for a watchdog that short: it is a configuration error
+/// whose cost must stay at 100 wake-ups a second.
+pub(super) const MIN_PING: Duration = Duration::from_millis(10);
+
+/// How often to ping for a `WATCHDOG_USEC` of `usec` (> 0): half of it, never below
+/// [`MIN_PING`].
+fn ping_interval(usec: u64) -> Duration {
+    Duration::from_micros(usec / 2).max(MIN_PING)
+}
+
 /// The primary's link to the service manager, when it has one.
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -58,14 +72,22 @@ impl Notifier {
                 return None;
             }
         };
-        let ping_every = usec
-            .filter(|&u| u > 0 && for_us)
-            .map(|u| Duration::from_micros(u / 2));
+        let ping_every = usec.filter(|&u| u > 0 && for_us).map(|u| {
+            let every = ping_interval(u);
+            if every > Duration::from_micros(u / 2) {
+                crate::log::report!(
+                    "WATCHDOG_USEC={u} is below twice {}: pinging every {}",
+                    crate::deadline::Shown(MIN_PING),
+                    crate::deadline::Shown(every)
+                );
+            }
+            every
+        });
         Some(Notifier {
             fd,
             to,
             ping_every,
-            next_ping: ping_every.map(|d| now + d),
+            next_ping: ping_every.map(|d| crate::deadline::after(now, d)),
             ready: false,
         })
     }
@@ -116,8 +138,23 @@ impl Notifier {
         if let (Some(at), Some(every)) = (self.next_ping, self.ping_every) {
             if now >= at {
                 self.send("WATCHDOG=1");
-                self.next_ping = Some(now + every);
+                self.next_ping = Some(crate::deadline::after(now, every));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_period_never_faster_than_the_floor() {
+        assert_eq!(ping_interval(200_000), Duration::from_millis(100));
+        assert_eq!(ping_interval(20_000), MIN_PING);
+        for usec in [1, 2, 3, 19_999] {
+            assert_eq!(ping_interval(usec), MIN_PING, "WATCHDOG_USEC={usec}");
+        }
+        assert_eq!(ping_interval(u64::MAX), Duration::from_micros(u64::MAX / 2));
     }
 }

@@ -89,6 +89,20 @@ pub(crate) fn take_inherited(n: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// Sets `FD_CLOEXEC` on descriptor number `n`, one this process holds but no `OwnedFd`
+/// claims (a socket a service manager passed, which `sd_listen_fds(3)` marks so too):
+/// whatever this process later runs does not inherit it.
+///
+/// # Errors
+///
+/// `EBADF` when `n` is not open.
+pub(crate) fn set_cloexec_number(n: i32) -> io::Result<()> {
+    // SAFETY: F_SETFD on an arbitrary number only sets that descriptor's flags, or
+    // fails with EBADF when it is not open; nothing is closed or claimed.
+    cvt_r(|| unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Corresponds to `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor for the same open file.
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd or -1.

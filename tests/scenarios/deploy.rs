@@ -194,8 +194,8 @@ fn activated(
 }
 
 /// Socket activation: `systemd:web` finds the passed socket by name, round-robin
-/// serves it through a worker's respawn and a reload, and no worker inherits the
-/// activation variables; a wrong `LISTEN_PID` and an unknown name are refused, naming
+/// serves it through a worker's respawn and a reload, the primary's copy is
+/// close-on-exec, and no worker inherits the activation variables; a wrong `LISTEN_PID` and an unknown name are refused, naming
 /// what is wrong.
 pub fn socket_activation() -> Outcome {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -204,6 +204,19 @@ pub fn socket_activation() -> Outcome {
     let ready = srv.expect("ready ", T)?;
     check(ready == format!("ready {addr}"), || {
         format!("the passed socket is {addr}, the cluster says {ready}")
+    })?;
+    // The passed socket is close-on-exec in the primary (`sd_listen_fds` sets it), so
+    // no program the application starts holds it: /proc shows O_CLOEXEC (02000000 in
+    // fdinfo's octal flags) on descriptor 3.
+    let flags = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", srv.pid()))
+        .map_err(|e| e.to_string())?;
+    let octal = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .ok_or_else(|| format!("no flags in fdinfo: {flags:?}"))?;
+    check(octal & 0o2_000_000 != 0, || {
+        format!("the passed socket (descriptor 3) is inheritable: flags {octal:o}")
     })?;
     let t = Target::Tcp(addr);
     let seen = crate::util::client::ask(&t, "env LISTEN_FDS", T)?;
@@ -243,5 +256,48 @@ pub fn socket_activation() -> Outcome {
         let end = exited_ok(&mut srv, T)?;
         clean_end(&srv, &end)?;
     }
+    Ok(())
+}
+
+/// `WATCHDOG_USEC=1` (half of it is 0 µs): the primary pings at its floor, 10 ms, and
+/// says so, instead of spinning. Thirty pings take at least 290 ms from the spawn (a
+/// lower bound: load can only make them slower); without the floor they came back to
+/// back, hundreds per millisecond, from a loop that never slept.
+pub fn watchdog_floor() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("cluster-watchdog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let env = [
+        ("NOTIFY_SOCKET", path.to_str().ok_or("path")?),
+        ("WATCHDOG_USEC", "1"),
+    ];
+    // Counted from before the spawn: the primary pings from its start, and 30 pings
+    // cannot have been sent in less than 29 floors since then, however many waited
+    // in the socket's queue.
+    let first = std::time::Instant::now();
+    let (mut srv, _targets) = spec("round-robin", 1, 2, &env).start()?;
+    let mut pings = 0;
+    until_state(&sock, "READY=1", &mut pings)?;
+    while pings < 30 {
+        until_state(&sock, "WATCHDOG=1", &mut pings)?;
+    }
+    let took = first.elapsed();
+    check(took >= Duration::from_millis(290), || {
+        format!("{pings} watchdog pings within {took:?} of the start: faster than one per 10 ms")
+    })?;
+    println!("    {pings} pings within {took:?} of the start");
+    srv.signal("TERM")?;
+    let end = exited_ok(&mut srv, T)?;
+    let warning = "WATCHDOG_USEC=1 is below twice 10ms: pinging every 10ms";
+    check(end.stderr.contains(warning), || {
+        format!("no {warning:?} in the stderr:\n{}", end.stderr)
+    })?;
+    clean_end(&srv, &end)?;
+    drop(sock);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
