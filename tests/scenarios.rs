@@ -132,6 +132,7 @@ fn main() {
         graceful_shutdown_slow_request,
     ));
     scenarios.push(("shutdown_deadline_kills", Box::new(shutdown_deadline_kills)));
+    scenarios.push(("stop_escalation", Box::new(stop_escalation)));
     scenarios.push((
         "shutdown_survives_group_stop",
         Box::new(shutdown_survives_group_stop),
@@ -256,6 +257,10 @@ fn main() {
     scenarios.push((
         "hello_stop_not_held_by_trickle",
         Box::new(hello_deploy::hello_stop_not_held_by_trickle),
+    ));
+    scenarios.push((
+        "hello_stop_told_twice",
+        Box::new(hello_deploy::hello_stop_told_twice),
     ));
     for mode in ["round-robin", "shared", "reuse-port"] {
         for close in [false, true] {

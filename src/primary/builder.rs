@@ -514,6 +514,7 @@ impl Builder {
             signals,
             events: VecDeque::new(),
             state: State::Running,
+            stop_signal: None,
             buf: crate::sys::mem::ZeroedBuf::new(MAX_RECORD_LEN + 1),
             reap_due: false,
             orphans_due: false,

@@ -30,6 +30,19 @@ const MESSAGES_PER_TURN: usize = 64;
 /// time is given back to its deadlines (see [`Cluster::paused`]).
 const PAUSE_NOTICED: Duration = Duration::from_millis(250);
 
+/// How long after the stop signal that began a shutdown the same signal again is the
+/// same stop, not "kill now" (see `on_signal`). `timeout(1)` sends its two within
+/// microseconds; a person pressing Ctrl-C twice on purpose takes longer.
+pub(super) const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// A stop signal's name, for the log.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        _ => "SIGTERM",
+    }
+}
+
 /// The poll lists, kept from turn to turn for their allocations.
 #[derive(Debug, Default)]
 pub(super) struct PollScratch {
@@ -259,13 +272,32 @@ impl Cluster {
         }
     }
 
+    /// Acts on one signal. `SIGTERM`/`SIGINT` begin a graceful shutdown; while it runs,
+    /// another stop signal kills every worker at once (as a second Ctrl-C does in
+    /// gunicorn), except the very signal that began it repeated within
+    /// [`REPEAT_WINDOW`]: that is one stop told twice, not an escalation.
     fn on_signal(&mut self, sig: i32) {
         match sig {
             libc::SIGCHLD => self.reap_due = true,
             libc::SIGTERM | libc::SIGINT => match self.state {
-                State::Running => self.begin_shutdown(),
-                // A second one: stop waiting.
-                State::Stopping { .. } => self.kill_all(),
+                State::Running => {
+                    self.stop_signal = Some((sig, Instant::now()));
+                    self.begin_shutdown();
+                }
+                State::Stopping { .. } => match self.stop_signal {
+                    // The same stop, told twice: timeout(1) signals the primary, then
+                    // its whole group; so do supervisors that signal the main process
+                    // and then the control group. Graceful still.
+                    Some((first, at)) if first == sig && at.elapsed() < REPEAT_WINDOW => {
+                        crate::log::report!(
+                            "{} again within {}: the same graceful stop (send it again later, or another stop signal, to kill the workers now)",
+                            signal_name(sig),
+                            crate::deadline::Shown(REPEAT_WINDOW)
+                        );
+                    }
+                    // A second stop on purpose: stop waiting.
+                    _ => self.kill_all(),
+                },
                 State::Stopped => {}
             },
             libc::SIGHUP => self.begin_reload(),

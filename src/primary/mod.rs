@@ -257,6 +257,9 @@ pub struct Cluster {
     signals: Option<SignalPipe>,
     events: VecDeque<Event>,
     state: State,
+    /// The stop signal that began the shutdown, and when: the same one again within
+    /// [`event_loop::REPEAT_WINDOW`] is the same stop (see `on_signal`).
+    stop_signal: Option<(i32, Instant)>,
     /// Where control records are received: room for the largest, resident only as far
     /// as records reach (`sys::mem`).
     buf: crate::sys::mem::ZeroedBuf,

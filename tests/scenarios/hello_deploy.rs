@@ -386,3 +386,61 @@ pub fn hello_stop_not_held_by_trickle() -> Outcome {
     })?;
     gone(&workers)
 }
+
+/// `timeout --preserve-status -s TERM 2 hello`, ten at once: `timeout(1)` signals the
+/// demo's primary, then its whole process group, so the primary gets `SIGTERM` twice
+/// within microseconds. That is one stop: every worker exits on its own (the demo
+/// says "exited with exit code 0"), none is killed by a signal, and the demo exits 0.
+/// Before, the second `SIGTERM` meant "kill now": workers were `SIGKILL`ed in 2 runs
+/// of 3.
+pub fn hello_stop_told_twice() -> Outcome {
+    let hello = proc::example("hello")?;
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["--preserve-status", "-s", "TERM", "2"])
+            .arg(&hello)
+            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .env_remove("CLUSTER_SCHED_POLICY");
+        runs.push(Server::spawn(cmd)?);
+    }
+    let mut workers = Vec::new();
+    for srv in &mut runs {
+        srv.expect("ready ", T)?;
+        // The demo is timeout's child; its workers, the demo's.
+        let demo = proc::children_of(srv.pid())
+            .first()
+            .map(|c| c.0)
+            .ok_or("timeout has no child")?;
+        workers.extend(
+            proc::children_of(demo)
+                .iter()
+                .filter_map(|c| Some((c.0, proc::start_time(c.0)?))),
+        );
+    }
+    // Every run waited for before any is judged, so a failure leaves none behind.
+    let ends: Vec<_> = runs.iter_mut().map(|srv| exited_ok(srv, T)).collect();
+    let mut exits = 0;
+    for end in ends {
+        let end = end?;
+        let killed: Vec<&String> = end
+            .rest
+            .iter()
+            .filter(|l| l.contains("exited with signal"))
+            .collect();
+        check(killed.is_empty(), || {
+            format!(
+                "workers killed by a signal: {killed:?}; stderr:\n{}",
+                end.stderr
+            )
+        })?;
+        exits += end
+            .rest
+            .iter()
+            .filter(|l| l.contains("exited with exit code 0"))
+            .count();
+    }
+    println!("    10 runs: {exits} worker exits, all with exit code 0");
+    check(exits == 20, || format!("{exits} of 20 worker exits seen"))?;
+    gone(&workers)
+}

@@ -500,3 +500,45 @@ pub fn worker_settings() -> Outcome {
     })?;
     clean_end(&srv, &end)
 }
+
+/// A stop told twice is one stop; another stop signal is "kill now". SIGTERM while a
+/// slow request (10 s) runs, then SIGTERM again at once (as `timeout(1)` and
+/// supervisors send it): the primary says it is the same graceful stop and keeps
+/// waiting; then SIGINT: the workers are killed, the slow request ends unanswered, and
+/// the primary exits long before the request would have finished.
+pub fn stop_escalation() -> Outcome {
+    let (mut srv, targets) = spec("round-robin", 2, 2).start()?;
+    let addr = tcp(&targets[0])?;
+    std::thread::scope(|s| -> Outcome {
+        let slow =
+            s.spawn(|| client::ask(&Target::Tcp(addr), "sleep 10000", Duration::from_secs(20)));
+        srv.expect("message ", Duration::from_secs(5))?;
+        srv.signal("TERM")?;
+        srv.signal("TERM")?;
+        proc::wait_until(
+            "new connections to be refused",
+            Duration::from_secs(3),
+            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        )?;
+        check(matches!(srv.child.try_wait(), Ok(None)), || {
+            "the repeated SIGTERM ended the graceful stop".into()
+        })?;
+        srv.signal("INT")?;
+        let reply = slow
+            .join()
+            .map_err(|_| "slow client panicked".to_string())?;
+        check(reply.is_err(), || {
+            format!("the slow request was answered after SIGINT: {reply:?}")
+        })?;
+        Ok(())
+    })?;
+    let end = exited_ok(&mut srv, Duration::from_secs(5))?;
+    let said = "SIGTERM again within 1s: the same graceful stop";
+    check(end.stderr.contains(said), || {
+        format!("no {said:?} in the stderr:\n{}", end.stderr)
+    })?;
+    println!(
+        "    SIGTERM twice: one graceful stop; then SIGINT: killed, the slow request unanswered"
+    );
+    clean_end(&srv, &end)
+}
