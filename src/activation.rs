@@ -6,8 +6,10 @@
 //! The variables are read once, on first use (the primary uses them at
 //! [`Builder::start`](crate::Builder::start), before any fork), and taken out of the
 //! environment, so no worker, and nothing a worker starts, takes the sockets for its
-//! own. `LISTEN_PID` must be this process: the variables were meant for it, not for a
-//! parent that passed its environment on. Once they are known to be this process's,
+//! own. `LISTEN_PID`, when set, must be this process: the variables were meant for
+//! it, not for a parent that passed its environment on; unset (`systemfd --no-pid`,
+//! the development loop axum and actix document), the sockets are taken as this
+//! process's, as `listenfd` does. Once they are known to be this process's,
 //! the passed descriptors are marked close-on-exec, as `sd_listen_fds(3)` does: a
 //! program the application starts (a log shipper, a shell command) must not hold the
 //! service's listening sockets, nor keep its port bound after the service stopped.
@@ -60,7 +62,9 @@ fn read_env() -> Result<Passed, String> {
                 pid.unwrap_or_default()
             ))
         }
-        None => return Err("LISTEN_PID is not set (LISTEN_FDS is)".into()),
+        // systemfd --no-pid and listenfd's own tests pass sockets without naming a
+        // pid: they are this process's, as no other was named.
+        None => {}
     }
     let names: Vec<Option<String>> = match names {
         Some(n) => n.split(':').map(|s| Some(s.to_string())).collect(),

@@ -38,11 +38,12 @@ pub enum ListenAddr {
     /// adopts it: it must be a listening stream socket.
     Fd(i32),
     /// A socket passed by systemd socket activation (`systemd`, or `systemd:NAME`):
-    /// checked against `LISTEN_PID`, found among `LISTEN_FDS` (by its
+    /// checked against `LISTEN_PID` when it is set, found among `LISTEN_FDS` (by its
     /// `FileDescriptorName=` in `LISTEN_FDNAMES` when named; without a name, the one
     /// socket passed). The variables are read once and taken out of the environment,
-    /// so workers do not inherit them; a missing or mismatched one is an error naming
-    /// it. Like `fd:N`, the socket is adopted: it belongs to the service manager.
+    /// so workers do not inherit them; a missing `LISTEN_FDS` or a `LISTEN_PID` naming
+    /// another process is an error naming it. Like `fd:N`, the socket is adopted: it
+    /// belongs to the service manager.
     Systemd(Option<String>),
 }
 

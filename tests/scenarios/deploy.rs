@@ -163,7 +163,8 @@ pub fn service_manager_notify() -> Outcome {
 
 /// The scenario server started as systemd starts a socket-activated service: the
 /// listening socket `listener` as descriptor 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES=web`,
-/// and `LISTEN_PID` this process (or `pid` when given, to see it refused).
+/// and `LISTEN_PID` this process (or `pid` when given, to see it refused; `Some("")`
+/// leaves it unset, as `systemfd --no-pid` does).
 fn activated(
     listener: std::net::TcpListener,
     listen: &str,
@@ -173,6 +174,7 @@ fn activated(
 ) -> Result<Server, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let set_pid = match pid {
+        Some("") => "unset LISTEN_PID; ".into(),
         Some(p) => format!("export LISTEN_PID={p}; "),
         None => "export LISTEN_PID=$$; ".into(),
     };
@@ -195,8 +197,9 @@ fn activated(
 
 /// Socket activation: `systemd:web` finds the passed socket by name, round-robin
 /// serves it through a worker's respawn and a reload, the primary's copy is
-/// close-on-exec, and no worker inherits the activation variables; a wrong `LISTEN_PID` and an unknown name are refused, naming
-/// what is wrong.
+/// close-on-exec, and no worker inherits the activation variables; without
+/// `LISTEN_PID` it serves too (systemfd `--no-pid`); a wrong `LISTEN_PID` and an
+/// unknown name are refused, naming what is wrong.
 pub fn socket_activation() -> Outcome {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -240,6 +243,26 @@ pub fn socket_activation() -> Outcome {
     srv.signal("TERM")?;
     let end = exited_ok(&mut srv, T)?;
     clean_end(&srv, &end)?;
+    // systemfd --no-pid: LISTEN_FDS without LISTEN_PID serves.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut srv = activated(listener, "systemd:web", "shared", Some(""), &[])?;
+    let ready = srv.expect("ready ", T)?;
+    check(ready == format!("ready {addr}"), || {
+        format!("without LISTEN_PID: the passed socket is {addr}, the cluster says {ready}")
+    })?;
+    let load = crate::util::client::load(&Target::Tcp(addr), 10, 2, "hi", T);
+    check(load.ok == 10, || {
+        format!(
+            "without LISTEN_PID: {} ok, {:?}",
+            load.ok,
+            load.errors.first()
+        )
+    })?;
+    srv.signal("TERM")?;
+    let end = exited_ok(&mut srv, T)?;
+    clean_end(&srv, &end)?;
+    println!("    LISTEN_FDS without LISTEN_PID (systemfd --no-pid): served");
     for (listen, pid, want) in [
         (
             "systemd:web",
