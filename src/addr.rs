@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -210,8 +210,21 @@ impl FromStr for ListenAddr {
     }
 }
 
-/// Things that can name a listen address: [`ListenAddr`], `SocketAddr`, and strings in
-/// [`ListenAddr`]'s syntax (as `std::net::ToSocketAddrs` does for std's listeners).
+/// Things that can name a listen address, as `std::net::ToSocketAddrs` does for std's
+/// listeners: [`ListenAddr`]; `SocketAddr` and its V4/V6 forms; `(host, port)` pairs
+/// whose host is an `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, or a string (an IP address,
+/// with or without brackets, or `localhost`: names are not resolved); and strings in
+/// [`ListenAddr`]'s syntax (`"127.0.0.1:8080"`, `"unix:/run/app.sock"`, `"fd:3"`).
+///
+/// ```
+/// use cluster::{ListenAddr, ToListenAddr};
+/// use std::net::Ipv6Addr;
+/// let a = ("127.0.0.1", 8080).to_listen_addr().unwrap();
+/// assert_eq!(a, "127.0.0.1:8080".parse::<ListenAddr>().unwrap());
+/// let b = (Ipv6Addr::LOCALHOST, 0).to_listen_addr().unwrap();
+/// assert_eq!(b.to_string(), "[::1]:0");
+/// assert!(("example.com", 80).to_listen_addr().is_err());
+/// ```
 pub trait ToListenAddr {
     /// The address, or `InvalidInput` naming the value when it does not parse.
     fn to_listen_addr(&self) -> io::Result<ListenAddr>;
@@ -238,6 +251,63 @@ impl ToListenAddr for str {
 impl ToListenAddr for String {
     fn to_listen_addr(&self) -> io::Result<ListenAddr> {
         self.as_str().to_listen_addr()
+    }
+}
+
+impl ToListenAddr for SocketAddrV4 {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(SocketAddr::V4(*self)))
+    }
+}
+
+impl ToListenAddr for SocketAddrV6 {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(SocketAddr::V6(*self)))
+    }
+}
+
+impl ToListenAddr for (IpAddr, u16) {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(SocketAddr::from(*self)))
+    }
+}
+
+impl ToListenAddr for (Ipv4Addr, u16) {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(SocketAddr::from(*self)))
+    }
+}
+
+impl ToListenAddr for (Ipv6Addr, u16) {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        Ok(ListenAddr::Tcp(SocketAddr::from(*self)))
+    }
+}
+
+/// `(host, port)`: written as `host:port` (an IPv6 host in brackets) and parsed as any
+/// address string is, so the errors are the same.
+impl ToListenAddr for (&str, u16) {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        let (host, port) = *self;
+        let text = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        match text.parse::<ListenAddr>()? {
+            a @ ListenAddr::Tcp(_) => Ok(a),
+            // "unix:/x" as a host would parse as a path with ":port" appended.
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{host:?} is not an IP address or localhost"),
+            )),
+        }
+    }
+}
+
+impl ToListenAddr for (String, u16) {
+    fn to_listen_addr(&self) -> io::Result<ListenAddr> {
+        (self.0.as_str(), self.1).to_listen_addr()
     }
 }
 
@@ -286,6 +356,38 @@ mod tests {
             "localhost:8080".parse::<ListenAddr>().unwrap(),
             ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn host_and_port_pairs_name_tcp_addresses() {
+        let want: ListenAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(("127.0.0.1", 8080).to_listen_addr().unwrap(), want);
+        assert_eq!(("localhost", 8080).to_listen_addr().unwrap(), want);
+        assert_eq!(
+            (String::from("127.0.0.1"), 8080).to_listen_addr().unwrap(),
+            want
+        );
+        assert_eq!((Ipv4Addr::LOCALHOST, 8080).to_listen_addr().unwrap(), want);
+        assert_eq!(
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)
+                .to_listen_addr()
+                .unwrap(),
+            want
+        );
+        assert_eq!(
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)
+                .to_listen_addr()
+                .unwrap(),
+            want
+        );
+        let v6: ListenAddr = "[::1]:0".parse().unwrap();
+        assert_eq!(("::1", 0).to_listen_addr().unwrap(), v6);
+        assert_eq!(("[::1]", 0).to_listen_addr().unwrap(), v6);
+        assert_eq!((Ipv6Addr::LOCALHOST, 0).to_listen_addr().unwrap(), v6);
+        for host in ["example.com", "unix:/tmp/x", "fd", ""] {
+            let e = (host, 80).to_listen_addr().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{host:?}: {e}");
+        }
     }
 
     #[test]

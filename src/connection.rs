@@ -6,9 +6,10 @@
 //! (round-robin). Code written against std's types runs unchanged.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +74,7 @@ impl Stream {
         crate::sys::socket::send_now(self.as_fd(), data)
     }
 
-    /// See [`TcpStream::set_read_timeout`].    /// See [`TcpStream::set_read_timeout`].
+    /// See [`TcpStream::set_read_timeout`].
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(d),
@@ -268,6 +269,44 @@ impl Connection {
     pub fn into_stream(self) -> Stream {
         self.stream
     }
+
+    /// A TCP connection as std's stream and the peer's socket address, in one call (what
+    /// `std::net::TcpListener::accept` returns); the connection itself back when it is
+    /// a Unix one.
+    ///
+    /// ```no_run
+    /// # fn f(listener: &cluster::Listener) -> std::io::Result<()> {
+    /// // `None`: the worker is disconnecting.
+    /// while let Some(conn) = listener.accept()? {
+    ///     let (stream, peer) = conn.into_tcp().expect("a TCP listener");
+    ///     println!("{peer} connected");
+    ///     drop(stream);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn into_tcp(self) -> Result<(TcpStream, SocketAddr), Connection> {
+        match (self.stream, self.peer) {
+            (Stream::Tcp(s), PeerAddr::Tcp(a)) => Ok((s, a)),
+            (stream, peer) => Err(Connection {
+                stream,
+                peer,
+                open: self.open,
+            }),
+        }
+    }
+
+    /// A Unix connection as std's stream and the path the peer bound (clients usually
+    /// bind none), in one call; the connection itself back when it is a TCP one.
+    pub fn into_unix(self) -> Result<(UnixStream, Option<PathBuf>), Connection> {
+        match (self.stream, self.peer) {
+            (Stream::Unix(s), PeerAddr::Unix(p)) => Ok((s, p)),
+            (stream, peer) => Err(Connection {
+                stream,
+                peer,
+                open: self.open,
+            }),
+        }
+    }
 }
 
 impl Read for Connection {
@@ -298,6 +337,23 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::Stream;
+
+    #[test]
+    fn a_connection_becomes_std_stream_and_peer_in_one_call() {
+        use super::{Connection, PeerAddr};
+        let (a, _b) = UnixStream::pair().unwrap();
+        let c = Connection::new(Stream::Unix(a), PeerAddr::Unix(None));
+        let c = c.into_tcp().unwrap_err();
+        let (_s, peer) = c.into_unix().unwrap();
+        assert_eq!(peer, None);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let at = t.local_addr().unwrap();
+        let c = Connection::new(Stream::Tcp(t), PeerAddr::Tcp(at));
+        let c = c.into_unix().unwrap_err();
+        let (s, peer) = c.into_tcp().unwrap();
+        assert_eq!((s.local_addr().unwrap(), peer), (at, at));
+    }
 
     #[test]
     fn try_read_and_try_write_never_wait() {
