@@ -275,14 +275,14 @@ impl Connection {
     /// a Unix one.
     ///
     /// ```no_run
-    /// # fn f(listener: &cluster::Listener) -> std::io::Result<()> {
+    /// let listener = cluster::Listener::bind(("127.0.0.1", 8080))?;
     /// // `None`: the worker is disconnecting.
     /// while let Some(conn) = listener.accept()? {
     ///     let (stream, peer) = conn.into_tcp().expect("a TCP listener");
     ///     println!("{peer} connected");
     ///     drop(stream);
     /// }
-    /// # Ok(()) }
+    /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn into_tcp(self) -> Result<(TcpStream, SocketAddr), Connection> {
         match (self.stream, self.peer) {
