@@ -432,11 +432,15 @@ impl Builder {
     /// [`Error::Config`]: every worker would be replaced as soon as it starts.
     ///
     /// Call it before the process starts any thread: `fork` copies only the calling
-    /// thread, so the primary must have exactly one (checked: an error otherwise).
+    /// thread, so the primary must have exactly one (checked: an error otherwise). An
+    /// async runtime belongs inside the worker function: one made before `start`,
+    /// multi-threaded or not, is refused (its epoll, eventfd, signalfd, timerfd or
+    /// io_uring descriptors would be closed in every worker).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for zero workers or a bad `CLUSTER_SCHED_POLICY`;
+    /// [`Error::Config`] for zero workers, a bad `CLUSTER_SCHED_POLICY`, more than one
+    /// thread or an event loop's descriptor in the primary;
     /// [`Error::NotPrimary`] inside a worker; [`Error::Io`] when signal handlers cannot
     /// be installed or the first worker cannot be forked (later fork failures are
     /// reported as events and retried with back-off).
@@ -462,6 +466,7 @@ impl Builder {
             ));
         }
         self.config.health.check()?;
+        super::preflight::check(&self.config.kept)?;
         if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
             return Err(Error::Config(format!(
                 "workers run as {:?}: name the addresses they may listen on with \

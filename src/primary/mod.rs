@@ -82,6 +82,7 @@ mod info;
 mod lifecycle;
 mod listen;
 mod notify;
+mod preflight;
 mod reload;
 mod respawn;
 mod reuse_port;
