@@ -146,7 +146,7 @@ pub use error::{Error, ListenError};
 pub use event::{Event, ExitStatus, Replacement, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::datagram::{Datagram, DatagramPeer, DatagramSocket};
-pub use listener::{Incoming, Listener};
+pub use listener::{Incoming, Listener, OpenConnection, StdListener};
 pub use mode::{Mode, ModeParseError};
 pub use options::{ListenOptions, DEFAULT_BACKLOG};
 pub use primary::{

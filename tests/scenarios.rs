@@ -26,6 +26,8 @@ mod health;
 mod hello_deploy;
 #[path = "scenarios/isolation.rs"]
 mod isolation;
+#[path = "scenarios/libraries.rs"]
+mod libraries;
 #[path = "scenarios/limits.rs"]
 mod limits;
 #[path = "scenarios/pid1.rs"]
@@ -133,6 +135,15 @@ fn main() {
     ));
     scenarios.push(("shutdown_deadline_kills", Box::new(shutdown_deadline_kills)));
     scenarios.push(("stop_escalation", Box::new(stop_escalation)));
+    scenarios.extend(each(
+        "std_listener_tokio",
+        libraries::std_listener_tokio,
+        &["shared", "reuse-port"],
+    ));
+    scenarios.push((
+        "std_listener_round_robin_refused",
+        Box::new(libraries::std_listener_round_robin_refused),
+    ));
     scenarios.push((
         "shutdown_survives_group_stop",
         Box::new(shutdown_survives_group_stop),

@@ -45,6 +45,7 @@
 //!   primary), `accept` on a socket, and closing.
 //! - [`gate`]: the threads inside `accept(2)` and how `close` interrupts them.
 //! - [`handoff`]: the round-robin receive path (credit, wait, receive).
+//! - [`std_listener`]: the socket handed to a library as std's listener type.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -68,6 +69,9 @@ pub(crate) mod datagram;
 mod gate;
 mod handoff;
 pub(crate) mod link;
+mod std_listener;
+
+pub use std_listener::{OpenConnection, StdListener};
 
 use gate::Gate;
 use link::WorkerLink;
@@ -386,9 +390,13 @@ impl Iterator for Incoming<'_> {
     }
 }
 
-impl AsFd for Listener {
-    /// The listening socket, or in round-robin mode the hand-off channel.
-    fn as_fd(&self) -> BorrowedFd<'_> {
+impl Listener {
+    /// Not part of the API: the listening socket, or in round-robin mode the hand-off
+    /// channel, for the crate's tests (a rogue worker writes raw records on it). No
+    /// public accessor hands the channel out: it is not a listener.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn raw_fd_for_tests(&self) -> BorrowedFd<'_> {
         match &self.shared.source {
             Source::Socket { fd, .. } => fd.as_fd(),
             Source::Handoff(ch) => ch.as_fd(),

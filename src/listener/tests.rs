@@ -22,8 +22,10 @@ fn options() -> ListenOptions {
 /// `SO_RCVTIMEO` of the listening socket itself, read through a std socket that shares
 /// its descriptor (`getsockopt` works on any socket).
 fn listener_read_timeout(l: &Listener) -> Option<Duration> {
-    let fd = l.as_fd().try_clone_to_owned().unwrap();
-    TcpStream::from(fd).read_timeout().unwrap()
+    let std = l.try_clone_std().unwrap().into_tcp().unwrap();
+    TcpStream::from(std::os::fd::OwnedFd::from(std))
+        .read_timeout()
+        .unwrap()
 }
 
 #[test]
@@ -152,4 +154,31 @@ fn handoff_queue_is_drained_when_the_primary_is_gone() {
     let clients = send_connections(&primary, 2);
     drop(primary);
     accepts_then_ends(&listener, &clients);
+}
+
+#[test]
+fn a_std_listener_is_a_checked_copy_of_the_socket_and_its_accepts_can_be_counted() {
+    let l = Listener::bind("127.0.0.1:0").unwrap();
+    let std = l.try_clone_std().unwrap().into_tcp().unwrap();
+    assert_eq!(
+        std.local_addr().unwrap().to_string(),
+        l.local_addr().to_string()
+    );
+    assert!(crate::sys::fd::is_cloexec(std.as_fd()).unwrap());
+    let _client = TcpStream::connect(std.local_addr().unwrap()).unwrap();
+    let (_conn, _) = std.accept().unwrap();
+    let open = l.note_accepted();
+    assert_eq!(l.accepted(), 1);
+    drop(open);
+
+    let dir = std::env::temp_dir().join(format!("cluster-std-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("s.sock");
+    let u = Listener::bind(format!("unix:{}", path.display())).unwrap();
+    let std = u.try_clone_std().unwrap();
+    assert!(matches!(std, super::StdListener::Unix(_)));
+    drop(std);
+    drop(u);
+    assert!(!path.exists(), "the listener removes its own socket file");
+    let _ = std::fs::remove_dir(&dir);
 }

@@ -298,6 +298,7 @@ impl Runtime {
     /// Asked by the primary (`Disconnect`) or by a signal (`SIGTERM`, `SIGINT`).
     fn disconnect(&self) {
         self.lock().disconnecting = true;
+        self.note_stop();
         self.changed.notify_all();
         self.close_listeners();
     }
@@ -400,6 +401,7 @@ impl Runtime {
                     // The primary is gone: stop accepting, let the worker function
                     // return, and leave after a grace period regardless.
                     self.lock().primary_gone = true;
+                    self.note_stop();
                     self.changed.notify_all();
                     self.close_listeners();
                     std::thread::sleep(ORPHAN_GRACE);

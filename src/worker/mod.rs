@@ -302,6 +302,50 @@ impl Worker {
         let st = self.rt.lock();
         st.disconnecting || st.primary_gone
     }
+
+    /// A descriptor that becomes readable, and stays readable, once this worker is
+    /// asked to go: the primary's disconnect (a shutdown, a reload, a recycle, an
+    /// upgrade, `Cluster::disconnect`), `SIGTERM`/`SIGINT` to the worker (a group
+    /// signal), or the primary's death. For a server that accepts by itself (see
+    /// [`Listener::try_clone_std`](crate::Listener::try_clone_std)) and waits in an
+    /// event loop: register it with epoll or mio, or in tokio as a pipe (duplicate it
+    /// with [`try_clone_to_owned`](BorrowedFd::try_clone_to_owned), then
+    /// `tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?.readable().await`), and
+    /// stop the server gracefully when it is readable. It is a pipe's read end,
+    /// non-blocking and close-on-exec; reading it is not needed and changes nothing.
+    /// Unlike [`recv`](Worker::recv), it consumes no message.
+    pub fn disconnect_fd(&self) -> BorrowedFd<'_> {
+        self.rt.stop_note.as_fd()
+    }
+
+    /// Blocks until this worker is asked to go (see
+    /// [`disconnect_fd`](Worker::disconnect_fd)); returns at once when it already was.
+    /// For a thread that stops a server: `worker.wait_disconnect(); server.stop()`.
+    pub fn wait_disconnect(&self) {
+        self.wait_disconnect_timeout(Duration::MAX);
+    }
+
+    /// Like [`wait_disconnect`](Worker::wait_disconnect), for at most `timeout`:
+    /// whether the worker is asked to go.
+    pub fn wait_disconnect_timeout(&self, timeout: Duration) -> bool {
+        let deadline = crate::deadline::after(Instant::now(), timeout);
+        let mut st = self.rt.lock();
+        loop {
+            if st.disconnecting || st.primary_gone {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .rt
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 /// The worker process's shared state.
@@ -312,6 +356,13 @@ pub(crate) struct Runtime {
     kept: Vec<OwnedFd>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Readable once the worker is asked to go ([`Worker::disconnect_fd`]): the read
+    /// end of a pipe into which [`Runtime::note_stop`] writes one byte.
+    stop_note: OwnedFd,
+    /// The pipe's write end.
+    stop_note_tx: std::fs::File,
+    /// `note_stop` wrote its byte.
+    stop_noted: AtomicBool,
     /// Connections this worker's listeners returned.
     accepted: AtomicU64,
     /// Connections whose `Connection` still lives (least-connections scheduling).
@@ -333,6 +384,15 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    /// The worker is asked to go: makes [`Worker::disconnect_fd`] readable, for good
+    /// (the crate never reads the byte, and keeps the write end open: a closed one
+    /// would read as EOF). Idempotent; the pipe takes one byte without blocking.
+    fn note_stop(&self) {
+        if !self.stop_noted.swap(true, Ordering::AcqRel) {
+            let _ = (&self.stop_note_tx).write(&[1]);
+        }
+    }
+
     fn heartbeat(&self) {
         let ms = self.started.elapsed().as_millis();
         self.heartbeat
@@ -437,10 +497,17 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         Ok(p) => p,
         Err(e) => return setup_failed(&control, id, SetupStage::Signals, &e),
     };
+    let (stop_note, stop_note_tx) = match fd::pipe_nonblocking() {
+        Ok(p) => p,
+        Err(e) => return setup_failed(&control, id, SetupStage::Runtime, &e),
+    };
     let rt = Arc::new(Runtime {
         id,
         control,
         kept,
+        stop_note,
+        stop_note_tx: std::fs::File::from(stop_note_tx),
+        stop_noted: AtomicBool::new(false),
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         accepted: AtomicU64::new(0),

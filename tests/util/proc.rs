@@ -167,7 +167,7 @@ impl Server {
 
     /// Reads lines (stdout, and stderr as `err: …`) until one matches; returns it.
     /// `what` describes the match for the error.
-    fn expect_where(
+    pub fn expect_where(
         &mut self,
         what: &str,
         timeout: Duration,

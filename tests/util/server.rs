@@ -295,7 +295,7 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
         // A setup failure (chdir, errno EPERM) after `Online`: a young death for the
         // whole cluster's back-off, if believed.
         "late_setup" => w.send_raw_record_for_tests(&record(10, &[1, 1, 0, 0, 0]), None),
-        "fd" => w.send_raw_record_for_tests(&record(1, b""), Some(listener.as_fd())),
+        "fd" => w.send_raw_record_for_tests(&record(1, b""), Some(listener.raw_fd_for_tests())),
         "flood" => {
             // Valid messages, as fast as the channel takes them, until the primary
             // has had enough (the send fails once it is killed... or after a bound).
@@ -323,7 +323,7 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
                     }
                     "linger-newconn" => w.send_raw_record_for_tests(&new_conn, Some(s.as_fd())),
                     _ => Worker::send_raw_record_on_for_tests(
-                        listener.as_fd(),
+                        listener.raw_fd_for_tests(),
                         &new_conn,
                         Some(s.as_fd()),
                     ),
@@ -507,13 +507,22 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         // O_NONBLOCK on each listening socket's open file description, which every
         // worker shares (through a duplicate: std sets it without `unsafe`).
         for l in &listeners {
-            let copy = l.as_fd().try_clone_to_owned()?;
+            let copy = l.raw_fd_for_tests().try_clone_to_owned()?;
             std::net::TcpListener::from(copy).set_nonblocking(true)?;
         }
     }
     if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
         if let Some(l) = listeners.first() {
             rogue(w, &how, l);
+        }
+    }
+    if std::env::var_os("SC_STD_TOKIO").is_some() {
+        if let Some(l) = listeners.first() {
+            match l.try_clone_std() {
+                Ok(std) => return serve_with_tokio(w, l, std),
+                // Round-robin: refused by name; said, then served the crate's way.
+                Err(e) => println!("std-listener-refused {e}"),
+            }
         }
     }
     std::thread::scope(|s| {
@@ -532,7 +541,7 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
             });
         }
         for l in &listeners {
-            let cloexec = proc::is_cloexec(l.as_fd().as_raw_fd());
+            let cloexec = proc::is_cloexec(l.raw_fd_for_tests().as_raw_fd());
             for _ in 0..threads {
                 s.spawn(move || loop {
                     match l.accept() {
@@ -548,6 +557,65 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         }
     });
     Ok(())
+}
+
+/// `SC_STD_TOKIO`: the worker serves as a library that accepts by itself does: a
+/// current-thread tokio runtime, built in the worker, accepts on the std listener
+/// from `Listener::try_clone_std` until `Worker::disconnect_fd` is readable; each
+/// connection is counted with `note_accepted` and served on a thread of its own; the
+/// worker returns once every connection it took is answered.
+fn serve_with_tokio(
+    w: &Worker,
+    listener: &Listener,
+    std: cluster::StdListener,
+) -> std::io::Result<()> {
+    let id = w.id().0;
+    let std = std
+        .into_tcp()
+        .ok_or_else(|| std::io::Error::other("SC_STD_TOKIO serves TCP only"))?;
+    std.set_nonblocking(true)?;
+    let cloexec = proc::is_cloexec(std.as_raw_fd());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::scope(|s| {
+        rt.block_on(async {
+            // A pipe: tokio watches it safely as one (AsyncFd's registration of a raw
+            // descriptor is `unsafe` since tokio 1.54).
+            let stop = tokio::net::unix::pipe::Receiver::from_owned_fd(
+                w.disconnect_fd().try_clone_to_owned()?,
+            )?;
+            let tokio_listener = tokio::net::TcpListener::from_std(std)?;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.readable() => break,
+                    accepted = tokio_listener.accept() => {
+                        let (conn, _) = match accepted {
+                            Ok(c) => c,
+                            // At a shutdown the primary stops the shared socket
+                            // listening (`shutdown(2)`) just before it tells the
+                            // workers: the end, not a failure.
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                                stop.readable().await?;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        let open = listener.note_accepted();
+                        let conn = conn.into_std()?;
+                        conn.set_nonblocking(false)?;
+                        s.spawn(move || {
+                            serve_one(&mut Stream::Tcp(conn), id, cloexec);
+                            drop(open);
+                        });
+                    }
+                }
+            }
+            println!("worker {id}: std listener: disconnect seen");
+            Ok(())
+        })
+    })
 }
 
 /// What the primary does for a worker's `tell`; the reply goes back to that worker.
