@@ -260,6 +260,15 @@ impl Connection {
         &self.peer
     }
 
+    /// Takes this connection's place in its worker's open count (for
+    /// least-connections scheduling and `WorkerInfo`), to keep beside the std stream
+    /// after [`into_tcp`](Connection::into_tcp) or [`into_parts`](Connection::into_parts):
+    /// the connection counts as open until the returned guard drops. Taken twice, the
+    /// second guard counts nothing.
+    pub fn take_open(&mut self) -> crate::OpenConnection {
+        crate::listener::OpenConnection::from_count(self.open.take())
+    }
+
     /// The stream and the peer address.
     pub fn into_parts(self) -> (Stream, PeerAddr) {
         (self.stream, self.peer)

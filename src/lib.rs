@@ -146,7 +146,9 @@ pub use error::{Error, ListenError};
 pub use event::{Event, ExitStatus, Replacement, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::datagram::{Datagram, DatagramPeer, DatagramSocket};
-pub use listener::{Incoming, Listener, OpenConnection, StdListener};
+pub use listener::{
+    HandoffReadiness, Incoming, Listener, OpenConnection, StdListener, MAX_GRANTED,
+};
 pub use mode::{Mode, ModeParseError};
 pub use options::{ListenOptions, DEFAULT_BACKLOG};
 pub use primary::{

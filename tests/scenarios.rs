@@ -144,6 +144,15 @@ fn main() {
         "std_listener_round_robin_refused",
         Box::new(libraries::std_listener_round_robin_refused),
     ));
+    scenarios.extend(each(
+        "tiny_http_example",
+        libraries::tiny_http_example,
+        &["shared", "reuse-port"],
+    ));
+    scenarios.push((
+        "tiny_http_round_robin_refused",
+        Box::new(libraries::tiny_http_round_robin_refused),
+    ));
     scenarios.push((
         "shutdown_survives_group_stop",
         Box::new(shutdown_survives_group_stop),

@@ -175,7 +175,7 @@ impl Endpoint {
 
 /// A connection received from the primary. Its kind follows the peer the primary's
 /// accept saw: an adopted abstract or unnamed Unix socket's clients come as Unix peers.
-fn handed_off(fd: std::os::fd::OwnedFd, peer: PeerAddr) -> Connection {
+pub(super) fn handed_off(fd: std::os::fd::OwnedFd, peer: PeerAddr) -> Connection {
     let kind = match peer {
         PeerAddr::Tcp(_) => StreamKind::Tcp,
         PeerAddr::Unix(_) => StreamKind::Unix,
@@ -188,7 +188,7 @@ fn handed_off(fd: std::os::fd::OwnedFd, peer: PeerAddr) -> Connection {
 /// `execve`d a binary upgrade, which passes only the listening sockets on). No
 /// connection comes any more, but those it sent before may still be queued
 /// ([`drain_queued`]).
-fn primary_gone(e: &io::Error) -> bool {
+pub(super) fn primary_gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
 }
 
@@ -197,7 +197,7 @@ fn primary_gone(e: &io::Error) -> bool {
 /// connection the primary sent ahead (round-robin's prefetch) is served, not closed
 /// with the channel when the worker exits (the client saw a reset: 1–4 requests in
 /// each binary upgrade under load once a worker had one thread accepting).
-fn drain_queued(ch: &Channel) -> Option<Connection> {
+pub(super) fn drain_queued(ch: &Channel) -> Option<Connection> {
     let mut buf = [0u8; 256];
     // Bounded: each turn takes a record off the queue, or ends.
     loop {

@@ -46,6 +46,7 @@
 //! - [`gate`]: the threads inside `accept(2)` and how `close` interrupts them.
 //! - [`handoff`]: the round-robin receive path (credit, wait, receive).
 //! - [`std_listener`]: the socket handed to a library as std's listener type.
+//! - [`event_loop`]: round-robin for event loops (credits granted, non-blocking take).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -66,11 +67,13 @@ use crate::sys::sockaddr::SockAddr;
 use crate::sys::{poll, signal, socket};
 
 pub(crate) mod datagram;
+mod event_loop;
 mod gate;
 mod handoff;
 pub(crate) mod link;
 mod std_listener;
 
+pub use event_loop::{HandoffReadiness, MAX_GRANTED};
 pub use std_listener::{OpenConnection, StdListener};
 
 use gate::Gate;
@@ -113,6 +116,10 @@ pub(crate) struct Endpoint {
     /// Hand-off only: the epoll instances threads wait through (see `accept_handoff`),
     /// kept between calls, one per thread waiting at once.
     waits: Mutex<Vec<poll::ExclusiveWait>>,
+    /// Hand-off only: credits granted with `Listener::grant` and not spent yet.
+    granted: std::sync::atomic::AtomicU32,
+    /// Hand-off only: granted credits not sent yet (the channel was full).
+    unsent: std::sync::atomic::AtomicU32,
 }
 
 /// Where connections come from.
@@ -284,6 +291,8 @@ impl Listener {
                     write: options.write_timeout,
                 },
                 waits: Mutex::new(Vec::new()),
+                granted: std::sync::atomic::AtomicU32::new(0),
+                unsent: std::sync::atomic::AtomicU32::new(0),
             }),
         }
     }
@@ -320,15 +329,19 @@ impl Listener {
             Source::Socket { fd, exclusive } => s.accept_socket(fd.as_fd(), *exclusive)?,
             Source::Handoff(ch) => s.accept_handoff(ch)?,
         };
-        let Some(mut conn) = conn else {
-            return Ok(None);
-        };
+        conn.map(|c| self.counted(c)).transpose()
+    }
+
+    /// A connection this listener returns: counted (here, and in the worker's totals
+    /// and open count), with `ListenOptions`' timeouts set.
+    fn counted(&self, mut conn: Connection) -> io::Result<Connection> {
+        let s = &*self.shared;
         s.accepted.fetch_add(1, Ordering::Relaxed);
         if let Origin::Worker { link, .. } = &s.origin {
             conn = conn.counted(link.accepted());
         }
         s.timeouts.set_on(&conn)?;
-        Ok(Some(conn))
+        Ok(conn)
     }
 
     /// An iterator over [`accept`](Listener::accept)'s connections, ending when the

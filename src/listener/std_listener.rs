@@ -76,12 +76,19 @@ impl From<StdListener> for OwnedFd {
     }
 }
 
-/// One connection a library accepted by itself, counted by
-/// [`Listener::note_accepted`]: open in its worker while this value lives. Keep it
-/// with the connection, and drop it when the connection ends.
+/// One connection counted as open in its worker while this value lives: from
+/// [`Listener::note_accepted`] (a connection a library accepted by itself) or
+/// [`Connection::take_open`](crate::Connection::take_open). Keep it with the
+/// connection, and drop it when the connection ends.
 #[derive(Debug)]
 pub struct OpenConnection {
     _open: Option<OpenCount>,
+}
+
+impl OpenConnection {
+    pub(crate) fn from_count(open: Option<OpenCount>) -> OpenConnection {
+        OpenConnection { _open: open }
+    }
 }
 
 impl Listener {

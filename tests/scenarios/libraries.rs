@@ -4,10 +4,14 @@
 //! counts what it accepts with `Listener::note_accepted`. In round-robin there is no
 //! listener to take: asking is an error that names the mode, not a hang.
 
+use std::io::BufReader;
 use std::time::Duration;
 
+use crate::demo::http_get;
+use crate::hello_deploy::{gone, workers_of};
 use crate::util::check::{check, clean_end, exited_ok, spec, Outcome};
-use crate::util::client;
+use crate::util::client::{self, Conn, Target};
+use crate::util::proc::{self, Server};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -81,4 +85,98 @@ pub fn std_listener_round_robin_refused() -> Outcome {
     srv.signal("TERM")?;
     let end = exited_ok(&mut srv, T)?;
     clean_end(&srv, &end)
+}
+
+/// `GET /` with `Connection: close` on a new connection: the worker that answered.
+fn get(target: &Target) -> Result<u32, String> {
+    let mut conn = Conn::connect(target, T).map_err(|e| format!("connect: {e}"))?;
+    http_get(&mut conn, "/", true)?;
+    let resp = client::read_response(&mut BufReader::new(&mut conn))?;
+    check(resp.status == 200, || format!("status {}", resp.status))?;
+    resp.header("X-Worker")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no X-Worker".to_string())
+}
+
+/// The `tiny_http` example, `--mode MODE`, 2 workers, on TCP and on a Unix socket:
+/// 20 requests answered by both workers, then a rolling restart, after which the
+/// Unix socket file is still there (tiny_http's `Drop` removed it at the first
+/// reload before the example forgot its server) and both addresses still serve;
+/// `SIGTERM`: exit 0, no process left.
+pub fn tiny_http_example(mode: &str) -> Outcome {
+    let dir = std::env::temp_dir().join(format!("cluster-tiny-{}-{mode}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let sock = dir.join("tiny.sock");
+    for listen in [
+        "127.0.0.1:0".to_string(),
+        format!("unix:{}", sock.display()),
+    ] {
+        let mut srv = start_example(
+            "tiny_http",
+            &["--listen", &listen, "--workers", "2", "--mode", mode],
+        )?;
+        let ready = srv.expect("ready ", T)?;
+        let target = Target::parse(&ready["ready ".len()..])?;
+        let workers = workers_of(&srv);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(get(&target)?);
+        }
+        srv.signal("HUP")?;
+        srv.expect_containing("reload finished: 2 replaced", T)?;
+        if listen.starts_with("unix:") {
+            check(sock.exists(), || {
+                format!("{} is gone after the reload", sock.display())
+            })?;
+        }
+        let after = (0..10)
+            .map(|_| get(&target))
+            .collect::<Result<Vec<_>, _>>()?;
+        println!(
+            "    {mode}, {listen}: answered by workers {seen:?}, after the reload by {after:?}"
+        );
+        check(after.iter().all(|w| *w > 2), || {
+            format!("answered after the reload by the old workers: {after:?}")
+        })?;
+        srv.signal("TERM")?;
+        exited_ok(&mut srv, T)?;
+        gone(&workers)?;
+    }
+    std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
+}
+
+/// The `tiny_http` example in round-robin: refused at start (exit 2), naming the
+/// modes that work.
+pub fn tiny_http_round_robin_refused() -> Outcome {
+    let mut srv = start_example(
+        "tiny_http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--mode",
+            "round-robin",
+        ],
+    )?;
+    let status = srv.wait(T)?;
+    let stderr = srv.stderr();
+    check(status.code() == Some(2), || {
+        format!("exit {status}: {stderr}")
+    })?;
+    check(
+        stderr.contains("round-robin mode cannot serve tiny_http")
+            && stderr.contains("--mode shared or --mode reuse-port"),
+        || stderr.clone(),
+    )?;
+    println!("    {}", stderr.trim());
+    Ok(())
+}
+
+/// One of this crate's examples, started with `args`.
+fn start_example(name: &str, args: &[&str]) -> Result<Server, String> {
+    let mut cmd = std::process::Command::new(proc::example(name)?);
+    cmd.args(args).env_remove("CLUSTER_SCHED_POLICY");
+    Server::spawn(cmd)
 }
