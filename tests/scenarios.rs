@@ -12,6 +12,8 @@
 
 mod util;
 
+#[path = "scenarios/contain.rs"]
+mod contain;
 #[path = "scenarios/core.rs"]
 mod core_modes;
 #[path = "scenarios/datagram.rs"]
@@ -332,6 +334,11 @@ fn main() {
             Box::new(iso_adopted_rr_survives_respawn),
         ));
     }
+    // What one worker can do to the others (issue 19, items 4, 9, 10).
+    scenarios.push((
+        "log_injection_escaped",
+        Box::new(contain::log_injection_escaped),
+    ));
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
