@@ -28,28 +28,45 @@ pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            let valid = chunk.valid();
-            // The common case, an ordinary path or name: one write.
-            if !valid.chars().any(needs_escape) {
-                f.write_str(valid)?;
-            } else {
-                for c in valid.chars() {
-                    match c {
-                        '\n' => f.write_str("\\n")?,
-                        '\r' => f.write_str("\\r")?,
-                        '\t' => f.write_str("\\t")?,
-                        c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-                        c => f.write_char(c)?,
-                    }
+        // `from_utf8` piece by piece (`<[u8]>::utf8_chunks` is newer than the MSRV).
+        let mut rest = self.0;
+        while !rest.is_empty() {
+            let (valid, invalid) = match std::str::from_utf8(rest) {
+                Ok(all) => (all, 0),
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    // `error_len` is None for a sequence cut short at the end.
+                    let n = e.error_len().unwrap_or(bad.len());
+                    (std::str::from_utf8(good).unwrap_or_default(), n)
                 }
-            }
-            for b in chunk.invalid() {
+            };
+            write_valid(f, valid)?;
+            let (bad, after) = rest[valid.len()..].split_at(invalid);
+            for b in bad {
                 write!(f, "\\x{b:02x}")?;
             }
+            rest = after;
         }
         Ok(())
     }
+}
+
+/// Writes text, escaping what [`needs_escape`].
+fn write_valid(f: &mut fmt::Formatter<'_>, valid: &str) -> fmt::Result {
+    // The common case, an ordinary path or name: one write.
+    if !valid.chars().any(needs_escape) {
+        return f.write_str(valid);
+    }
+    for c in valid.chars() {
+        match c {
+            '\n' => f.write_str("\\n")?,
+            '\r' => f.write_str("\\r")?,
+            '\t' => f.write_str("\\t")?,
+            c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            c => f.write_char(c)?,
+        }
+    }
+    Ok(())
 }
 
 /// Whether `c` is not printed as it is.
