@@ -339,6 +339,14 @@ fn main() {
         "log_injection_escaped",
         Box::new(contain::log_injection_escaped),
     ));
+    scenarios.push((
+        "sibling_signals_refused",
+        Box::new(contain::sibling_signals_refused),
+    ));
+    scenarios.push((
+        "sibling_signals_shared_uid",
+        Box::new(contain::sibling_signals_shared_uid),
+    ));
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

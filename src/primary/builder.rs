@@ -344,6 +344,11 @@ impl Builder {
     /// Such workers are untrusted (see the README's security model): the cluster
     /// must also be given [`listen_only`](Builder::listen_only), or
     /// [`start`](Builder::start) fails with [`Error::Config`].
+    ///
+    /// Workers of one uid can signal each other: with
+    /// [`User::per_worker_uids`] each runs as a uid of its own (the range must hold one
+    /// uid more than the workers, and not the primary's own uid: `start` refuses
+    /// otherwise).
     pub fn user(mut self, user: User) -> Builder {
         self.config.settings.user = Some(user);
         self
@@ -462,6 +467,10 @@ impl Builder {
             ));
         }
         self.config.health.check()?;
+        if let Some(user) = &self.config.settings.user {
+            super::uids::check_count(count, Some(user)).map_err(Error::Config)?;
+            super::uids::check_primary_outside(user).map_err(Error::Config)?;
+        }
         if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
             return Err(Error::Config(format!(
                 "workers run as {:?}: name the addresses they may listen on with \

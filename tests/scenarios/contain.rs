@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::util::check::{check, clean_end, exited_ok, Outcome, Spec};
+use crate::util::check::{all_ok, check, clean_end, exited_ok, stop_and_check, Outcome, Spec};
+use crate::util::client::{self, Target};
+use crate::util::proc::{self, Server};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -62,4 +64,178 @@ pub fn log_injection_escaped() -> Outcome {
         )
     })?;
     clean_end(&srv, &end)
+}
+
+/// `n` consecutive uids that no account in /etc/passwd has and no process runs as,
+/// from systemd's dynamic range down (61184-65519) up.
+fn unused_uids(n: u32) -> Result<u32, String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
+    let mut taken: Vec<u32> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    for e in std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            taken.extend(proc::ids_of(pid).map(|(uid, _)| uid));
+        }
+    }
+    (61184..65519 - n)
+        .find(|first| (*first..first + n).all(|uid| !taken.contains(&uid)))
+        .ok_or_else(|| format!("no {n} unused uids in 61184-65519"))
+}
+
+/// The pids of the live workers `ids`, from the `fork` lines.
+fn pids(srv: &Server, ids: &[u32]) -> Result<Vec<u32>, String> {
+    ids.iter()
+        .map(|&id| proc::worker_pid(&srv.seen, id))
+        .collect()
+}
+
+/// What the worker that got `stop-siblings` reported: (pid, result) per sibling.
+fn stop_siblings(t: &Target) -> Result<(u32, Vec<(u32, String)>), String> {
+    let reply = client::ask(t, "stop-siblings", T)?;
+    let list = reply
+        .text
+        .strip_prefix("stopped ")
+        .ok_or_else(|| format!("{reply:?}"))?;
+    let results = list
+        .split(',')
+        .filter_map(|r| {
+            let (pid, result) = r.split_once(':')?;
+            Some((pid.parse().ok()?, result.to_string()))
+        })
+        .collect();
+    Ok((reply.worker, results))
+}
+
+/// Workers run as `nobody`'s group with one uid each (`User::per_worker_uids`, 3
+/// workers, 4 uids that no account has and no process runs as). One worker, playing
+/// a compromised one, runs `kill -STOP` on each sibling (found in /proc): `EPERM` for
+/// both; neither is stopped, and all three serve. A reload replaces all three, each
+/// replacement with a uid no live worker has (the spare, then each old one's as it
+/// goes); `SIGTTIN` for a fourth worker is refused (the range carries 3), naming the
+/// range.
+pub fn sibling_signals_refused() -> Outcome {
+    if !proc::is_root() {
+        println!("    skipped: not root (workers run as other uids; CI runs as root)");
+        return Ok(());
+    }
+    let first = unused_uids(4)?;
+    let range = first..first + 4;
+    let s = Spec {
+        mode: "round-robin",
+        workers: 3,
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        env: vec![
+            ("SC_USER", "nobody".into()),
+            ("SC_UIDS", format!("{first}:4")),
+        ],
+    };
+    let (mut srv, targets) = s.start()?;
+    let t = &targets[0];
+    let distinct = |srv: &Server, ids: &[u32]| -> Result<Vec<u32>, String> {
+        let uids: Vec<u32> = pids(srv, ids)?
+            .iter()
+            .map(|&p| {
+                proc::ids_of(p)
+                    .map(|(u, _)| u)
+                    .ok_or(format!("pid {p} gone"))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut unique = uids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        check(
+            unique.len() == ids.len() && uids.iter().all(|u| range.contains(u)),
+            || format!("workers {ids:?} run as uids {uids:?}, not distinct ones of {range:?}"),
+        )?;
+        Ok(uids)
+    };
+    let uids = distinct(&srv, &[1, 2, 3])?;
+    println!("    workers 1, 2, 3 run as uids {uids:?}");
+    let (rogue, results) = stop_siblings(t)?;
+    println!("    worker {rogue}: kill -STOP on its siblings: {results:?}");
+    check(
+        results.len() == 2 && results.iter().all(|(_, r)| r == "EPERM"),
+        || format!("worker {rogue} signalled its siblings: {results:?}"),
+    )?;
+    for pid in pids(&srv, &[1, 2, 3])? {
+        let state = proc::children_of(srv.pid())
+            .into_iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, s)| s);
+        check(state.as_deref().is_some_and(|s| s != "T"), || {
+            format!("worker pid {pid} is {state:?}")
+        })?;
+    }
+    let load = client::load(t, 30, 1, "hi", T);
+    all_ok(&load, 30, "after the attack")?;
+    check(load.by_worker.len() == 3, || {
+        format!("not every worker served: {}", load.shares())
+    })?;
+    println!("    then: {}", load.shares());
+    // A reload: each replacement is forked while the worker it replaces serves.
+    srv.signal("HUP")?;
+    srv.expect("reload-finished 3 complete=true", Duration::from_secs(30))?;
+    let new = distinct(&srv, &[4, 5, 6])?;
+    println!("    after a reload, workers 4, 5, 6 run as uids {new:?}");
+    check(new[0] == range.end - 1, || {
+        format!("the first replacement did not take the spare uid: {new:?}")
+    })?;
+    srv.signal("TTIN")?;
+    let refused = srv.expect("error 4 workers asked for", T)?;
+    println!("    SIGTTIN: {refused}");
+    check(
+        refused.contains(&format!("uids {first}-{}", first + 3)) && refused.contains("at most 3"),
+        || refused.clone(),
+    )?;
+    stop_and_check(&mut srv)
+}
+
+/// The same attack with the workers sharing `nobody`'s uid (`Builder::user` alone, the
+/// default): `kill -STOP` succeeds on both siblings, they stop, and the attacker serves
+/// every request that follows (round-robin takes back what it sent the stopped ones).
+/// Then the driver continues them (`SIGCONT`) and the cluster stops cleanly.
+pub fn sibling_signals_shared_uid() -> Outcome {
+    if !proc::is_root() {
+        println!("    skipped: not root (workers run as nobody; CI runs as root)");
+        return Ok(());
+    }
+    let s = Spec {
+        mode: "round-robin",
+        workers: 3,
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        env: vec![("SC_USER", "nobody".into())],
+    };
+    let (mut srv, targets) = s.start()?;
+    let t = &targets[0];
+    let (rogue, results) = stop_siblings(t)?;
+    println!("    worker {rogue}: kill -STOP on its siblings: {results:?}");
+    let stopped: Vec<u32> = results.iter().map(|(p, _)| *p).collect();
+    let attack = || -> Outcome {
+        check(
+            results.len() == 2 && results.iter().all(|(_, r)| r == "ok"),
+            || format!("worker {rogue} could not signal its siblings: {results:?}"),
+        )?;
+        for &pid in &stopped {
+            proc::wait_stopped(pid, T)?;
+        }
+        let load = client::load(t, 6, 1, "hi", T);
+        all_ok(&load, 6, "with the siblings stopped")?;
+        println!("    then: {}", load.shares());
+        check(load.by_worker.keys().all(|&w| w == rogue), || {
+            format!("a stopped worker served: {}", load.shares())
+        })
+    };
+    let outcome = attack();
+    // Continued whatever the outcome, so that the cluster can stop.
+    let continued = proc::signal_all(&stopped, "CONT");
+    outcome?;
+    continued?;
+    stop_and_check(&mut srv)
 }

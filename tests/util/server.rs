@@ -22,6 +22,7 @@
 //! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
 //! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
 //! `rogue`),
+//! `SC_UIDS` (`FIRST:COUNT`: with `SC_USER`, one uid per worker from FIRST),
 //! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
 //! `Worker::heartbeat` five times per timeout, until `hang-heartbeat`), `SC_MAX_CONN`,
 //! `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB` (worker health),
@@ -37,7 +38,8 @@
 //! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
-//! (writes TEXT to stderr); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! (writes TEXT to stderr); `stop-siblings` (`kill -STOP` on every other worker, answers
+//! `stopped PID:ok|EPERM|error,…`); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
 //! (allocates, touches and keeps MIB MiB); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
 //! the first address at once, answered at once); `orphans`
@@ -159,6 +161,32 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 let addr = addr.clone();
                 std::thread::spawn(move || addr.map(|a| Listener::bind(&a)));
             }
+        }
+        ["stop-siblings"] => {
+            // A compromised worker's attack on the others: `kill -STOP` (kill(1), as
+            // this worker's uid) on every other child of the primary, found in /proc
+            // as any process may find them. Answers `stopped PID:RESULT,…` (`ok`,
+            // `EPERM` or `error`).
+            let me = std::process::id();
+            let results: Vec<String> = proc::children_of(std::os::unix::process::parent_id())
+                .into_iter()
+                .filter(|(pid, _)| *pid != me)
+                .map(|(pid, _)| {
+                    let out = std::process::Command::new("kill")
+                        .args(["-STOP", &pid.to_string()])
+                        .stdin(std::process::Stdio::null())
+                        .output();
+                    let result = match out {
+                        Ok(o) if o.status.success() => "ok",
+                        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("not permitted") => {
+                            "EPERM"
+                        }
+                        _ => "error",
+                    };
+                    format!("{pid}:{result}")
+                })
+                .collect();
+            extra = format!(" stopped {}", results.join(","));
         }
         ["kind"] => {
             extra = match stream {
@@ -710,7 +738,16 @@ pub fn main() -> i32 {
         }
     }
     if let Ok(name) = std::env::var("SC_USER") {
-        match User::named(&name) {
+        // `SC_UIDS=FIRST:COUNT`: one uid per worker (`User::per_worker_uids`).
+        let uids = std::env::var("SC_UIDS").ok().and_then(|r| {
+            let (first, count) = r.split_once(':')?;
+            Some((first.parse().ok()?, count.parse().ok()?))
+        });
+        let user = User::named(&name).and_then(|u| match uids {
+            Some((first, count)) => u.per_worker_uids(first, count),
+            None => Ok(u),
+        });
+        match user {
             Ok(u) => builder = builder.user(u),
             Err(e) => {
                 eprintln!("server: {e}");
