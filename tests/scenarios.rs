@@ -347,6 +347,10 @@ fn main() {
         "sibling_signals_shared_uid",
         Box::new(contain::sibling_signals_shared_uid),
     ));
+    scenarios.push((
+        "max_rss_counts_held_memory",
+        Box::new(contain::max_rss_counts_held_memory),
+    ));
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

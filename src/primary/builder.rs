@@ -312,10 +312,19 @@ impl Builder {
     }
 
     /// Recycling by memory: the primary reads each worker's resident set size from
-    /// `/proc/PID/statm` about once a second and recycles, gracefully, a worker above
-    /// `bytes` (default: none; Passenger's `max_memory`, `puma_worker_killer`). One at
-    /// a time, as for [`max_connections`](Builder::max_connections). Reported with
+    /// `/proc/PID/statm` about once a second, adds the memory files the worker holds
+    /// open without mapping them (a memfd, a file in tmpfs such as `/dev/shm`: their
+    /// pages are in no process's RSS; found through `/proc/PID/fd`, 256 descriptors a
+    /// second, without touching any other file system), and recycles, gracefully, a
+    /// worker above `bytes` (default: none; Passenger's `max_memory`,
+    /// `puma_worker_killer`). One at a time, as for
+    /// [`max_connections`](Builder::max_connections). Reported with
     /// [`Replacement::MaxRss`](crate::Replacement::MaxRss).
+    ///
+    /// This recycles leaks; it does not contain memory. A memory file the worker also
+    /// maps counts twice (its mapped pages are in the RSS already). Not counted: files
+    /// it closed in tmpfs, System V shared memory, its child processes. A cgroup's
+    /// `memory.max` (systemd's `MemoryMax=`) contains all of it.
     pub fn max_rss(mut self, bytes: u64) -> Builder {
         self.config.health.max_rss = Some(bytes);
         self

@@ -78,6 +78,7 @@ mod datagram;
 mod event_loop;
 mod handle;
 mod health;
+mod held;
 mod info;
 mod lifecycle;
 mod listen;

@@ -239,3 +239,48 @@ pub fn sibling_signals_shared_uid() -> Outcome {
     continued?;
     stop_and_check(&mut srv)
 }
+
+/// `max_rss` 32 MiB, 2 workers: one writes 40 MiB into a file in `/dev/shm` that has
+/// no name (`O_TMPFILE`, what `memfd_create` gives) and keeps it open without mapping
+/// it, so its resident set stays a few MiB. The primary counts the file and recycles
+/// that worker (`max-rss`); the other is left alone, and the replacement serves.
+pub fn max_rss_counts_held_memory() -> Outcome {
+    let s = Spec {
+        mode: "round-robin",
+        workers: 2,
+        listen: "127.0.0.1:0".into(),
+        threads: 2,
+        env: vec![("SC_MAX_RSS_MIB", "32".into())],
+    };
+    let (mut srv, targets) = s.start()?;
+    let t = &targets[0];
+    let reply = client::ask(t, "hold-shm 40", T)?;
+    check(reply.text == "held 40", || format!("{reply:?}"))?;
+    let holder = reply.worker;
+    let rss = srv.seen_or_expect(&format!("rss {holder} "), T)?;
+    let replacing = srv.expect("replacing ", Duration::from_secs(20))?;
+    println!("    worker {holder} ({rss}): {replacing}");
+    check(
+        replacing.starts_with(&format!("replacing {holder} {} max-rss", reply.pid)),
+        || format!("worker {holder} holding 40 MiB was not the one recycled: {replacing}"),
+    )?;
+    let exit = srv.expect(&format!("exit {holder} "), T)?;
+    check(exit.contains("requested=true"), || exit.clone())?;
+    let load = client::load(t, 10, 1, "hi", T);
+    all_ok(&load, 10, "after the recycle")?;
+    check(!load.by_worker.contains_key(&holder), || {
+        format!("the recycled worker served: {}", load.shares())
+    })?;
+    srv.signal("TERM")?;
+    let end = exited_ok(&mut srv, T)?;
+    let replaced = srv
+        .seen
+        .iter()
+        .chain(&end.rest)
+        .filter(|l| l.starts_with("replacing "))
+        .count();
+    check(replaced == 1, || {
+        format!("{replaced} workers were replaced, not 1: {:?}", srv.seen)
+    })?;
+    clean_end(&srv, &end)
+}

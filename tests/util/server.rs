@@ -40,7 +40,8 @@
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
 //! (writes TEXT to stderr); `stop-siblings` (`kill -STOP` on every other worker, answers
 //! `stopped PID:ok|EPERM|error,…`); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
-//! (allocates, touches and keeps MIB MiB); `unlisten N` (closes the worker's listener number N); `send
+//! (allocates, touches and keeps MIB MiB); `hold-shm MIB` (writes MIB MiB into a
+//! nameless file in /dev/shm and keeps it open, unmapped); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
 //! the first address at once, answered at once); `orphans`
 //! (leaves a child that has exited and one still running, answers `orphans ZOMBIE_PID
@@ -225,6 +226,27 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             kept.push(block);
             extra = format!(" leaked {}", kept.len());
         }
+        ["hold-shm", mib] => {
+            // Writes MIB MiB into a file in /dev/shm (tmpfs) that has no name
+            // (`O_TMPFILE`: what `memfd_create` gives, on another tmpfs mount) and
+            // keeps it open, never mapped: memory in no process's resident set.
+            use std::os::unix::fs::OpenOptionsExt;
+            let n = mib.parse::<usize>().unwrap_or(0).min(1024);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open("/dev/shm")
+                .and_then(|mut f| f.write_all(&vec![1u8; n << 20]).map(|()| f));
+            extra = match file {
+                Ok(f) => {
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+                    format!(" held {n}")
+                }
+                Err(e) => format!(" hold-error {e}"),
+            };
+        }
         ["unlisten", n] => {
             // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
             let l = n
@@ -374,6 +396,9 @@ static HEARTBEAT_HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 
 /// `leak MIB`: memory the worker keeps for good.
 static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// `hold-shm MIB`: memory files the worker keeps open.
+static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
 
 /// The worker's addresses as asked for, for `bind-burst N`.
 static ADDRS: std::sync::OnceLock<Vec<ListenAddr>> = std::sync::OnceLock::new();
