@@ -3,10 +3,12 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::sys::sockaddr::UNIX_PATH_MAX;
+use crate::text::Escaped;
 
 /// The address a listener binds: the key under which the primary keeps one listening
 /// handle for all workers (Node's `key` in `queryServer`: address, port, family, or path).
@@ -80,14 +82,19 @@ impl ListenAddr {
     }
 }
 
+/// Displayed in the syntax it parses from. A Unix path or a socket name is text someone
+/// else may have chosen (a worker asks for the address): control characters and bytes
+/// that are not UTF-8 are shown escaped (`unix:/tmp/x\n` with a backslash and an `n`,
+/// `\u{1b}` for ESC, `\xff`), so printing an address never writes a line break or a
+/// terminal escape into a log.
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ListenAddr::Tcp(a) => write!(f, "{a}"),
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", Escaped(p.as_os_str().as_bytes())),
             ListenAddr::Fd(n) => write!(f, "fd:{n}"),
             ListenAddr::Systemd(None) => f.write_str("systemd"),
-            ListenAddr::Systemd(Some(name)) => write!(f, "systemd:{name}"),
+            ListenAddr::Systemd(Some(name)) => write!(f, "systemd:{}", Escaped(name.as_bytes())),
         }
     }
 }
@@ -165,11 +172,13 @@ impl FromStr for ListenAddr {
             return Ok(ListenAddr::Systemd(None));
         }
         if let Some(name) = s.strip_prefix("systemd:") {
-            if name.is_empty() || name.contains(':') || name.len() > 255 || !name.is_ascii() {
+            // systemd's own rule for FileDescriptorName= (`fdname_is_valid`).
+            let printable = |b: u8| (b' '..=b'~').contains(&b) && b != b':';
+            if name.is_empty() || name.len() > 255 || !name.bytes().all(printable) {
                 return Err(AddrParseError::new(
                     s,
-                    "systemd:NAME needs a socket name as in FileDescriptorName= (ASCII, \
-                     no ':', at most 255 bytes)",
+                    "systemd:NAME needs a socket name as in FileDescriptorName= (printable \
+                     ASCII, no ':', at most 255 bytes)",
                 ));
             }
             return Ok(ListenAddr::Systemd(Some(name.to_string())));
@@ -326,11 +335,12 @@ pub enum PeerAddr {
     Unix(Option<PathBuf>),
 }
 
+/// A client's Unix path is its own choice: shown escaped, as [`ListenAddr`]'s.
 impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeerAddr::Tcp(a) => write!(f, "{a}"),
-            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", Escaped(p.as_os_str().as_bytes())),
             PeerAddr::Unix(None) => f.write_str("unix:(unnamed)"),
         }
     }
@@ -405,8 +415,35 @@ mod tests {
             assert!(e.contains(needle), "{input}: {e}");
             assert!(e.contains(input), "{input}: {e}");
         }
+        let e = "systemd:web\x1b[2J".parse::<ListenAddr>().unwrap_err();
+        assert!(e.to_string().contains("printable"), "{e}");
         let long = format!("unix:/{}", "a".repeat(200));
         let e = long.parse::<ListenAddr>().unwrap_err().to_string();
         assert!(e.contains("201 bytes long; the limit is 107"), "{e}");
+    }
+
+    /// A worker's address, printed: one line, no terminal escape (issue 19, item 9).
+    #[test]
+    fn displays_worker_chosen_text_escaped() {
+        use std::os::unix::ffi::OsStrExt;
+        let forged = "unix:/tmp/x\n[primary] forged line\x1b[2J";
+        let a: ListenAddr = forged.parse().unwrap();
+        assert_eq!(
+            a.to_string(),
+            "unix:/tmp/x\\n[primary] forged line\\u{1b}[2J"
+        );
+        let raw = std::ffi::OsStr::from_bytes(b"/tmp/\xff\r.sock");
+        assert_eq!(
+            ListenAddr::Unix(raw.into()).to_string(),
+            "unix:/tmp/\\xff\\r.sock"
+        );
+        // A name the codec decoded from a worker's record, not parsed from text.
+        let name = ListenAddr::Systemd(Some("a\nb".into()));
+        assert_eq!(name.to_string(), "systemd:a\\nb");
+        let peer = PeerAddr::Unix(Some("/tmp/c\x1b]0;title\x07".into()));
+        assert_eq!(peer.to_string(), "unix:/tmp/c\\u{1b}]0;title\\u{7}");
+        // In the errors and reports built on it.
+        let e = crate::error::ListenError::new(a, std::io::Error::from_raw_os_error(13));
+        assert!(!e.to_string().contains(['\n', '\x1b']), "{e}");
     }
 }

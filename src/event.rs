@@ -126,7 +126,8 @@ pub enum Replacement {
     /// The worker's resident set was `rss` bytes, above `limit`
     /// ([`Builder::max_rss`](crate::Builder::max_rss)). It was replaced gracefully.
     MaxRss {
-        /// Its resident set size, in bytes, when the primary read it.
+        /// Its resident set size, in bytes, when the primary read it, with the memory
+        /// files it held open unmapped (memfd, tmpfs).
         rss: u64,
         /// The limit, in bytes.
         limit: u64,

@@ -137,6 +137,7 @@ mod setup_stage;
 mod sock_type;
 mod socket_file;
 pub(crate) mod sys;
+mod text;
 mod worker;
 mod worker_id;
 

@@ -11,7 +11,8 @@
 //!    1. `PR_CAPBSET_DROP` of the whole bounding set, *before* `setuid`: only
 //!       `CAP_SETPCAP` may drop it, and a root primary's worker loses that at step 3.2
 //!       (a primary without `CAP_SETPCAP` keeps its bounding set; see step 3.4);
-//!    2. `setgroups`, `setgid`, `setuid`, in that order: groups and gid can only be
+//!    2. `setgroups`, `setgid`, `setuid` (to the worker's own uid with
+//!       [`User::per_worker_uids`], chosen in the primary: `primary/uids.rs`), in that order: groups and gid can only be
 //!       changed while privileged, and once `setuid` has dropped root nothing else can
 //!       be changed. `setuid` from root to another user also empties the capability
 //!       sets, but from a non-root user with capabilities (a systemd unit's
@@ -55,10 +56,18 @@ pub const SETUP_FAILED_EXIT: i32 = 78;
 /// # drop(builder);
 /// # Ok::<(), cluster::Error>(())
 /// ```
+///
+/// All workers share the user's uid unless [`per_worker_uids`](User::per_worker_uids)
+/// gives each its own: a process may signal (`kill(2)`: `SIGSTOP`, `SIGKILL`) and, where
+/// Yama allows, `ptrace` any process of its own uid, so workers of one uid are one
+/// security domain: one compromised worker can stop or kill its siblings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     name: String,
     ids: UserIds,
+    /// How many uids, from `ids.uid` on, the workers take, one each; 0: they all
+    /// share `ids.uid`.
+    uids: u32,
 }
 
 impl User {
@@ -72,6 +81,7 @@ impl User {
             Ok(ids) => Ok(User {
                 name: name.to_string(),
                 ids,
+                uids: 0,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(Error::Config(format!("no user named {name:?}")))
@@ -89,6 +99,65 @@ impl User {
                 gid,
                 groups: vec![gid],
             },
+            uids: 0,
+        }
+    }
+
+    /// One uid per worker, as qmail gives each of its daemons a uid of its own and
+    /// Android each app: worker processes run as distinct uids from `first_uid` to
+    /// `first_uid + count - 1`, each with this user's gid and supplementary groups, so
+    /// that none can signal or `ptrace` another (the kernel's permission check for
+    /// `kill(2)` compares uids: `EPERM`). The uids need no entry in `/etc/passwd`;
+    /// choose a range nothing else uses, no file is owned by, and no other service
+    /// allocates from (systemd's `DynamicUser=` takes uids from 61184–65519).
+    ///
+    /// Which uid a worker gets: the lowest of the range that no worker the primary
+    /// still tracks runs as (alive, or not reaped yet). So a worker forked while
+    /// another is still there never shares its uid: not a respawn, not the
+    /// replacement a reload or a recycle forks *before* the worker it replaces goes.
+    /// That replacement is why the range must hold one uid more than the workers:
+    /// [`Builder::start`](crate::Builder::start) refuses a smaller range, and
+    /// [`Cluster::set_workers`](crate::Cluster::set_workers) (and `SIGTTIN`) refuses
+    /// to grow the cluster beyond it, with [`Error::Config`]. Only when every uid is
+    /// taken does a new worker share one, and then only with a worker on its way out:
+    /// one disconnecting after a scale-down, or one of the previous program's during a
+    /// binary upgrade (a range of twice the workers and one avoids that too). A fork
+    /// that finds no such uid either fails like a failed `fork` (reported, retried with
+    /// the respawn back-off).
+    ///
+    /// What the uids do not separate: files the workers can all open through this
+    /// user's groups, and processes a worker starts that outlive it (they keep its
+    /// uid, which a later worker may get; a cgroup, as systemd gives a service, ends
+    /// them).
+    ///
+    /// ```no_run
+    /// let user = cluster::User::named("nobody")?.per_worker_uids(61184, 9)?;
+    /// let builder = cluster::Cluster::builder().workers(8).user(user);
+    /// # drop(builder);
+    /// # Ok::<(), cluster::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a range that holds root (uid 0), runs past the largest
+    /// uid (4294967294: `(uid_t) -1` means "unchanged" to `setuid`), or is empty.
+    pub fn per_worker_uids(mut self, first_uid: u32, count: u32) -> Result<User, Error> {
+        let last = first_uid.checked_add(count.saturating_sub(1));
+        match last {
+            _ if count == 0 => Err(Error::Config("per_worker_uids: a range of 0 uids".into())),
+            _ if first_uid == 0 => Err(Error::Config(
+                "per_worker_uids: the range starts at uid 0 (root)".into(),
+            )),
+            Some(last) if last < u32::MAX => {
+                self.ids.uid = first_uid;
+                self.uids = count;
+                Ok(self)
+            }
+            _ => Err(Error::Config(format!(
+                "per_worker_uids: {count} uids from {first_uid} run past the largest \
+                 uid, {}",
+                u32::MAX - 1
+            ))),
         }
     }
 
@@ -97,9 +166,37 @@ impl User {
         &self.name
     }
 
-    /// The user id.
+    /// The user id (with [`per_worker_uids`](User::per_worker_uids), the first of the
+    /// range).
     pub fn uid(&self) -> u32 {
         self.ids.uid
+    }
+
+    /// How many uids the workers take, from [`uid`](User::uid) on: 1 unless
+    /// [`per_worker_uids`](User::per_worker_uids) gave a range.
+    pub fn uid_count(&self) -> u32 {
+        self.uids.max(1)
+    }
+
+    /// The uids, as the first and the last, when there is a range.
+    pub(crate) fn uid_range(&self) -> Option<(u32, u32)> {
+        (self.uids > 0).then(|| (self.ids.uid, self.ids.uid + (self.uids - 1)))
+    }
+
+    /// This user with `uid` (one of its range) as the only uid: what one worker runs as.
+    pub(crate) fn with_uid(&self, uid: u32) -> User {
+        let mut one = self.clone();
+        one.ids.uid = uid;
+        one.uids = 0;
+        one
+    }
+
+    /// How it is named in messages: `"nobody"`, or `"nobody" (uids 61184-61192)`.
+    pub(crate) fn describe(&self) -> String {
+        match self.uid_range() {
+            Some((first, last)) => format!("{:?} (uids {first}-{last})", self.name),
+            None => format!("{:?}", self.name),
+        }
     }
 
     /// The primary group id.
@@ -202,4 +299,37 @@ fn verify_drop(ids: &UserIds) -> io::Result<()> {
         return Err(left("setuid(0) succeeded: root can be regained".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_uids_are_checked() {
+        let base = User::from_ids(65534, 65534);
+        let r = base.clone().per_worker_uids(61184, 9).unwrap();
+        assert_eq!((r.uid(), r.uid_count()), (61184, 9));
+        assert_eq!(r.uid_range(), Some((61184, 61192)));
+        assert_eq!(r.gid(), 65534);
+        assert_eq!(r.with_uid(61190).ids.uid, 61190);
+        assert_eq!(r.with_uid(61190).uid_range(), None);
+        for (first, count, needle) in [
+            (0, 4, "uid 0"),
+            (61184, 0, "0 uids"),
+            (u32::MAX - 2, 3, "largest"),
+            (u32::MAX, 1, "largest"),
+        ] {
+            let e = base.clone().per_worker_uids(first, count).unwrap_err();
+            assert!(e.to_string().contains(needle), "{first} {count}: {e}");
+        }
+        // The last uid there is, 4294967294, is allowed.
+        assert!(base.clone().per_worker_uids(u32::MAX - 2, 2).is_ok());
+        // A range of one carries no worker (one spare for a replacement): it stays a
+        // range, for `start` to refuse.
+        assert_eq!(
+            base.per_worker_uids(70000, 1).unwrap().uid_range(),
+            Some((70000, 70000))
+        );
+    }
 }

@@ -12,6 +12,8 @@
 
 mod util;
 
+#[path = "scenarios/contain.rs"]
+mod contain;
 #[path = "scenarios/core.rs"]
 mod core_modes;
 #[path = "scenarios/datagram.rs"]
@@ -358,6 +360,23 @@ fn main() {
             Box::new(iso_adopted_rr_survives_respawn),
         ));
     }
+    // What one worker can do to the others (issue 19, items 4, 9, 10).
+    scenarios.push((
+        "log_injection_escaped",
+        Box::new(contain::log_injection_escaped),
+    ));
+    scenarios.push((
+        "sibling_signals_refused",
+        Box::new(contain::sibling_signals_refused),
+    ));
+    scenarios.push((
+        "sibling_signals_shared_uid",
+        Box::new(contain::sibling_signals_shared_uid),
+    ));
+    scenarios.push((
+        "max_rss_counts_held_memory",
+        Box::new(contain::max_rss_counts_held_memory),
+    ));
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

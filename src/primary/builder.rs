@@ -312,10 +312,19 @@ impl Builder {
     }
 
     /// Recycling by memory: the primary reads each worker's resident set size from
-    /// `/proc/PID/statm` about once a second and recycles, gracefully, a worker above
-    /// `bytes` (default: none; Passenger's `max_memory`, `puma_worker_killer`). One at
-    /// a time, as for [`max_connections`](Builder::max_connections). Reported with
+    /// `/proc/PID/statm` about once a second, adds the memory files the worker holds
+    /// open without mapping them (a memfd, a file in tmpfs such as `/dev/shm`: their
+    /// pages are in no process's RSS; found through `/proc/PID/fd`, 256 descriptors a
+    /// second, without touching any other file system), and recycles, gracefully, a
+    /// worker above `bytes` (default: none; Passenger's `max_memory`,
+    /// `puma_worker_killer`). One at a time, as for
+    /// [`max_connections`](Builder::max_connections). Reported with
     /// [`Replacement::MaxRss`](crate::Replacement::MaxRss).
+    ///
+    /// This recycles leaks; it does not contain memory. A memory file the worker also
+    /// maps counts twice (its mapped pages are in the RSS already). Not counted: files
+    /// it closed in tmpfs, System V shared memory, its child processes. A cgroup's
+    /// `memory.max` (systemd's `MemoryMax=`) contains all of it.
     pub fn max_rss(mut self, bytes: u64) -> Builder {
         self.config.health.max_rss = Some(bytes);
         self
@@ -344,6 +353,11 @@ impl Builder {
     /// Such workers are untrusted (see the README's security model): the cluster
     /// must also be given [`listen_only`](Builder::listen_only), or
     /// [`start`](Builder::start) fails with [`Error::Config`].
+    ///
+    /// Workers of one uid can signal each other: with
+    /// [`User::per_worker_uids`] each runs as a uid of its own (the range must hold one
+    /// uid more than the workers, and not the primary's own uid: `start` refuses
+    /// otherwise).
     pub fn user(mut self, user: User) -> Builder {
         self.config.settings.user = Some(user);
         self
@@ -467,6 +481,10 @@ impl Builder {
         }
         self.config.health.check()?;
         super::preflight::check(&self.config.kept)?;
+        if let Some(user) = &self.config.settings.user {
+            super::uids::check_count(count, Some(user)).map_err(Error::Config)?;
+            super::uids::check_primary_outside(user).map_err(Error::Config)?;
+        }
         if let (Some(user), None) = (&self.config.settings.user, &self.config.allowed) {
             return Err(Error::Config(format!(
                 "workers run as {:?}: name the addresses they may listen on with \

@@ -39,13 +39,16 @@
 //! target. The count comes from the worker's own counter of accepted connections: the
 //! worker reports it at once when it reaches its limit (it knows the limit from its
 //! fork), and otherwise about once a second. The resident set is read from
-//! `/proc/PID/statm` about once a second.
+//! `/proc/PID/statm` about once a second; with `max_rss`, the memory files the worker
+//! holds open without mapping them (memfd, tmpfs) are added (`held.rs`). Recycling by
+//! memory cleans up after leaks; it contains nothing (a cgroup's `memory.max` does).
 //!
 //! # What it costs
 //!
 //! Nothing unless a knob is set. Liveness: one `Ping`/`Pong` pair per worker per
 //! interval (a `sendmsg` and a `recvmsg` on each side). Memory: one `/proc` read per
-//! worker per second. Count: one compare per accepted connection in the worker, and a
+//! worker per second; with `max_rss`, also `status` and up to 256 of its descriptors
+//! looked at (a `readlink` each, more for files on a memory mount). Count: one compare per accepted connection in the worker, and a
 //! fork per `max_connections` connections.
 
 use std::time::{Duration, Instant};
@@ -244,7 +247,14 @@ impl Cluster {
             }
             if health.samples_rss() && now >= s.vitals.next_sample {
                 s.vitals.next_sample = crate::deadline::after(now, SAMPLE_EVERY);
-                s.vitals.rss = process::resident_bytes(s.pid).ok();
+                let rss = process::resident_bytes(s.pid).ok();
+                // With `max_rss`, the memory files it holds count too (`held.rs`).
+                let held = match (rss, health.max_rss) {
+                    (Some(_), Some(_)) => process::fd_table_size(s.pid)
+                        .map_or(0, |table| s.vitals.held.sample(s.pid, table)),
+                    _ => 0,
+                };
+                s.vitals.rss = rss.map(|r| r.saturating_add(held));
             }
         }
         if gone {

@@ -32,7 +32,9 @@ pub struct WorkerInfo {
     /// How long ago it was forked.
     pub uptime: Duration,
     /// Its resident set size in bytes, as the primary last read it from
-    /// `/proc/PID/statm` (about once a second). Read only when a health knob that
+    /// `/proc/PID/statm` (about once a second); with
+    /// [`Builder::max_rss`](super::Builder::max_rss), plus the memory files it holds
+    /// open unmapped (what the limit is compared with). Read only when a health knob that
     /// wakes the primary is set ([`Builder::max_rss`](super::Builder::max_rss), [`Builder::worker_timeout`](super::Builder::worker_timeout),
     /// [`Builder::heartbeat_timeout`](super::Builder::heartbeat_timeout)); `None` otherwise, and before the first read.
     pub rss: Option<u64>,

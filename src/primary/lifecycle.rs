@@ -31,6 +31,7 @@ impl Cluster {
     /// Forks one worker.
     pub(super) fn spawn(&mut self) -> Result<WorkerId, Error> {
         let id = WorkerId(self.next_id);
+        let uid = self.pick_uid(id)?;
         let connection_limit = self.draw_connection_limit();
         let (mine, theirs) =
             Channel::pair().map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
@@ -47,7 +48,10 @@ impl Cluster {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     drop(mine);
                     let f = self.worker_fn.clone();
-                    let settings = self.config.settings.clone();
+                    let mut settings = self.config.settings.clone();
+                    if let (Some(uid), Some(user)) = (uid, &mut settings.user) {
+                        *user = user.with_uid(uid);
+                    }
                     let primary = self.pid;
                     let kept = std::mem::take(&mut self.config.kept);
                     self.release_in_child();
@@ -72,6 +76,7 @@ impl Cluster {
                 self.next_id += 1;
                 self.stats.forks += 1;
                 let mut slot = Slot::new(id, pid, mine);
+                slot.uid = uid;
                 slot.vitals.connection_limit = connection_limit;
                 slot.vitals.replaced_because = self.next_cause;
                 self.workers.insert(id, slot);
@@ -86,6 +91,30 @@ impl Cluster {
                 self.stats.fork_failures += 1;
                 Err(Error::io(format!("fork worker {id}"), e))
             }
+        }
+    }
+
+    /// The uid worker `id` runs as, with `User::per_worker_uids`: see `uids.rs`.
+    fn pick_uid(&self, id: WorkerId) -> Result<Option<u32>, Error> {
+        let Some((first, last)) = self
+            .config
+            .settings
+            .user
+            .as_ref()
+            .and_then(|u| u.uid_range())
+        else {
+            return Ok(None);
+        };
+        let held = self
+            .workers
+            .values()
+            .filter_map(|s| Some((s.uid?, s.requested || s.killed)));
+        match super::uids::pick(first, last, held) {
+            Some(uid) => Ok(Some(uid)),
+            None => Err(Error::Config(format!(
+                "fork worker {id}: every uid of the range {first}-{last} is taken by a \
+                 live worker"
+            ))),
         }
     }
 

@@ -78,6 +78,7 @@ mod datagram;
 mod event_loop;
 mod handle;
 mod health;
+mod held;
 mod info;
 mod lifecycle;
 mod listen;
@@ -90,6 +91,7 @@ mod round_robin;
 mod scheduler;
 mod shared;
 mod slot;
+mod uids;
 mod upgrade;
 mod vec_map;
 mod vitals;
@@ -404,19 +406,23 @@ impl Cluster {
     /// [`Error::Config`] when `n` is above [`max_workers`](Cluster::max_workers); the
     /// count stays as it was.
     pub fn set_workers(&mut self, n: usize) -> Result<(), Error> {
-        let max = self.max_workers();
+        let max = budget::max_workers(self.fd_limit);
         if n > max {
             return Err(Error::Config(too_many_workers(n, max, self.fd_limit)));
         }
+        uids::check_count(n, self.config.settings.user.as_ref()).map_err(Error::Config)?;
         self.target = n.max(1);
         Ok(())
     }
 
     /// The most workers this cluster keeps: [`MAX_WORKERS`], and one
     /// per 16 descriptors of the primary's `RLIMIT_NOFILE` (as raised by `start`), so
-    /// that every worker keeps a descriptor budget in the primary.
+    /// that every worker keeps a descriptor budget in the primary; with
+    /// [`User::per_worker_uids`](crate::User::per_worker_uids), one fewer than the uids
+    /// of the range.
     pub fn max_workers(&self) -> usize {
-        budget::max_workers(self.fd_limit)
+        let uids = uids::max_workers(self.config.settings.user.as_ref());
+        budget::max_workers(self.fd_limit).min(uids.unwrap_or(usize::MAX))
     }
 
     /// How many workers the cluster keeps.

@@ -71,6 +71,8 @@ pub(crate) struct Slot {
     pub(crate) granted: Vec<u32>,
     /// When it was forked.
     pub(crate) forked_at: Instant,
+    /// The uid it runs as, with `User::per_worker_uids` (see `uids.rs`).
+    pub(crate) uid: Option<u32>,
     /// Its setup (chdir, setuid, …) failed: a young death whatever its uptime.
     pub(crate) setup_failed: bool,
     /// It sent `Online` (once; setup failures come before it).
@@ -105,6 +107,7 @@ impl Slot {
             listening: 0,
             granted: Vec::new(),
             forked_at: Instant::now(),
+            uid: None,
             setup_failed: false,
             said_online: false,
             window: (Instant::now(), 0),

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::held::Held;
 use crate::event::Replacement;
 
 /// The longest wait between two pings, and between two reads of a worker's RSS.
@@ -23,8 +24,10 @@ pub(crate) struct Vitals {
     pub(super) next_ping: Instant,
     /// When the RSS is read next.
     pub(super) next_sample: Instant,
-    /// The last RSS read, in bytes.
+    /// The last RSS read, in bytes (with `max_rss`, plus the memory files it holds).
     pub(crate) rss: Option<u64>,
+    /// The memory files found among its descriptors (`held.rs`), with `max_rss`.
+    pub(super) held: Held,
     /// Replaced once it has accepted this many connections.
     pub(crate) connection_limit: Option<u64>,
     /// A recycle of this worker has been decided (it is not picked again).
@@ -44,6 +47,7 @@ impl Vitals {
             next_ping: now,
             next_sample: now,
             rss: None,
+            held: Held::default(),
             connection_limit,
             recycling: false,
             replaced_because: None,

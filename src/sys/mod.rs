@@ -33,6 +33,7 @@ pub(crate) mod mem;
 pub(crate) mod poll;
 pub(crate) mod process;
 pub(crate) mod scm;
+pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod sockaddr;
 pub(crate) mod socket;

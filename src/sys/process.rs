@@ -209,6 +209,36 @@ pub(crate) fn resident_bytes(pid: Pid) -> io::Result<u64> {
     Ok(pages.saturating_mul(page_size()))
 }
 
+/// How many descriptors a process's table has room for (`FDSize:` in
+/// `/proc/PID/status`): every descriptor it has open is below it.
+///
+/// # Errors
+///
+/// `NotFound` when the process is gone, `InvalidData` when the line is missing.
+pub(crate) fn fd_table_size(pid: Pid) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|n| crate::number::parse::<u32>(n.trim()))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no FDSize: in status"))
+}
+
+/// A process's real uid, from the `Uid:` line of `/proc/PID/status`.
+///
+/// # Errors
+///
+/// `NotFound` when the process is gone, `InvalidData` when the line is missing.
+pub(crate) fn real_uid(pid: Pid) -> io::Result<Uid> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_ascii_whitespace().next())
+        .and_then(crate::number::parse::<Uid>)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid: in status"))
+}
+
 /// Corresponds to `sched_getaffinity(2)` on this process: how many CPUs it may run on
 /// (`CPU_COUNT` of the mask), as libuv's `uv_available_parallelism` (Node's
 /// `os.availableParallelism()`) counts them; `sysconf(_SC_NPROCESSORS_ONLN)` when the

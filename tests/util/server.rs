@@ -22,6 +22,7 @@
 //! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
 //! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
 //! `rogue`),
+//! `SC_UIDS` (`FIRST:COUNT`: with `SC_USER`, one uid per worker from FIRST),
 //! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
 //! `Worker::heartbeat` five times per timeout, until `hang-heartbeat`), `SC_MAX_CONN`,
 //! `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB` (worker health),
@@ -37,8 +38,10 @@
 //! the kept descriptor); `kind` (answers `tcp` or `unix`: the connection's `Stream`
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
-//! (writes TEXT to stderr); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
-//! (allocates, touches and keeps MIB MiB); `unlisten N` (closes the worker's listener number N); `send
+//! (writes TEXT to stderr); `stop-siblings` (`kill -STOP` on every other worker, answers
+//! `stopped PID:ok|EPERM|error,…`); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! (allocates, touches and keeps MIB MiB); `hold-shm MIB` (writes MIB MiB into a
+//! nameless file in /dev/shm and keeps it open, unmapped); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
 //! the first address at once, answered at once); `orphans`
 //! (leaves a child that has exited and one still running, answers `orphans ZOMBIE_PID
@@ -160,6 +163,32 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
                 std::thread::spawn(move || addr.map(|a| Listener::bind(&a)));
             }
         }
+        ["stop-siblings"] => {
+            // A compromised worker's attack on the others: `kill -STOP` (kill(1), as
+            // this worker's uid) on every other child of the primary, found in /proc
+            // as any process may find them. Answers `stopped PID:RESULT,…` (`ok`,
+            // `EPERM` or `error`).
+            let me = std::process::id();
+            let results: Vec<String> = proc::children_of(std::os::unix::process::parent_id())
+                .into_iter()
+                .filter(|(pid, _)| *pid != me)
+                .map(|(pid, _)| {
+                    let out = std::process::Command::new("kill")
+                        .args(["-STOP", &pid.to_string()])
+                        .stdin(std::process::Stdio::null())
+                        .output();
+                    let result = match out {
+                        Ok(o) if o.status.success() => "ok",
+                        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("not permitted") => {
+                            "EPERM"
+                        }
+                        _ => "error",
+                    };
+                    format!("{pid}:{result}")
+                })
+                .collect();
+            extra = format!(" stopped {}", results.join(","));
+        }
         ["kind"] => {
             extra = match stream {
                 Stream::Tcp(_) => " tcp".into(),
@@ -196,6 +225,27 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             let mut kept = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
             kept.push(block);
             extra = format!(" leaked {}", kept.len());
+        }
+        ["hold-shm", mib] => {
+            // Writes MIB MiB into a file in /dev/shm (tmpfs) that has no name
+            // (`O_TMPFILE`: what `memfd_create` gives, on another tmpfs mount) and
+            // keeps it open, never mapped: memory in no process's resident set.
+            use std::os::unix::fs::OpenOptionsExt;
+            let n = mib.parse::<usize>().unwrap_or(0).min(1024);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open("/dev/shm")
+                .and_then(|mut f| f.write_all(&vec![1u8; n << 20]).map(|()| f));
+            extra = match file {
+                Ok(f) => {
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+                    format!(" held {n}")
+                }
+                Err(e) => format!(" hold-error {e}"),
+            };
         }
         ["unlisten", n] => {
             // Closes this worker's listener number N (0-based, in `SC_LISTEN` order).
@@ -346,6 +396,9 @@ static HEARTBEAT_HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 
 /// `leak MIB`: memory the worker keeps for good.
 static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// `hold-shm MIB`: memory files the worker keeps open.
+static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
 
 /// The worker's addresses as asked for, for `bind-burst N`.
 static ADDRS: std::sync::OnceLock<Vec<ListenAddr>> = std::sync::OnceLock::new();
@@ -778,7 +831,16 @@ pub fn main() -> i32 {
         }
     }
     if let Ok(name) = std::env::var("SC_USER") {
-        match User::named(&name) {
+        // `SC_UIDS=FIRST:COUNT`: one uid per worker (`User::per_worker_uids`).
+        let uids = std::env::var("SC_UIDS").ok().and_then(|r| {
+            let (first, count) = r.split_once(':')?;
+            Some((first.parse().ok()?, count.parse().ok()?))
+        });
+        let user = User::named(&name).and_then(|u| match uids {
+            Some((first, count)) => u.per_worker_uids(first, count),
+            None => Ok(u),
+        });
+        match user {
             Ok(u) => builder = builder.user(u),
             Err(e) => {
                 eprintln!("server: {e}");

@@ -41,6 +41,9 @@ impl Cluster {
             slot.said_online = true;
             slot.requested = true;
             slot.previous_program = true;
+            // Its uid, so that a new worker of a per-worker range takes another one
+            // while there is one (`uids.rs`).
+            slot.uid = crate::sys::process::real_uid(w.pid).ok();
             self.workers.insert(id, slot);
         }
         self.next_id = self.next_id.max(h.next_worker);
