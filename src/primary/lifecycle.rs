@@ -32,8 +32,8 @@ impl Cluster {
     pub(super) fn spawn(&mut self) -> Result<WorkerId, Error> {
         let id = WorkerId(self.next_id);
         let connection_limit = self.draw_connection_limit();
-        let (mine, theirs) =
-            Channel::pair().map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
+        let (mine, theirs) = Channel::pair_with_worker()
+            .map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
         // Whatever sits in stdout's buffer would otherwise be printed twice.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
