@@ -71,7 +71,8 @@ pub fn rogue_five_descriptors(how: &str, contained: bool) -> Outcome {
 /// closed it and hung there (nothing reported, nothing served). Now: refused at the
 /// worker's `sendmsg` (and no `FLUSH` ever comes from the primary), or received, the
 /// worker killed, and the file closed by a thread of the primary that is not its main
-/// thread, which keeps serving meanwhile. Skipped without root, `/dev/fuse` or mount.
+/// thread, while the main thread serves on and forks the rogue's replacement, which
+/// listens (it did not inherit the file). Skipped without root, `/dev/fuse` or mount.
 pub fn rogue_fuse_file(contained: bool) -> Outcome {
     if let Some(why) = fuse::unavailable() {
         println!("    skipped: {why}");
@@ -98,6 +99,9 @@ pub fn rogue_fuse_file(contained: bool) -> Outcome {
         check(closer != primary, || {
             "the primary's main thread closed the FUSE file".to_string()
         })?;
+        // With that closer stuck, the primary still forks, and the new worker (which
+        // would wait in its own close_range had it inherited the file) listens.
+        srv.seen_or_expect("listening 3 ", T)?;
     }
     let load = client::load(&targets[0], 50, 4, "hi", T);
     all_ok(&load, 50, "file-online")?;
