@@ -25,7 +25,7 @@
 //! a descriptor that finds them all busy waits, *parked* in the loop's hands, for the
 //! next free one. A closer does one system call, `close`, and takes no lock (it
 //! receives the number when it starts): a `fork` while it runs leaves the child no lock
-//! held. So on Linux 6.16+, and on an older kernel until a worker misbehaves, the
+//! held. It runs with every signal blocked, so the primary's signals reach the loop. So on Linux 6.16+, and on an older kernel until a worker misbehaves, the
 //! primary has no thread at all; [`settle`] joins the finished ones before each `fork`.
 //!
 //! The race with `fork`: a descriptor still in the primary's table when it forks a
@@ -44,7 +44,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::socket;
+use super::{signal, socket};
 
 /// Closer threads alive at most; more descriptors wait parked.
 pub(crate) const MAX_CLOSERS: usize = 64;
@@ -91,7 +91,17 @@ impl Closers {
     }
 
     /// Starts a closer for each parked descriptor, while fewer than [`MAX_CLOSERS`] run.
+    /// Each starts with every signal blocked (a thread inherits its creator's mask), so
+    /// the primary's signals keep going to the loop's thread.
     fn start(&mut self) {
+        let Ok(mask) = signal::block_all() else {
+            return; // nothing started: the descriptors stay parked
+        };
+        self.start_blocked();
+        let _ = signal::set_mask(&mask);
+    }
+
+    fn start_blocked(&mut self) {
         while self.threads.len() < MAX_CLOSERS {
             let Some(fd) = self.parked.pop() else {
                 return;
