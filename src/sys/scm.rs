@@ -24,7 +24,11 @@
 //!    on its end of each channel to a worker ([`refuse_rights`]) right after
 //!    `socketpair`, before the worker exists; the worker's `sendmsg` with `SCM_RIGHTS`
 //!    fails with `EPERM` and the descriptor never enters the primary. Whether the kernel
-//!    knows the option is found once ([`guarantee`]).
+//!    knows the option is found once ([`guarantee`]). (The option answers the UAPI
+//!    group's wish "disabling reception of `SCM_RIGHTS` for `AF_UNIX` sockets", for
+//!    receivers such as systemd that read messages from untrusted senders; its commit
+//!    cites systemd's workaround, closing whatever arrived, which is all that older
+//!    kernels leave us too.)
 //! 2. **Otherwise contained** (older kernels, [`Guarantee::Contained`]): receive with
 //!    room for [`SCM_MAX_FD`] descriptors, the most one message can carry, so the kernel
 //!    never drops one itself: a descriptor the kernel drops is released by the kernel

@@ -403,3 +403,18 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_inet_tells_internet_sockets_from_the_rest() {
+        let tcp = stream_socket(Domain::Inet4, false).unwrap();
+        assert!(is_inet(tcp.as_fd()));
+        let (unix, _) = seqpacket_pair().unwrap();
+        assert!(!is_inet(unix.as_fd()));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_inet(file.as_fd()));
+    }
+}
