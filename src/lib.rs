@@ -186,3 +186,13 @@ const _: () = {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Not part of the API (the `test-hooks` feature): whether this kernel refuses the
+/// descriptors a worker attaches to a record (`SO_PASSRIGHTS`, Linux 6.16+), so the
+/// crate's tests know which outcome to expect. `CLUSTER_TEST_NO_PASSRIGHTS` in the
+/// environment pretends it does not.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub fn descriptors_refused_for_tests() -> bool {
+    sys::scm::guarantee() == sys::scm::Guarantee::Refused
+}

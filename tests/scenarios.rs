@@ -22,6 +22,8 @@ mod datagram;
 mod demo;
 #[path = "scenarios/deploy.rs"]
 mod deploy;
+#[path = "scenarios/descriptors.rs"]
+mod descriptors;
 #[path = "scenarios/health.rs"]
 mod health;
 #[path = "scenarios/hello_deploy.rs"]
@@ -176,8 +178,12 @@ fn main() {
         "late_setup",
     ] {
         let name: &'static str = Box::leak(format!("rogue_worker_{how}").into_boxed_str());
-        scenarios.push((name, Box::new(move || rogue_worker(how))));
+        scenarios.push((name, Box::new(move || rogue_worker(how, false))));
     }
+    scenarios.push((
+        "rogue_worker_fd_contained",
+        Box::new(|| rogue_worker("fd", true)),
+    ));
     scenarios.extend(both("stopped_worker", stopped_worker));
     scenarios.push(("silent_clients", Box::new(silent_clients)));
     scenarios.push((
@@ -213,10 +219,33 @@ fn main() {
     scenarios.extend(all("unused_handle_released", unused_handle_released));
     scenarios.push(("unread_listen_replies", Box::new(unread_listen_replies)));
     // Limits a worker cannot push the primary past.
-    for how in ["online", "newconn", "handoff"] {
-        let name: &'static str =
-            Box::leak(format!("rogue_lingering_socket_{how}").into_boxed_str());
-        scenarios.push((name, Box::new(move || rogue_lingering_socket(how))));
+    for contained in [false, true] {
+        let tail = if contained { "_contained" } else { "" };
+        for how in ["online", "newconn", "handoff"] {
+            let name: &'static str =
+                Box::leak(format!("rogue_lingering_socket_{how}{tail}").into_boxed_str());
+            scenarios.push((
+                name,
+                Box::new(move || rogue_lingering_socket(how, contained)),
+            ));
+        }
+    }
+    // Issue 19, items 1 and 2: as the kernel is, and as on one without SO_PASSRIGHTS.
+    for contained in [false, true] {
+        let tail = if contained { "_contained" } else { "" };
+        for how in ["online", "handoff"] {
+            let name: &'static str =
+                Box::leak(format!("rogue_five_descriptors_{how}{tail}").into_boxed_str());
+            scenarios.push((
+                name,
+                Box::new(move || descriptors::rogue_five_descriptors(how, contained)),
+            ));
+        }
+        let name: &'static str = Box::leak(format!("rogue_fuse_file{tail}").into_boxed_str());
+        scenarios.push((
+            name,
+            Box::new(move || descriptors::rogue_fuse_file(contained)),
+        ));
     }
     scenarios.extend(each(
         "listen_budget",

@@ -1,17 +1,25 @@
 //! A channel: one end of a `SOCK_SEQPACKET` socketpair that speaks the record format of
 //! [`codec`](super::codec), with at most one descriptor per record.
+//!
+//! The primary's end of a channel to a worker refuses descriptors
+//! ([`Channel::pair_with_worker`]): no record a worker sends carries one, and the
+//! worker may be hostile. On Linux 6.16+ the kernel refuses them at the worker's
+//! `sendmsg` (`SO_PASSRIGHTS` off, set before the worker exists); on older kernels they
+//! are received whole and closed without the loop waiting (see [`crate::sys::scm`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::codec::{FdRule, Message, ProtocolError, MAX_RECORD_LEN};
-use crate::sys::scm::{self, BATCH, BATCH_RECORD};
+use crate::sys::scm::{self, Peer, BATCH, BATCH_RECORD};
 use crate::sys::socket;
 
 /// One end of a primary ⇄ worker channel.
 #[derive(Debug)]
 pub(crate) struct Channel {
     fd: OwnedFd,
+    /// Who sends what this end receives.
+    from: Peer,
 }
 
 /// Why a receive failed.
@@ -48,15 +56,67 @@ pub(crate) enum Incoming<'b> {
 const SMALL_RECORD: usize = 128;
 
 impl Channel {
-    /// A connected pair (`socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`).
+    /// A connected pair (`socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`) whose
+    /// ends trust each other.
+    #[cfg(test)]
     pub(crate) fn pair() -> io::Result<(Channel, Channel)> {
         let (a, b) = socket::seqpacket_pair()?;
-        Ok((Channel { fd: a }, Channel { fd: b }))
+        Ok((
+            Channel {
+                fd: a,
+                from: Peer::Trusted,
+            },
+            Channel {
+                fd: b,
+                from: Peer::Trusted,
+            },
+        ))
     }
 
-    /// Wraps a descriptor received from the peer process.
+    /// A connected pair for the primary (first) and a worker (second): the primary's
+    /// end refuses descriptors from the start ([`scm::refuse_rights`]), before the
+    /// worker's end ever leaves this process.
+    pub(crate) fn pair_with_worker() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socket::seqpacket_pair()?;
+        let mine = Channel::from_worker(a);
+        mine.refuse_descriptors()?;
+        Ok((
+            mine,
+            Channel {
+                fd: b,
+                from: Peer::Trusted,
+            },
+        ))
+    }
+
+    /// Wraps the primary's end of a channel to a worker (one an upgrade passed on, say):
+    /// what arrives on it is treated as the worker's ([`Peer::Untrusted`]). Call
+    /// [`refuse_descriptors`](Channel::refuse_descriptors) too.
+    pub(crate) fn from_worker(fd: OwnedFd) -> Channel {
+        Channel {
+            fd,
+            from: Peer::Untrusted,
+        }
+    }
+
+    /// Has the kernel refuse descriptors sent to this end, where it can
+    /// ([`scm::refuse_rights`]; a no-op on kernels before 6.16).
+    pub(crate) fn refuse_descriptors(&self) -> io::Result<()> {
+        scm::refuse_rights(self.fd.as_fd()).map(drop)
+    }
+
+    /// Wraps a descriptor received from the primary (a worker's end).
     pub(crate) fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { fd }
+        Channel {
+            fd,
+            from: Peer::Trusted,
+        }
+    }
+
+    /// Closes a descriptor that came with a record on this end and that nobody takes,
+    /// as its sender deserves ([`scm::dispose`]): without ever waiting for it.
+    pub(crate) fn dispose(&self, fd: OwnedFd) {
+        scm::dispose(fd, self.from);
     }
 
     /// Sends one record, blocking while the peer's queue is full.
@@ -109,7 +169,7 @@ impl Channel {
         buf: &'b mut [u8],
         nonblocking: bool,
     ) -> Result<Incoming<'b>, RecvError> {
-        let got = scm::recv(self.fd.as_fd(), buf, nonblocking)?;
+        let got = scm::recv(self.fd.as_fd(), buf, nonblocking, self.from)?;
         if got.control_truncated {
             // Only a whole record, none of whose descriptors arrived, of a kind that
             // carries exactly one, is still worth reading.
@@ -153,7 +213,7 @@ impl Channel {
         each: &mut dyn FnMut(Result<Incoming<'_>, ProtocolError>),
     ) -> io::Result<usize> {
         let mut got = Vec::with_capacity(BATCH);
-        scm::recv_many(self.fd.as_fd(), bufs, &mut got)?;
+        scm::recv_many(self.fd.as_fd(), bufs, &mut got, self.from)?;
         let n = got.len();
         for (r, buf) in got.into_iter().zip(bufs.iter()) {
             if r.control_truncated {

@@ -500,6 +500,15 @@ impl Builder {
         if count > max {
             return Err(Error::Config(super::too_many_workers(count, max, fd_limit)));
         }
+        // Found once, before the first channel: whether the kernel refuses descriptors
+        // a worker attaches to a record (`sys::scm`).
+        if crate::sys::scm::guarantee() == crate::sys::scm::Guarantee::Contained {
+            crate::log::report!(
+                "this kernel cannot refuse descriptors a worker sends (SO_PASSRIGHTS, Linux \
+                 6.16+): the primary receives them and closes them without waiting (sockets \
+                 abortively, anything else on a closer thread)"
+            );
+        }
         // An upgrade's trial of this program ends here: its settings are good.
         super::upgrade::end_trial_here(mode);
         // Before the notifier takes the service manager's variables out of the

@@ -15,7 +15,6 @@ use crate::event::Event;
 use crate::ipc::channel::{Incoming, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::poll::{self, PollFd};
-use crate::sys::socket;
 use crate::worker_id::WorkerId;
 
 /// How often a worker whose channel closed is checked for exit when no `SIGCHLD` comes
@@ -333,12 +332,13 @@ impl Cluster {
             }
             match slot.control.recv(&mut buf, true) {
                 Ok(Incoming::Message(msg, fd)) => {
-                    // No worker → primary kind carries a descriptor, but a worker can
-                    // attach one to a kind that does (new-conn, listen-reply), which
-                    // `on_message` refuses. Whatever it is, it is closed first and
-                    // without lingering: a worker must not make the primary wait.
+                    // No worker → primary kind carries a descriptor, and on Linux
+                    // 6.16+ the kernel refuses one at the worker's `sendmsg`. On older
+                    // kernels a worker can attach one to a kind that does (new-conn,
+                    // listen-reply), which `on_message` refuses: it is disposed of
+                    // first, without the loop waiting (`sys::closer`).
                     if let Some(fd) = fd {
-                        socket::close_abortive(fd);
+                        slot.control.dispose(fd);
                     }
                     if !slot.admit(now, limit) {
                         self.on_protocol_error(id, ProtocolError::Flooding { limit });

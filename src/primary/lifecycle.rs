@@ -33,8 +33,8 @@ impl Cluster {
         let id = WorkerId(self.next_id);
         let uid = self.pick_uid(id)?;
         let connection_limit = self.draw_connection_limit();
-        let (mine, theirs) =
-            Channel::pair().map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
+        let (mine, theirs) = Channel::pair_with_worker()
+            .map_err(|e| Error::io(format!("create channel for worker {id}"), e))?;
         // Whatever sits in stdout's buffer would otherwise be printed twice.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();

@@ -6,7 +6,10 @@
 //!
 //! `fork` copies only the calling thread, so the primary never starts a thread, and
 //! the `sys` layer refuses to fork a process that has more than one: create the cluster
-//! before starting threads. It forks with every signal blocked, so no handler of the
+//! before starting threads. (One exception, on kernels before 6.16 only: a descriptor a
+//! worker attaches to a record that is not an Internet socket is closed on a closer
+//! thread, which makes one `close` and takes no lock, so that its `flush` can never make
+//! the loop wait; see `sys/closer.rs`.) It forks with every signal blocked, so no handler of the
 //! primary's can run in the child before the child has replaced it. Everything the
 //! primary waits for is one `poll(2)` set (`event_loop.rs`):
 //!

@@ -28,6 +28,7 @@
 //! `PR_GET_CHILD_SUBREAPER`, `tgkill`, `close_range`, and everything in `caps`.
 
 pub(crate) mod caps;
+pub(crate) mod closer;
 pub(crate) mod fd;
 pub(crate) mod mem;
 pub(crate) mod poll;

@@ -36,7 +36,8 @@ pub(crate) fn thread_count() -> io::Result<usize> {
         })
 }
 
-/// Corresponds to `fork(2)`, refused unless this process has exactly one thread.
+/// Corresponds to `fork(2)`, refused unless this process has exactly one thread
+/// besides the crate's closer threads.
 ///
 /// `fork` copies only the calling thread. If another thread held a lock at that moment
 /// (the allocator's, stdout's, any `Mutex`), the child inherits it locked forever, so in
@@ -45,13 +46,22 @@ pub(crate) fn thread_count() -> io::Result<usize> {
 /// the single-threaded condition a checked precondition: with exactly one thread there
 /// is no other thread to hold a lock, the child is a complete copy, and `fork` is safe.
 ///
+/// The one exception is the crate's own closer threads ([`super::closer`]), which exist
+/// only on kernels without `SO_PASSRIGHTS` after a worker attached a file to a record:
+/// each makes one system call, `close`, holding no lock, and may be stuck in it for as
+/// long as a worker's FUSE server likes. They are settled first ([`super::closer::settle`]:
+/// finished ones joined, running ones given time to reach their `close`) and allowed.
+///
 /// # Errors
 ///
 /// `Other` naming the thread count when the process has more than one thread; the OS
 /// error (`EAGAIN`, `ENOMEM`) when `fork` fails.
 pub(crate) fn fork() -> io::Result<Fork> {
+    // Closer threads (only on kernels without SO_PASSRIGHTS, only after a worker sent a
+    // file) take no lock: they may run on, each in its `close` (see `sys::closer`).
+    let closers = super::closer::settle();
     let threads = thread_count()?;
-    if threads != 1 {
+    if threads > 1 + closers {
         return Err(io::Error::other(format!(
             "refusing to fork: the primary has {threads} threads (fork copies only one; \
              create the cluster before starting threads)"

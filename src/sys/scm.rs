@@ -8,58 +8,204 @@
 //! - the control buffer is fixed-size and `cmsghdr`-aligned; when the kernel had to drop
 //!   descriptors (`MSG_CTRUNC`, also raised under `RLIMIT_NOFILE` pressure) the caller is
 //!   told, and the descriptors that did arrive are still owned and get closed;
-//! - a received descriptor nobody takes is closed without lingering
-//!   ([`socket::close_abortive`]), so a sender cannot make the receiver block in `close`;
 //! - every message carries at least one byte of data, so a descriptor never travels in an
 //!   empty message (which a `SOCK_SEQPACKET` reader could not tell from EOF).
+//!
+//! # Descriptors from a worker
+//!
+//! No record a worker sends the primary carries a descriptor, and a worker that dropped
+//! privileges is hostile ([`Peer::Untrusted`]). Whatever it attaches must not make the
+//! primary wait, and two things can: the *last* close of a TCP socket with unsent data
+//! and `SO_LINGER` on (`tcp_close` waits for the linger time), and *any* close of a
+//! file whose `flush` waits, as a FUSE file's does for its server (see [`closer`]:
+//! `flush` runs on every close, not only the last). So, in this order:
+//!
+//! 1. **Refused before they exist** (Linux 6.16+): the primary turns `SO_PASSRIGHTS` off
+//!    on its end of each channel to a worker ([`refuse_rights`]) right after
+//!    `socketpair`, before the worker exists; the worker's `sendmsg` with `SCM_RIGHTS`
+//!    fails with `EPERM` and the descriptor never enters the primary. Whether the kernel
+//!    knows the option is found once ([`guarantee`]). (The option answers the UAPI
+//!    group's wish "disabling reception of `SCM_RIGHTS` for `AF_UNIX` sockets", for
+//!    receivers such as systemd that read messages from untrusted senders; its commit
+//!    cites systemd's workaround, closing whatever arrived, which is all that older
+//!    kernels leave us too.)
+//! 2. **Otherwise contained** (older kernels, [`Guarantee::Contained`]): receive with
+//!    room for [`SCM_MAX_FD`] descriptors, the most one message can carry, so the kernel
+//!    never drops one itself: a descriptor the kernel drops is released by the kernel
+//!    inside the receiver (its `fput` runs as the receiver returns from `recvmsg`), and
+//!    the last reference of a lingering socket then blocks the receiver before any code
+//!    here could make the close abortive. Each descriptor that arrived is closed by
+//!    [`closer::close_untrusted`]: an Internet socket abortively (`SO_LINGER {1, 0}`),
+//!    anything else on a closer thread.
+//!
+//! What remains on older kernels: descriptors the kernel cannot install (the primary at
+//! its descriptor limit, `MSG_CTRUNC`) are released by the kernel in the primary; and
+//! the closer threads' limits (see [`closer`]).
+//!
+//! A descriptor from the crate's own other side ([`Peer::Trusted`]: the primary, to a
+//! worker; the primary itself, on a hand-off channel's worker end that it reads to take
+//! connections back) is closed abortively where it is dropped.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{cvt_r, socket};
+use super::{closer, cvt_r, socket};
 
-/// How many descriptors one received message may carry before the kernel truncates the
-/// control data (`MSG_CTRUNC`). The protocol uses at most one; room for a few more lets
-/// the channel layer see, own and close a misbehaving sender's extras.
+/// How many descriptors one message from a trusted peer may carry before the kernel
+/// truncates the control data (`MSG_CTRUNC`). The protocol uses at most one; room for a
+/// few more lets the channel layer see, own and close extras.
 pub(crate) const MAX_FDS: usize = 4;
 
-/// Control-message buffer with the alignment of `cmsghdr`.
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`: a `sendmsg`
+/// with more fails with `EINVAL`).
+pub(crate) const SCM_MAX_FD: usize = 253;
+
+/// Control-message buffer of `N` bytes with the alignment of `cmsghdr`.
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
+struct Cmsg<const N: usize>([u8; N]);
+
+impl<const N: usize> Cmsg<N> {
+    const fn new() -> Cmsg<N> {
+        Cmsg([0; N])
+    }
+}
+
+/// Room for [`MAX_FDS`] descriptors (`CMSG_SPACE(4 * 4)` is 32 bytes).
+type CmsgBuf = Cmsg<64>;
+
+/// Room for [`SCM_MAX_FD`] descriptors (`CMSG_SPACE(253 * 4)` is 1,032 bytes on 64-bit
+/// Linux, 1,024 on 32-bit).
+type WideCmsgBuf = Cmsg<1040>;
+
+/// Who sends on the socket a message is received from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// The crate's own other side: the primary, to a worker; the primary itself, to the
+    /// worker end of a hand-off channel it reads back.
+    Trusted,
+    /// A worker, to the primary: refused at its `sendmsg` where the kernel can, received
+    /// whole and closed without waiting where it cannot (see the module's docs).
+    Untrusted,
+}
+
+/// What keeps descriptors a worker attaches from making the primary wait, on this
+/// kernel (see the module's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guarantee {
+    /// `SO_PASSRIGHTS` is off on the primary's ends (Linux 6.16+): the worker's
+    /// `sendmsg` fails with `EPERM`.
+    Refused,
+    /// The kernel has no `SO_PASSRIGHTS`: room for [`SCM_MAX_FD`], each descriptor
+    /// closed abortively or on a closer thread.
+    Contained,
+}
+
+/// [`guarantee`]'s answer once found: 0 not yet, 1 refused, 2 contained.
+static GUARANTEE: AtomicU8 = AtomicU8::new(0);
+
+/// Which [`Guarantee`] holds here, found once (on a throwaway socket pair: whether
+/// `SO_PASSRIGHTS` can be turned off) and remembered.
+///
+/// With the `test-hooks` feature, `CLUSTER_TEST_NO_PASSRIGHTS` set in the environment
+/// pretends the kernel is older, so the crate's tests run both paths on any kernel.
+pub(crate) fn guarantee() -> Guarantee {
+    match GUARANTEE.load(Ordering::Relaxed) {
+        1 => return Guarantee::Refused,
+        2 => return Guarantee::Contained,
+        _ => {}
+    }
+    let found = if pretend_old_kernel() {
+        Guarantee::Contained
+    } else {
+        match socket::seqpacket_pair() {
+            Ok((a, _b)) if socket::refuse_rights(a.as_fd()).is_ok() => Guarantee::Refused,
+            _ => Guarantee::Contained,
+        }
+    };
+    let code = if found == Guarantee::Refused { 1 } else { 2 };
+    GUARANTEE.store(code, Ordering::Relaxed);
+    found
+}
+
+#[cfg(feature = "test-hooks")]
+fn pretend_old_kernel() -> bool {
+    std::env::var_os("CLUSTER_TEST_NO_PASSRIGHTS").is_some()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn pretend_old_kernel() -> bool {
+    false
+}
+
+/// Makes `sock` (the primary's end of a channel to a worker) refuse descriptors, where
+/// the kernel can ([`Guarantee::Refused`]); says which guarantee holds for it.
+///
+/// # Errors
+///
+/// The OS error of `setsockopt`, on a kernel that knows the option.
+pub(crate) fn refuse_rights(sock: BorrowedFd<'_>) -> io::Result<Guarantee> {
+    match guarantee() {
+        Guarantee::Refused => socket::refuse_rights(sock).map(|()| Guarantee::Refused),
+        Guarantee::Contained => Ok(Guarantee::Contained),
+    }
+}
+
+/// Closes a received descriptor nobody takes, as its sender deserves (see
+/// [`Peer`]).
+pub(crate) fn dispose(fd: OwnedFd, from: Peer) {
+    match from {
+        Peer::Trusted => socket::close_abortive(fd),
+        Peer::Untrusted => closer::close_untrusted(fd),
+    }
+}
 
 fn cmsg_space(fds: usize) -> usize {
     // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
     unsafe { libc::CMSG_SPACE((fds * mem::size_of::<RawFd>()) as libc::c_uint) as usize }
 }
 
-/// Descriptors received with one message.
-#[derive(Debug, Default)]
+/// Descriptors received with one message: the first [`MAX_FDS`] kept, the others
+/// disposed of ([`dispose`]) as they are taken from the control data.
+#[derive(Debug)]
 pub(crate) struct ReceivedFds {
     fds: [Option<OwnedFd>; MAX_FDS],
-    count: usize,
+    kept: usize,
+    arrived: usize,
+    from: Peer,
 }
 
 impl ReceivedFds {
+    fn new(from: Peer) -> ReceivedFds {
+        ReceivedFds {
+            fds: Default::default(),
+            kept: 0,
+            arrived: 0,
+            from,
+        }
+    }
+
     fn push(&mut self, fd: OwnedFd) {
-        if self.count < MAX_FDS {
-            self.fds[self.count] = Some(fd);
-            self.count += 1;
+        self.arrived += 1;
+        if self.kept < MAX_FDS {
+            self.fds[self.kept] = Some(fd);
+            self.kept += 1;
         } else {
-            socket::close_abortive(fd);
+            dispose(fd, self.from);
         }
     }
 
     /// How many descriptors arrived.
     pub(crate) fn len(&self) -> usize {
-        self.count
+        self.arrived
     }
 
     /// The single descriptor, when exactly one arrived; `Err(self)` otherwise (dropping
-    /// the error closes whatever did arrive, without lingering).
+    /// the error disposes of whatever did arrive).
     pub(crate) fn into_single(mut self) -> Result<Option<OwnedFd>, ReceivedFds> {
-        match self.count {
+        match self.arrived {
             0 => Ok(None),
             1 => Ok(self.fds[0].take()),
             _ => Err(self),
@@ -68,13 +214,13 @@ impl ReceivedFds {
 }
 
 /// Whatever nobody took out (a refused record's descriptors, extras beyond the one a
-/// record may carry) is closed without lingering ([`socket::close_abortive`]): a
-/// descriptor a peer sent unasked must never make the receiver wait in `close`. This
-/// `Drop` hands each `OwnedFd` over, it closes nothing by hand.
+/// record may carry) is disposed of ([`dispose`]): a descriptor a peer sent unasked
+/// must never make the receiver wait in `close`. This `Drop` hands each `OwnedFd` over,
+/// it closes nothing by hand.
 impl Drop for ReceivedFds {
     fn drop(&mut self) {
         for fd in self.fds.iter_mut().filter_map(Option::take) {
-            socket::close_abortive(fd);
+            dispose(fd, self.from);
         }
     }
 }
@@ -118,7 +264,7 @@ pub(crate) fn send(
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let mut cbuf = CmsgBuf([0; 64]);
+    let mut cbuf = CmsgBuf::new();
     // SAFETY: msghdr is plain old data; all-zero is a valid "no name, no control" value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -145,6 +291,52 @@ pub(crate) fn send(
     // SAFETY: `msg` points to a valid iovec and (optionally) control buffer that outlive
     // the call; the passed fd is borrowed, so it is open for the duration of the call.
     let n = cvt_r(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })?;
+    Ok(n as usize)
+}
+
+/// Not part of the API (the `test-hooks` feature): `sendmsg(2)` of `data` with every
+/// descriptor of `pass` in one `SCM_RIGHTS` message, so the crate's tests can play a
+/// worker that attaches several (up to [`SCM_MAX_FD`]) to one record.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn send_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    pass: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if data.is_empty() || pass.is_empty() || pass.len() > SCM_MAX_FD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "sendmsg with 1 to 253 descriptors and some data",
+        ));
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cbuf = WideCmsgBuf::new();
+    let space = cmsg_space(pass.len());
+    debug_assert!(space <= cbuf.0.len());
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points to `space` bytes of aligned, writable memory, room for
+    // one cmsghdr with `pass.len()` ints (at most SCM_MAX_FD, checked above).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN((pass.len() * mem::size_of::<RawFd>()) as _) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, fd) in pass.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+        }
+    }
+    // SAFETY: as in `send`: everything `msg` points to outlives the call, and the
+    // passed descriptors are borrowed, so open.
+    let n = cvt_r(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
     Ok(n as usize)
 }
 
@@ -181,7 +373,9 @@ unsafe fn take_fds(msg: &libc::msghdr, fds: &mut ReceivedFds) {
 /// `nonblocking`.
 ///
 /// Every descriptor in the control data is owned before this returns, whatever else
-/// went wrong; `MSG_TRUNC` and `MSG_CTRUNC` are reported, not hidden.
+/// went wrong; `MSG_TRUNC` and `MSG_CTRUNC` are reported, not hidden. From an untrusted
+/// peer the control buffer has room for [`SCM_MAX_FD`] descriptors, whatever the
+/// [`guarantee`]: the kernel never drops one here (see the module's docs).
 ///
 /// `EINTR` is returned to the caller (see the EINTR policy in [`crate::sys`]): a blocked
 /// hand-off reader must be able to notice that its listener was closed.
@@ -189,14 +383,36 @@ pub(crate) fn recv(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     nonblocking: bool,
+    from: Peer,
+) -> io::Result<Received> {
+    match from {
+        Peer::Trusted => recv_into(sock, buf, nonblocking, from, &mut CmsgBuf::new(), MAX_FDS),
+        Peer::Untrusted => recv_into(
+            sock,
+            buf,
+            nonblocking,
+            from,
+            &mut WideCmsgBuf::new(),
+            SCM_MAX_FD,
+        ),
+    }
+}
+
+fn recv_into<const N: usize>(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+    from: Peer,
+    cbuf: &mut Cmsg<N>,
+    room: usize,
 ) -> io::Result<Received> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut cbuf = CmsgBuf([0; 64]);
-    let space = cmsg_space(MAX_FDS);
-    debug_assert!(space <= cbuf.0.len());
+    let space = cmsg_space(room);
+    debug_assert!(space <= N, "control buffer too small");
+    let space = space.min(N);
     // SAFETY: msghdr is plain old data; all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -213,7 +429,7 @@ pub(crate) fn recv(
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut fds = ReceivedFds::default();
+    let mut fds = ReceivedFds::new(from);
     // SAFETY: the kernel filled `msg.msg_control` with `msg.msg_controllen` bytes of
     // well-formed cmsghdrs for this call.
     unsafe { take_fds(&msg, &mut fds) };
@@ -237,7 +453,11 @@ pub(crate) const BATCH_RECORD: usize = 32;
 ///
 /// Used where many small records accumulate between reads (round-robin credits), so
 /// that reading them costs one system call instead of one per record. Descriptors that
-/// arrive are owned in each [`Received`], exactly as in [`recv`].
+/// arrive are owned in each [`Received`], exactly as in [`recv`]. The control buffers:
+/// from an untrusted peer none where the kernel refuses descriptors
+/// ([`Guarantee::Refused`]: none can come, and nothing is cleared per call), room for
+/// [`SCM_MAX_FD`] each where it does not (16.5 KiB cleared per call); from a trusted
+/// one room for [`MAX_FDS`].
 ///
 /// # Errors
 ///
@@ -247,9 +467,35 @@ pub(crate) fn recv_many(
     sock: BorrowedFd<'_>,
     bufs: &mut [[u8; BATCH_RECORD]; BATCH],
     out: &mut Vec<Received>,
+    from: Peer,
 ) -> io::Result<()> {
-    let mut cbufs: [CmsgBuf; BATCH] = std::array::from_fn(|_| CmsgBuf([0; 64]));
-    let space = cmsg_space(MAX_FDS);
+    match (from, guarantee()) {
+        (Peer::Untrusted, Guarantee::Refused) => {
+            let mut none: [Cmsg<0>; BATCH] = std::array::from_fn(|_| Cmsg::new());
+            recv_batch(sock, bufs, out, from, &mut none, 0)
+        }
+        (Peer::Untrusted, Guarantee::Contained) => {
+            let mut wide: [WideCmsgBuf; BATCH] = std::array::from_fn(|_| Cmsg::new());
+            recv_batch(sock, bufs, out, from, &mut wide, SCM_MAX_FD)
+        }
+        (Peer::Trusted, _) => {
+            let mut small: [CmsgBuf; BATCH] = std::array::from_fn(|_| Cmsg::new());
+            recv_batch(sock, bufs, out, from, &mut small, MAX_FDS)
+        }
+    }
+}
+
+fn recv_batch<const N: usize>(
+    sock: BorrowedFd<'_>,
+    bufs: &mut [[u8; BATCH_RECORD]; BATCH],
+    out: &mut Vec<Received>,
+    from: Peer,
+    cbufs: &mut [Cmsg<N>; BATCH],
+    room: usize,
+) -> io::Result<()> {
+    let space = if room == 0 { 0 } else { cmsg_space(room) };
+    debug_assert!(space <= N, "control buffer too small");
+    let space = space.min(N);
     let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|_| libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -258,17 +504,21 @@ pub(crate) fn recv_many(
         iov.iov_base = buf.as_mut_ptr().cast();
         iov.iov_len = buf.len();
     }
-    // SAFETY: mmsghdr is plain old data; all-zero is a valid value, filled in below.
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value ("no control"),
+    // filled in below.
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
     for ((m, iov), cbuf) in msgs.iter_mut().zip(iovs.iter_mut()).zip(cbufs.iter_mut()) {
         m.msg_hdr.msg_iov = iov;
         m.msg_hdr.msg_iovlen = 1;
-        m.msg_hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-        m.msg_hdr.msg_controllen = space as _;
+        if space > 0 {
+            m.msg_hdr.msg_control = cbuf.0.as_mut_ptr().cast();
+            m.msg_hdr.msg_controllen = space as _;
+        }
     }
     let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
     // SAFETY: every mmsghdr points to a live iovec of BATCH_RECORD writable bytes and
-    // a live, aligned control buffer of `space` bytes; all outlive the call.
+    // either no control buffer or a live, aligned one of `space` bytes; all outlive the
+    // call.
     let n = cvt_r(|| unsafe {
         libc::recvmmsg(
             sock.as_raw_fd(),
@@ -279,10 +529,12 @@ pub(crate) fn recv_many(
         )
     })?;
     for m in msgs.iter().take(n as usize) {
-        let mut fds = ReceivedFds::default();
-        // SAFETY: as in `recv`: the kernel filled this message's control buffer with
-        // well-formed cmsghdrs, and each SCM_RIGHTS descriptor is new and ours.
-        unsafe { take_fds(&m.msg_hdr, &mut fds) };
+        let mut fds = ReceivedFds::new(from);
+        if space > 0 {
+            // SAFETY: as in `recv`: the kernel filled this message's control buffer
+            // with well-formed cmsghdrs, and each SCM_RIGHTS descriptor is new and ours.
+            unsafe { take_fds(&m.msg_hdr, &mut fds) };
+        }
         out.push(Received {
             len: m.msg_len as usize,
             fds,
@@ -306,7 +558,7 @@ mod tests {
         let (r, _w) = fd::pipe_nonblocking().unwrap();
         assert_eq!(send(a.as_fd(), b"x", Some(r.as_fd()), false).unwrap(), 1);
         let mut buf = [0u8; 8];
-        let got = recv(b.as_fd(), &mut buf, true).unwrap();
+        let got = recv(b.as_fd(), &mut buf, true, Peer::Trusted).unwrap();
         assert_eq!(got.len, 1);
         assert!(!got.control_truncated && !got.data_truncated);
         let fd = got.fds.into_single().unwrap().unwrap();
@@ -318,10 +570,10 @@ mod tests {
         let (a, b) = seqpacket_pair().unwrap();
         send(a.as_fd(), b"hello", None, false).unwrap();
         let mut buf = [0u8; 2];
-        let got = recv(b.as_fd(), &mut buf, true).unwrap();
+        let got = recv(b.as_fd(), &mut buf, true, Peer::Trusted).unwrap();
         assert!(got.data_truncated);
         drop(a);
-        let got = recv(b.as_fd(), &mut buf, true).unwrap();
+        let got = recv(b.as_fd(), &mut buf, true, Peer::Trusted).unwrap();
         assert_eq!(got.len, 0);
         assert_eq!(got.fds.len(), 0);
     }
@@ -336,7 +588,7 @@ mod tests {
         }
         let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
         let mut out = Vec::new();
-        recv_many(b.as_fd(), &mut bufs, &mut out).unwrap();
+        recv_many(b.as_fd(), &mut bufs, &mut out, Peer::Trusted).unwrap();
         assert_eq!(out.len(), BATCH);
         assert_eq!(out[3].fds.len(), 1);
         assert!(out.iter().all(|m| m.len == 5));
@@ -346,11 +598,63 @@ mod tests {
             x
         });
         out.clear();
-        recv_many(b.as_fd(), &mut bufs, &mut out).unwrap();
+        recv_many(b.as_fd(), &mut bufs, &mut out, Peer::Trusted).unwrap();
         assert_eq!(out.len(), 4);
         out.clear();
-        let e = recv_many(b.as_fd(), &mut bufs, &mut out).unwrap_err();
+        let e = recv_many(b.as_fd(), &mut bufs, &mut out, Peer::Trusted).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// Four pipes' write ends and a socket in one message, from an untrusted peer to an
+    /// end that does not refuse them: all five arrive (none dropped by the kernel), and
+    /// each is closed once nobody takes it (the pipes on closer threads).
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn untrusted_receive_has_room_for_every_descriptor() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let pipes: Vec<_> = (0..4).map(|_| fd::pipe_nonblocking().unwrap()).collect();
+        let (s, _peer) = seqpacket_pair().unwrap();
+        let mut pass: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        pass.push(s.as_fd());
+        send_fds(a.as_fd(), b"x", &pass).unwrap();
+        drop(pass);
+        let readers: Vec<_> = pipes.into_iter().map(|(r, _w)| r).collect();
+        let mut buf = [0u8; 8];
+        let got = recv(b.as_fd(), &mut buf, true, Peer::Untrusted).unwrap();
+        assert!(!got.control_truncated);
+        assert_eq!(got.fds.len(), 5);
+        drop(got);
+        // Every write end closed: each reader sees EOF (soon: closers run apart).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for r in &readers {
+            let mut one = [0u8; 1];
+            while fd::read(r.as_fd(), &mut one).map_or(true, |n| n != 0) {
+                assert!(std::time::Instant::now() < deadline, "a pipe is still open");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// On a kernel with `SO_PASSRIGHTS` (6.16+), an end that refuses descriptors makes
+    /// the sender's `sendmsg` fail with `EPERM`; records without one still pass.
+    #[test]
+    fn a_refusing_end_fails_the_senders_sendmsg() {
+        let (a, b) = seqpacket_pair().unwrap();
+        if refuse_rights(b.as_fd()).unwrap() == Guarantee::Contained {
+            println!("skipped: this kernel has no SO_PASSRIGHTS");
+            return;
+        }
+        let (r, _w) = fd::pipe_nonblocking().unwrap();
+        let e = send(a.as_fd(), b"x", Some(r.as_fd()), false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        send(a.as_fd(), b"y", None, false).unwrap();
+        let mut bufs = [[0u8; BATCH_RECORD]; BATCH];
+        let mut out = Vec::new();
+        recv_many(b.as_fd(), &mut bufs, &mut out, Peer::Untrusted).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fds.len(), 0);
+        // The other direction is not refused: the primary still sends descriptors.
+        send(b.as_fd(), b"z", Some(r.as_fd()), false).unwrap();
     }
 
     #[test]

@@ -309,6 +309,56 @@ pub(crate) fn close_abortive(fd: OwnedFd) {
     drop(fd);
 }
 
+/// Whether `fd` is an `AF_INET` or `AF_INET6` socket (`getsockopt(SO_DOMAIN)`), without
+/// touching what it refers to: for anything but a socket the call fails (`ENOTSOCK`)
+/// before any file system is asked, so even a FUSE file gets no request.
+pub(crate) fn is_inet(fd: BorrowedFd<'_>) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are valid for writes for the duration of the call.
+    let r = cvt_r(|| unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    });
+    r.is_ok() && matches!(domain, libc::AF_INET | libc::AF_INET6)
+}
+
+/// `SO_PASSRIGHTS` (Linux 6.16+, `include/uapi/asm-generic/socket.h`; the `libc`
+/// crate does not define it yet). Its number is 83 except on SPARC (`0x5c`) and PA-RISC
+/// (`0x4051`, not a Rust target).
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PASSRIGHTS: libc::c_int = 83;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PASSRIGHTS: libc::c_int = 0x5c;
+
+/// Corresponds to `setsockopt(SO_PASSRIGHTS, 0)` on an `AF_UNIX` socket (Linux 6.16+):
+/// from then on, a peer's `sendmsg` with `SCM_RIGHTS` to this socket fails with
+/// `EPERM`, so no descriptor can reach it. Options are the socket's, not the
+/// descriptor's: every copy of this end refuses them.
+///
+/// # Errors
+///
+/// `ENOPROTOOPT` on kernels before 6.16, which do not know the option.
+pub(crate) fn refuse_rights(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let off: libc::c_int = 0;
+    // SAFETY: `off` is a valid int for the duration of the call.
+    cvt_r(|| unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&off as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Corresponds to `setsockopt(SO_LINGER)`: `Some(seconds)` turns lingering on with that
 /// timeout (0: `close` resets the connection at once), `None` turns it off.
 pub(crate) fn set_linger(fd: BorrowedFd<'_>, seconds: Option<u32>) -> io::Result<()> {
@@ -352,4 +402,19 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     // SAFETY: shutdown() takes an fd and an int.
     cvt(unsafe { libc::shutdown(fd.as_raw_fd(), how) })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_inet_tells_internet_sockets_from_the_rest() {
+        let tcp = stream_socket(Domain::Inet4, false).unwrap();
+        assert!(is_inet(tcp.as_fd()));
+        let (unix, _) = seqpacket_pair().unwrap();
+        assert!(!is_inet(unix.as_fd()));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_inet(file.as_fd()));
+    }
 }

@@ -226,6 +226,23 @@ impl Worker {
         crate::sys::scm::send(channel, record, fd, false).map(drop)
     }
 
+    /// Not part of the API: like
+    /// [`send_raw_record_on_for_tests`](Worker::send_raw_record_on_for_tests), with
+    /// every descriptor of `fds` (1 to 253) attached to the one record; `channel`
+    /// `None` is this worker's control channel.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn send_raw_record_with_fds_for_tests(
+        &self,
+        channel: Option<std::os::fd::BorrowedFd<'_>>,
+        record: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        let channel = channel.unwrap_or(self.rt.control.as_fd());
+        crate::sys::scm::send_fds(channel, record, fds).map(drop)
+    }
+
     /// Not part of the API: `setsockopt(SO_LINGER)` on `fd` (`Some(seconds)`: on), so
     /// the crate's tests, which use no `unsafe`, can play a worker that hands the
     /// primary a socket whose close would linger.

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::check::{all_ok, check, rogue_killed, spec, stop_and_check, Outcome};
+use crate::util::check::{
+    all_ok, check, rogue_killed, rogue_refused_or_killed, spec, stop_and_check, Outcome,
+};
 use crate::util::client::{self, Conn, Target};
 use crate::util::proc::{self, Server};
 
@@ -22,17 +24,23 @@ fn served_by(load: &client::Load) -> Vec<u32> {
 /// A worker that breaks the protocol (`how`: garbage, an oversized record, an unknown
 /// kind, a descriptor where none belongs, a flood of valid messages) is reported,
 /// killed and replaced; the other worker serves throughout; no descriptor leaks (the
-/// primary's hygiene line).
-pub fn rogue_worker(how: &str) -> Outcome {
+/// primary's hygiene line). A descriptor where none belongs is refused at the worker's
+/// `sendmsg` on Linux 6.16+ (`EPERM`, the worker serves on); `contained` acts as on an
+/// older kernel, where it reaches the primary.
+pub fn rogue_worker(how: &str, contained: bool) -> Outcome {
     // The flood: "thousands of messages a second", against a limit of 20,000 (the
     // default, 100,000, is above what a worker that messages per request sends).
-    let (mut srv, targets) = spec(
-        "round-robin",
-        2,
-        2,
-        &[("SC_ROGUE", how), ("SC_MSG_LIMIT", "20000")],
-    )
-    .start()?;
+    let mut env = vec![("SC_ROGUE", how), ("SC_MSG_LIMIT", "20000")];
+    if contained {
+        env.push(("CLUSTER_TEST_NO_PASSRIGHTS", "1"));
+    }
+    let (mut srv, targets) = spec("round-robin", 2, 2, &env).start()?;
+    if how == "fd" && !contained && cluster::descriptors_refused_for_tests() {
+        rogue_refused_or_killed(&mut srv, how, true, T)?;
+        let load = client::load(&targets[0], 200, 4, "hi", T);
+        all_ok(&load, 200, how)?;
+        return stop_and_check(&mut srv);
+    }
     rogue_killed(&mut srv, how, T)?;
     srv.seen_or_expect("listening 3 ", T)?;
     let load = client::load(&targets[0], 200, 4, "hi", T);

@@ -144,3 +144,27 @@ pub fn rogue_killed(srv: &mut Server, what: &str, timeout: Duration) -> Outcome 
         || format!("{what}: the rogue's exit: {exit}"),
     )
 }
+
+/// Worker 1 attached descriptors to a record. Where the primary refuses them
+/// (`refused`: Linux 6.16+, `SO_PASSRIGHTS` off on its ends), the worker's `sendmsg`
+/// failed with `EPERM` and nothing reached the primary; elsewhere the primary received
+/// them, reported the worker and killed it.
+pub fn rogue_refused_or_killed(
+    srv: &mut Server,
+    what: &str,
+    refused: bool,
+    timeout: Duration,
+) -> Outcome {
+    if !refused {
+        return rogue_killed(srv, what, timeout);
+    }
+    let line = srv.seen_or_expect_containing("worker 1: rogue send: ", timeout)?;
+    println!("    {what}: {line}");
+    check(line.contains("Operation not permitted"), || {
+        format!("{what}: the rogue's sendmsg: {line}")
+    })?;
+    check(
+        !srv.seen.iter().any(|l| l.contains("broke the protocol")),
+        || format!("{what}: refused, yet reported: {:?}", srv.seen),
+    )
+}

@@ -1,8 +1,9 @@
 //! Helpers shared by the scenario tests: processes and hygiene ([`proc`]), clients and
-//! load ([`client`]), and the cluster server the scenarios drive ([`server`]).
+//! load ([`client`]), a FUSE file system that keeps `FLUSH` waiting ([`fuse`]), and the cluster server the scenarios drive ([`server`]).
 #![allow(dead_code)]
 
 pub mod check;
 pub mod client;
+pub mod fuse;
 pub mod proc;
 pub mod server;

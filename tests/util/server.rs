@@ -20,7 +20,8 @@
 //! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
 //! `SC_ROGUE` (worker 1 misbehaves once it listens: `garbage`, `oversized`, `unknown`,
 //! `fd`, `flood`, `relisten`, `late_setup`, and on `tell rogue-go` `linger-online`,
-//! `linger-newconn`, `linger-handoff` with a socket connected to `SC_ROGUE_PEER`; see
+//! `linger-newconn`, `linger-handoff`, `fds5-online`, `fds5-handoff` with a socket
+//! connected to `SC_ROGUE_PEER`, `file-online` with the file `SC_ROGUE_FILE`; see
 //! `rogue`),
 //! `SC_UIDS` (`FIRST:COUNT`: with `SC_USER`, one uid per worker from FIRST),
 //! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
@@ -365,9 +366,9 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
             // descriptor: decoded, refused by the primary) on the control channel, or
             // new-conn on the listener's hand-off channel (round-robin).
             while w.recv().is_some_and(|m| m != b"go") {}
-            lingering_socket().and_then(|s| {
+            lingering_socket(15).and_then(|s| {
                 let new_conn = record(6, &[0, 4, 127, 0, 0, 1, 80, 0]);
-                match how {
+                let sent = match how {
                     "linger-online" => {
                         w.send_raw_record_for_tests(&record(1, b""), Some(s.as_fd()))
                     }
@@ -377,8 +378,61 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
                         &new_conn,
                         Some(s.as_fd()),
                     ),
-                }
+                };
+                refused_keeps_no_linger(&sent, &s);
+                sent
                 // `s` closes here: the copy in flight to the primary is the last one.
+            })
+        }
+        "fds5-online" | "fds5-handoff" => {
+            // Issue 19, item 1: five descriptors on one record, more than the primary's
+            // control buffer used to hold: four files, then a socket whose close would
+            // linger 30 s (the one a small buffer loses inside the primary). Online on
+            // the control channel (refused by the codec), or new-conn on the listener's
+            // hand-off channel (round-robin). The driver stops the primary after the go
+            // and continues it after `rogue: five sent`: the worker's own copy of the
+            // socket is closed before the primary reads the record, as a worker that
+            // wins that race has it, so the copy in flight is the last one.
+            while w.recv().is_some_and(|m| m != b"go") {}
+            let primary = std::os::unix::process::parent_id();
+            let stopped =
+                proc::wait_stopped(primary, Duration::from_secs(10)).map_err(std::io::Error::other);
+            let files: std::io::Result<Vec<std::fs::File>> =
+                stopped.and_then(|()| (0..4).map(|_| std::fs::File::open("/dev/null")).collect());
+            let sent = files.and_then(|files| {
+                let s = lingering_socket(30)?;
+                let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+                fds.push(s.as_fd());
+                let sent = if how == "fds5-online" {
+                    w.send_raw_record_with_fds_for_tests(None, &record(1, b""), &fds)
+                } else {
+                    let new_conn = record(6, &[0, 4, 127, 0, 0, 1, 80, 0]);
+                    w.send_raw_record_with_fds_for_tests(
+                        Some(listener.raw_fd_for_tests()),
+                        &new_conn,
+                        &fds,
+                    )
+                };
+                refused_keeps_no_linger(&sent, &s);
+                sent
+                // `s` closes here: the copy in flight to the primary is the last one.
+            });
+            eprintln!(
+                "rogue: five sent ({})",
+                if sent.is_ok() { "ok" } else { "failed" }
+            );
+            sent
+        }
+        "file-online" => {
+            // Issue 19, item 2: a file whose every close waits for its file system
+            // (`SC_ROGUE_FILE`, on the scenario's FUSE mount), attached to online. The
+            // worker keeps its own copy open: its close would wait too.
+            while w.recv().is_some_and(|m| m != b"go") {}
+            std::fs::File::open(env("SC_ROGUE_FILE", "")).and_then(|f| {
+                let sent =
+                    w.send_raw_record_with_fds_for_tests(None, &record(1, b""), &[f.as_fd()]);
+                KEPT_FILE.get_or_init(|| f);
+                sent
             })
         }
         other => Err(std::io::Error::other(format!("unknown SC_ROGUE {other:?}"))),
@@ -387,6 +441,17 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
         eprintln!("worker {}: rogue send: {e}", w.id());
     }
 }
+
+/// When the primary refused the socket (`EPERM`: Linux 6.16+), the worker's own close
+/// is the last one: made abortive, so the rogue does not wait out its own linger.
+fn refused_keeps_no_linger(sent: &std::io::Result<()>, s: &std::net::TcpStream) {
+    if sent.is_err() {
+        let _ = Worker::set_linger_for_tests(s.as_fd(), Some(0));
+    }
+}
+
+/// `SC_ROGUE=file-online`: the worker's own copy of the file it sent, kept open.
+static KEPT_FILE: OnceLock<std::fs::File> = OnceLock::new();
 
 /// The worker's listeners, for `unlisten N`.
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
@@ -440,8 +505,9 @@ fn ask_more(asks: &str) {
 
 /// A TCP connection to `SC_ROGUE_PEER` (a listener that never accepts nor reads) with
 /// its send buffer full, so unsent data waits for a window that never opens, and
-/// `SO_LINGER` 15 s: the `close` that drops its last reference blocks 15 s.
-fn lingering_socket() -> std::io::Result<std::net::TcpStream> {
+/// `SO_LINGER` `linger` s: the `close` that drops its last reference blocks that long
+/// (or until the peer's listener closes and resets it).
+fn lingering_socket(linger: u32) -> std::io::Result<std::net::TcpStream> {
     let mut s = std::net::TcpStream::connect(env("SC_ROGUE_PEER", ""))?;
     s.set_nonblocking(true)?;
     let chunk = [b'x'; 64 * 1024];
@@ -457,8 +523,8 @@ fn lingering_socket() -> std::io::Result<std::net::TcpStream> {
         }
     }
     s.set_nonblocking(false)?;
-    Worker::set_linger_for_tests(s.as_fd(), Some(15))?;
-    eprintln!("rogue: a socket with {sent} bytes written, linger 15 s");
+    Worker::set_linger_for_tests(s.as_fd(), Some(linger))?;
+    eprintln!("rogue: a socket with {sent} bytes written, linger {linger} s");
     Ok(s)
 }
 

@@ -15,7 +15,6 @@ use std::io;
 use crate::ipc::channel::Incoming;
 use crate::ipc::codec::{Message, ProtocolError};
 use crate::sys::scm::{BATCH, BATCH_RECORD};
-use crate::sys::socket;
 
 use super::{RoundRobinHandle, MAX_CREDITS};
 
@@ -52,10 +51,11 @@ impl RoundRobinHandle {
                         open = Some(o);
                     }
                     Ok(Incoming::Message(other, fd)) => {
-                        // A worker's descriptor, never one the primary expects here:
-                        // closed without lingering (see `socket::close_abortive`).
+                        // A worker's descriptor (only on kernels before 6.16, which
+                        // cannot refuse it), never one the primary expects here:
+                        // disposed of without the loop waiting (`sys::closer`).
                         if let Some(fd) = fd {
-                            socket::close_abortive(fd);
+                            crate::sys::scm::dispose(fd, crate::sys::scm::Peer::Untrusted);
                         }
                         fault.get_or_insert(ProtocolError::Unexpected { kind: other.name() });
                     }

@@ -23,7 +23,7 @@ impl RoundRobinHandle {
         if self.members.iter().filter(|m| m.worker == worker).count() >= MAX_LISTENERS_PER_WORKER {
             return Err(io::Error::from_raw_os_error(libc::EMFILE));
         }
-        let (primary_end, worker_end) = Channel::pair()?;
+        let (primary_end, worker_end) = Channel::pair_with_worker()?;
         let id = self.next_member;
         self.next_member = self.next_member.wrapping_add(1).max(1);
         // A newcomer's share counter starts at the average, so a scheduler that evens

@@ -36,7 +36,13 @@ impl Cluster {
         let previous = h.workers.len();
         for w in h.workers {
             let id = WorkerId(w.id);
-            let mut slot = Slot::new(id, w.pid, Channel::from_fd(w.control));
+            // The previous program turned SO_PASSRIGHTS off on this socket already; a
+            // failure here still leaves descriptors contained (`sys::scm`).
+            let control = Channel::from_worker(w.control);
+            if let Err(e) = control.refuse_descriptors() {
+                crate::log::report!("upgrade: worker {id}'s channel: SO_PASSRIGHTS: {e}");
+            }
+            let mut slot = Slot::new(id, w.pid, control);
             slot.phase = Phase::Online;
             slot.said_online = true;
             slot.requested = true;
