@@ -259,20 +259,7 @@ impl Worker {
     /// disconnecting (or the primary is gone) and every message that arrived before has
     /// been returned, so a thread looping on `recv` ends with the worker.
     pub fn recv(&self) -> Option<Vec<u8>> {
-        let mut st = self.rt.lock();
-        loop {
-            if let Some(m) = self.rt.pop_message(&mut st) {
-                return Some(m);
-            }
-            if st.primary_gone || st.disconnecting {
-                return None;
-            }
-            st = self
-                .rt
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.rt.wait_for(None, |st| self.rt.pop_message(st))
     }
 
     /// The next message from the primary if one is waiting.
@@ -283,23 +270,9 @@ impl Worker {
 
     /// Like [`recv`](Worker::recv), giving up after `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
-        let deadline = crate::deadline::after(std::time::Instant::now(), timeout);
-        let mut st = self.rt.lock();
-        loop {
-            if let Some(m) = self.rt.pop_message(&mut st) {
-                return Some(m);
-            }
-            let now = std::time::Instant::now();
-            if st.primary_gone || st.disconnecting || now >= deadline {
-                return None;
-            }
-            st = self
-                .rt
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let deadline = crate::deadline::after(Instant::now(), timeout);
+        self.rt
+            .wait_for(Some(deadline), |st| self.rt.pop_message(st))
     }
 
     /// Tells the primary that the application is making progress, for
@@ -339,29 +312,15 @@ impl Worker {
     /// [`disconnect_fd`](Worker::disconnect_fd)); returns at once when it already was.
     /// For a thread that stops a server: `worker.wait_disconnect(); server.stop()`.
     pub fn wait_disconnect(&self) {
-        self.wait_disconnect_timeout(Duration::MAX);
+        self.rt.wait_for(None, |_| None::<()>);
     }
 
     /// Like [`wait_disconnect`](Worker::wait_disconnect), for at most `timeout`:
     /// whether the worker is asked to go.
     pub fn wait_disconnect_timeout(&self, timeout: Duration) -> bool {
         let deadline = crate::deadline::after(Instant::now(), timeout);
-        let mut st = self.rt.lock();
-        loop {
-            if st.disconnecting || st.primary_gone {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .rt
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.rt.wait_for(Some(deadline), |_| None::<()>);
+        self.is_disconnecting()
     }
 }
 
@@ -401,6 +360,41 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    /// Waits for `ready` to give a value, checked now and at every change of the
+    /// state; `None` once the worker is asked to go (or the primary is gone) and
+    /// `ready` has nothing, or at `deadline`.
+    fn wait_for<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut State) -> Option<T>,
+    ) -> Option<T> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = ready(&mut st) {
+                return Some(v);
+            }
+            if st.primary_gone || st.disconnecting {
+                return None;
+            }
+            st = match deadline {
+                None => self
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        return None;
+                    }
+                    self.changed
+                        .wait_timeout(st, at - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
     /// The worker is asked to go: makes [`Worker::disconnect_fd`] readable, for good
     /// (the crate never reads the byte, and keeps the write end open: a closed one
     /// would read as EOF). Idempotent; the pipe takes one byte without blocking.

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::util::check::{check, clean_end, exited_ok, spec, Outcome};
@@ -117,18 +118,26 @@ pub fn until_state(sock: &UnixDatagram, state: &str, pings: &mut u32) -> Result<
     }
 }
 
-/// systemd's `Type=notify` protocol: `READY=1` (with `MAINPID`) once every worker
-/// listens, `RELOADING=1` then `READY=1` around a `SIGHUP`, watchdog pings at half of
-/// `WATCHDOG_USEC` meanwhile, `STOPPING=1` at `SIGTERM`; and no worker sees
-/// `NOTIFY_SOCKET`.
-pub fn service_manager_notify() -> Outcome {
-    let dir = std::env::temp_dir().join(format!("cluster-notify-{}", std::process::id()));
+/// A service manager's notification socket in a fresh directory of its own (`tag`
+/// names it): the directory, the socket's path and the socket, read with a 200 ms
+/// timeout.
+fn notify_socket(tag: &str) -> Result<(PathBuf, PathBuf, UnixDatagram), String> {
+    let dir = std::env::temp_dir().join(format!("cluster-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
+    Ok((dir, path, sock))
+}
+
+/// systemd's `Type=notify` protocol: `READY=1` (with `MAINPID`) once every worker
+/// listens, `RELOADING=1` then `READY=1` around a `SIGHUP`, watchdog pings at half of
+/// `WATCHDOG_USEC` meanwhile, `STOPPING=1` at `SIGTERM`; and no worker sees
+/// `NOTIFY_SOCKET`.
+pub fn service_manager_notify() -> Outcome {
+    let (dir, path, sock) = notify_socket("notify")?;
     let env = [
         ("NOTIFY_SOCKET", path.to_str().ok_or("path")?),
         ("WATCHDOG_USEC", "200000"),
@@ -287,13 +296,7 @@ pub fn socket_activation() -> Outcome {
 /// lower bound: load can only make them slower); without the floor they came back to
 /// back, hundreds per millisecond, from a loop that never slept.
 pub fn watchdog_floor() -> Outcome {
-    let dir = std::env::temp_dir().join(format!("cluster-watchdog-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| e.to_string())?;
+    let (dir, path, sock) = notify_socket("watchdog")?;
     let env = [
         ("NOTIFY_SOCKET", path.to_str().ok_or("path")?),
         ("WATCHDOG_USEC", "1"),

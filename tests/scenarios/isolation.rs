@@ -69,8 +69,9 @@ fn ask_every_worker(
 }
 
 /// Whether the descriptors a worker had at start beyond 0, 1, 2 are its own and the
-/// kept one: its control channel (a socket) and the self-pipe its `SIGTERM` handler
-/// writes into (both ends of one pipe), nothing else.
+/// kept one: its control channel (a socket), the self-pipe its `SIGTERM` handler
+/// writes into and the pipe `Worker::disconnect_fd` reads from (both ends of each),
+/// nothing else.
 fn only_its_own(pid: u32, extra: &[&str], kept: Option<&str>) -> bool {
     let targets = proc::fd_targets(pid);
     let target = |n: &str| {
@@ -88,7 +89,17 @@ fn only_its_own(pid: u32, extra: &[&str], kept: Option<&str>) -> bool {
     let sockets = own.iter().filter(|t| t.starts_with("socket:")).count();
     let pipes: Vec<&String> = own.iter().filter(|t| t.starts_with("pipe:")).collect();
     let kept_ok = kept.map_or(true, |k| extra.contains(&k));
-    kept_ok && own.len() == 3 && sockets == 1 && pipes.len() == 2 && pipes[0] == pipes[1]
+    let mut pairs = pipes.clone();
+    pairs.sort();
+    pairs.dedup();
+    kept_ok
+        && own.len() == 5
+        && sockets == 1
+        && pipes.len() == 4
+        && pairs.len() == 2
+        && pairs
+            .iter()
+            .all(|p| pipes.iter().filter(|q| *q == p).count() == 2)
 }
 
 /// A primary holds a 0600 root file open (and, as root, its stdin is a pipe); its
@@ -149,8 +160,8 @@ pub fn iso_inherit_nothing() -> Outcome {
             fds[..3] == ["0", "1", "2"] && only_its_own(*pid, &fds[3..], None),
             || {
                 format!(
-                    "worker {} started with descriptors {} (want 0,1,2, its channel and its \
-                 signal pipe): {:?}",
+                    "worker {} started with descriptors {} (want 0,1,2, its channel, its \
+                     signal pipe and its disconnect pipe): {:?}",
                     r.worker,
                     r.text,
                     proc::fd_targets(*pid)
@@ -413,8 +424,8 @@ pub fn iso_keep_fd() -> Outcome {
             fds[..3] == ["0", "1", "2"] && only_its_own(*pid, &fds[3..], Some(&kept)),
             || {
                 format!(
-                    "worker {} started with {} (want 0,1,2, its channel, its signal pipe \
-                     and {kept})",
+                    "worker {} started with {} (want 0,1,2, its channel, its signal pipe, \
+                     its disconnect pipe and {kept})",
                     r.worker, r.text
                 )
             },
