@@ -9,12 +9,13 @@ use super::handover;
 use crate::sys::fd;
 
 /// The environment variable that makes the next program's `Builder::start` a trial
-/// (see `trial.rs`).
+/// (see `trial.rs`): it names the descriptor of a sealed memfd that vouches for the
+/// report pipe and holds the record the program would get.
 pub(super) const TRIAL_VAR: &str = "CLUSTER_UPGRADE_TRIAL";
 
-/// The environment variable that hands the trial the record it would get, to read
-/// (see `trial.rs`).
-pub(super) const TRIAL_RECORD_VAR: &str = "CLUSTER_UPGRADE_TRIAL_RECORD";
+/// The variable in which versions before the memfd handed the trial its record: never
+/// read any more, and not passed on.
+pub(super) const OLD_TRIAL_RECORD_VAR: &str = "CLUSTER_UPGRADE_TRIAL_RECORD";
 
 /// The program to run at an upgrade, resolved once, at start.
 #[derive(Debug)]
@@ -86,7 +87,7 @@ pub(super) fn next_env(
     let skip = |k: &OsStr| {
         k == handover::VAR
             || k == TRIAL_VAR
-            || k == TRIAL_RECORD_VAR
+            || k == OLD_TRIAL_RECORD_VAR
             || service_env.iter().any(|(s, _)| s == k)
     };
     std::env::vars_os()
