@@ -288,6 +288,10 @@ fn main() {
         "upgrade_trial_stray",
         Box::new(upgrade::upgrade_trial_stray),
     ));
+    scenarios.push((
+        "upgrade_program_writable",
+        Box::new(upgrade::upgrade_program_writable),
+    ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     scenarios.push((

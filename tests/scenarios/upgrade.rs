@@ -638,3 +638,62 @@ pub fn upgrade_trial_stray() -> Outcome {
     }
     Ok(())
 }
+
+/// Issue 19, item 11: the demo serves from a program file; a new build is deployed
+/// with mode 0777 (writable by anybody), then as root one that belongs to `nobody`:
+/// each `SIGUSR2` is refused with an error naming the path and the reason, no trial
+/// runs, the same workers keep serving; the same build at 0755, root's, upgrades.
+pub fn upgrade_program_writable() -> Outcome {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("writable")?;
+    dir.deploy_build(1)?;
+    let (mut srv, target) = start(&dir.program(), "round-robin", &[], &[])?;
+    let old = workers_of(&srv);
+    let program = dir.program();
+    dir.deploy_build(2)?;
+    let chmod = |mode| {
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())
+    };
+    chmod(0o777)?;
+    let mut refusals = vec![("mode 0777", "writable by its group and others")];
+    if proc::is_root() {
+        refusals.push(("owned by nobody", "neither root nor"));
+    } else {
+        println!("    not root: the owner case is skipped (only root can give a file away)");
+    }
+    for (what, reason) in refusals {
+        if what == "owned by nobody" {
+            chmod(0o755)?;
+            let st = std::process::Command::new("chown")
+                .args(["nobody"])
+                .arg(&program)
+                .status()
+                .map_err(|e| e.to_string())?;
+            check(st.success(), || "chown nobody failed".into())?;
+        }
+        srv.signal("USR2")?;
+        let error = srv
+            .expect_containing("upgrade", T)
+            .map_err(|e| format!("{what}: {e}"))?;
+        check(
+            error.contains(reason) && error.contains(&*program.display().to_string()),
+            || format!("{what}: {error}"),
+        )?;
+        println!("    {what}: {error}");
+        check(workers_of(&srv) == old, || {
+            format!("{what}: the workers changed")
+        })?;
+        served(&target).map_err(|e| format!("{what}: {e}"))?;
+    }
+    // Root's (or this user's), 0755: upgrades.
+    dir.deploy_build(2)?;
+    srv.signal("USR2")?;
+    srv.expect_containing("upgrade finished", T)?;
+    gone(&old)?;
+    all_run(&srv, &dir.program())?;
+    let new = workers_of(&srv);
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, T)?;
+    gone(&new)
+}

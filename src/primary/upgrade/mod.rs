@@ -57,7 +57,9 @@
 //!   new program starts before `Builder::start` inherits them, and keeps the ports
 //!   bound for as long as it lives. Start the cluster before starting other programs.
 //! - The program file is opened again at `execve`: a deploy that replaces it between
-//!   the trial and the `execve` runs a program that was not tried.
+//!   the trial and the `execve` runs a program that was not tried. Who may write it is
+//!   checked before the trial and again just before `execve` (`program.rs`, OpenSSH's
+//!   `StrictModes`), not atomically with it.
 //!
 //! # Files
 //!
@@ -324,6 +326,8 @@ impl Cluster {
     /// if `execve` fails.
     fn hand_over_and_exec(&self, unsent: &[(u32, Vec<OwnedFd>)]) -> Result<(), String> {
         let program = self.upgrades.program.as_ref().map_err(Clone::clone)?;
+        // Checked again: the file may have been replaced since the trial.
+        program::check_owner_and_mode(&program.path)?;
         let (record, mut passed) = self.record(program, unsent);
         // The record crosses in a sealed memfd; the environment names its number.
         let memfd = fd::sealed_memfd("cluster-upgrade", record.encode().as_bytes())

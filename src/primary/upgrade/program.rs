@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::handover;
 use crate::sys::fd;
+use crate::sys::process;
 
 /// The environment variable that makes the next program's `Builder::start` a trial
 /// (see `trial.rs`): it names the descriptor of a sealed memfd that vouches for the
@@ -45,6 +46,44 @@ impl Program {
             .map_err(|_| "an argument holds a NUL byte".to_string())?;
         Ok(Program { path, c_path, argv })
     }
+}
+
+/// OpenSSH's `StrictModes` for the program an upgrade runs (as `sshd` checks a user's
+/// `authorized_keys` before believing it): the file must belong to root or to this
+/// process's user, and be writable by nobody else (no group or other write bit).
+/// Otherwise anybody who can write it chooses the code the primary, often root, runs
+/// next. Checked before the trial and again just before the `execve` in place.
+/// Only the file: its directories are not walked (a deploy directory writable by
+/// others lets them replace the file, which this check then sees, unless they do it
+/// between this check and `execve`).
+///
+/// # Errors
+///
+/// The path and the reason: it cannot be read, its owner, or its mode.
+pub(super) fn check_owner_and_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let euid = process::geteuid();
+    if m.uid() != 0 && m.uid() != euid {
+        return Err(format!(
+            "refused to run {}: it belongs to uid {}, neither root nor this process's \
+             user (uid {euid})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    let mode = m.mode() & 0o7777;
+    let by = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "its group",
+        (false, true) => "others",
+        (true, true) => "its group and others",
+    };
+    Err(format!(
+        "refused to run {}: it is writable by {by} (mode {mode:04o}); only its owner \
+         may write a program the primary runs",
+        path.display()
+    ))
 }
 
 /// `arg0` made absolute: joined to the working directory when it holds a `/`, else the

@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::handover::Handover;
-use super::program::{next_env, Program, TRIAL_VAR};
+use super::program::{self, next_env, Program, TRIAL_VAR};
 use super::vouch::{read_memfd, Refused};
 use super::Cluster;
 use crate::error::Error;
@@ -177,6 +177,7 @@ impl Cluster {
             Ok(p) => p,
             Err(e) => return Err(Error::Upgrade(format!("no program to run: {e}"))),
         };
+        program::check_owner_and_mode(&program.path).map_err(Error::Upgrade)?;
         let (output, report) =
             fd::pipe_nonblocking().map_err(|e| Error::io("create the trial's pipe", e))?;
         // The memfd that tells the new program it is this primary's trial, and which
