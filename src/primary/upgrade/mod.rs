@@ -56,6 +56,12 @@
 //!   are inheritable (`FD_CLOEXEC` is set again when the record is read): a child the
 //!   new program starts before `Builder::start` inherits them, and keeps the ports
 //!   bound for as long as it lives. Start the cluster before starting other programs.
+//! - A record the new program refuses after a real `execve` (the program file replaced
+//!   again in between and `argv[0]` resolving elsewhere, or a bug) leaves it starting
+//!   fresh beside the passed sockets, still open and unclaimed: its binds then fail
+//!   `EADDRINUSE`, and the previous workers keep serving on what they hold. Refusing
+//!   is still the safe side: believing a record nobody can vouch for is what let a
+//!   stray one kill, close and run what it named.
 //! - The program file is opened again at `execve`: a deploy that replaces it between
 //!   the trial and the `execve` runs a program that was not tried. Who may write it is
 //!   checked before the trial and again just before `execve` (`program.rs`, OpenSSH's

@@ -194,7 +194,7 @@ pub(crate) fn vouch(
         }
         look(w.control, "worker", |fd| {
             let what = format!("worker {}'s channel (descriptor {})", w.id, w.control);
-            socket_is(fd, &what, libc::AF_UNIX, libc::SOCK_SEQPACKET)?;
+            socket_is(fd, "worker", &what, libc::AF_UNIX, libc::SOCK_SEQPACKET)?;
             match socket::peer_pid(fd) {
                 Ok(p) if p == me => Ok(()),
                 Ok(p) => refuse("worker", format!("{what} was made by pid {p}, not {me}")),
@@ -220,13 +220,14 @@ fn look(
     }
 }
 
-/// `fd` is a socket of `domain` and `ty`.
-fn socket_is(fd: BorrowedFd<'_>, what: &str, domain: i32, ty: i32) -> Result<(), Refused> {
-    let check = if domain == libc::AF_UNIX && ty == libc::SOCK_SEQPACKET {
-        "worker"
-    } else {
-        "socket"
-    };
+/// `fd` is a socket of `domain` (any, when 0) and `ty`; else `check` fails.
+fn socket_is(
+    fd: BorrowedFd<'_>,
+    check: &'static str,
+    what: &str,
+    domain: i32,
+    ty: i32,
+) -> Result<(), Refused> {
     let st = fd::fstat(fd).map_err(|e| Refused {
         check,
         detail: format!("{what}: fstat: {e}"),
@@ -274,7 +275,7 @@ fn vouch_handle(p: &PassedHandle<RawFd>) -> Result<(), Refused> {
     for (i, &n) in p.fds.iter().enumerate() {
         look(n, "socket", |fd| {
             let what = format!("{}'s socket (descriptor {n})", p.key);
-            socket_is(fd, &what, domain, ty)?;
+            socket_is(fd, "socket", &what, domain, ty)?;
             if domain == 0 {
                 let d = socket::int_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
                 if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&d) {
