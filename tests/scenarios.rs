@@ -292,6 +292,10 @@ fn main() {
         "upgrade_program_writable",
         Box::new(upgrade::upgrade_program_writable),
     ));
+    scenarios.push((
+        "upgrade_many_unix_listeners",
+        Box::new(upgrade::upgrade_many_unix_listeners),
+    ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));
     scenarios.push((

@@ -697,3 +697,42 @@ pub fn upgrade_program_writable() -> Outcome {
     exited_ok(&mut srv, T)?;
     gone(&new)
 }
+
+/// Issue 19, item 5 (the size limit): the scenario server (round-robin, 1 worker)
+/// listening on 250 Unix sockets whose paths are 100 bytes long (a cluster keeps at
+/// most 256 handles), upgraded in place by `SIGUSR2`. Its hand-over record (each
+/// handle's key and address, and its socket file) is about 160 KiB: more than one
+/// environment string
+/// may hold (`MAX_ARG_STRLEN`, 128 KiB), so while the record travelled in the
+/// environment the trial's `execve` failed `E2BIG`. In a memfd it crosses: the upgrade
+/// finishes, the first and last sockets are served by the new worker, and the server
+/// stops clean.
+pub fn upgrade_many_unix_listeners() -> Outcome {
+    let dir = Scratch::new("many")?;
+    let width = 100 - dir.0.as_os_str().len() - 1;
+    let paths: Vec<String> = (0..250)
+        .map(|i| format!("unix:{}", dir.0.join(format!("{i:0>width$}")).display()))
+        .collect();
+    let env = [
+        ("SC_MODE", "round-robin".to_string()),
+        ("SC_WORKERS", "1".into()),
+        ("SC_THREADS", "1".into()),
+        ("SC_LISTEN", paths.join(",")),
+    ];
+    let mut srv = Server::spawn(proc::self_command(&env))?;
+    srv.expect("ready ", T)?;
+    let first = Target::parse(&paths[0])?;
+    let last = Target::parse(&paths[249])?;
+    let before = crate::util::client::ask(&last, "hi", T)?;
+    srv.signal("USR2")?;
+    srv.expect_containing("Upgraded", T)
+        .map_err(|e| format!("250 long Unix paths: the upgrade did not finish: {e}"))?;
+    for t in [&first, &last] {
+        let r = crate::util::client::ask(t, "hi", T)?;
+        check(r.pid != before.pid, || {
+            format!("{t:?} answered by pid {}, the previous worker", r.pid)
+        })?;
+    }
+    println!("    250 Unix listeners of 100-byte paths: upgraded in place, served after");
+    crate::util::check::stop_and_check(&mut srv)
+}
