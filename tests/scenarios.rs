@@ -335,6 +335,23 @@ fn main() {
         "upgrade_stopped_during_trial",
         Box::new(upgrade::upgrade_stopped_during_trial),
     ));
+    // What an upgrade believes (issue 19, items 5, 6 and 11).
+    scenarios.push((
+        "upgrade_record_stray",
+        Box::new(upgrade::upgrade_record_stray),
+    ));
+    scenarios.push((
+        "upgrade_trial_stray",
+        Box::new(upgrade::upgrade_trial_stray),
+    ));
+    scenarios.push((
+        "upgrade_program_writable",
+        Box::new(upgrade::upgrade_program_writable),
+    ));
+    scenarios.push((
+        "upgrade_many_unix_listeners",
+        Box::new(upgrade::upgrade_many_unix_listeners),
+    ));
     scenarios.push(("service_manager_notify", Box::new(service_manager_notify)));
     scenarios.push(("watchdog_floor", Box::new(watchdog_floor)));
     scenarios.push(("socket_activation", Box::new(socket_activation)));

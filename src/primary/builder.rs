@@ -513,7 +513,7 @@ impl Builder {
         super::upgrade::end_trial_here(mode);
         // Before the notifier takes the service manager's variables out of the
         // environment: the upgrade gives them back to the next program.
-        let (upgrades, handover) = super::upgrade::Upgrades::at_start(self.upgrade_timeout)?;
+        let (upgrades, handover) = super::upgrade::Upgrades::at_start(self.upgrade_timeout);
         let signals = if self.signals {
             let pipe = SignalPipe::install(HANDLED_SIGNALS)
                 .map_err(|e| Error::io("install signal handlers", e))?;

@@ -344,3 +344,114 @@ mod tests {
         assert_eq!(gaps(&[1, 2]), vec![(0, 0), (3, u32::MAX)]);
     }
 }
+
+/// Every seal a hand-over record carries: the file can neither shrink, grow nor be
+/// written, and no seal can be added or removed (`F_SEAL_SEAL`).
+pub(crate) const ALL_SEALS: i32 =
+    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+
+/// Corresponds to `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`, then
+/// `write(2)` of `data`, then `fcntl(F_ADD_SEALS)` with [`ALL_SEALS`]: an anonymous
+/// file that holds `data` and that nobody, this process included, can change any
+/// more. Linux-only (memfd since 3.17).
+///
+/// The binary upgrade carries its hand-over record in one (see
+/// `primary/upgrade/handover.rs`): only a process can make a memfd, so a record in one
+/// was written by a program, not typed into an environment.
+pub(crate) fn sealed_memfd(name: &str, data: &[u8]) -> io::Result<OwnedFd> {
+    let name = c_path(name.as_bytes())?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: `name` is NUL-terminated; memfd_create returns a new fd or -1.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), flags) })?;
+    // SAFETY: the fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    io::Write::write_all(&mut file, data)?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: F_ADD_SEALS takes an int; the fd is open.
+    cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, ALL_SEALS) })?;
+    Ok(fd)
+}
+
+/// Corresponds to `fcntl(F_GET_SEALS)`: the file's seals. `EINVAL` for a file that
+/// is not a memfd (or another shmem file: those report `F_SEAL_SEAL` alone).
+pub(crate) fn seals(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: F_GET_SEALS takes no argument; the fd is open.
+    cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) })
+}
+
+/// Corresponds to `pread(2)` from offset 0 until end of file, at most `max` bytes
+/// (`Ok(None)` when the file holds more): reads a file without moving its offset.
+pub(crate) fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: `chunk` is valid for writes of `chunk.len()` bytes; the offset is
+        // the number of bytes read so far, at most `max` + one chunk.
+        let n = cvt_r(|| unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                out.len() as libc::off_t,
+            )
+        })?;
+        if n == 0 {
+            return Ok(Some(out));
+        }
+        out.extend_from_slice(&chunk[..n as usize]);
+        if out.len() > max {
+            return Ok(None);
+        }
+    }
+}
+
+/// What `fstat(2)` says of an open file: its type (the `S_IFMT` bits), its
+/// permission bits, its owner, and its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub(crate) kind: libc::mode_t,
+    pub(crate) mode: libc::mode_t,
+    pub(crate) uid: libc::uid_t,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// Corresponds to `fstat(2)`.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value to be filled in.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `st` is writable; `fd` is open.
+    cvt_r(|| unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(Stat {
+        kind: st.st_mode & libc::S_IFMT,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
+
+/// Corresponds to `fcntl(F_GETFL) & O_ACCMODE`: `O_RDONLY`, `O_WRONLY` or `O_RDWR`.
+pub(crate) fn access_mode(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: F_GETFL takes no argument; the fd is open.
+    let flags = cvt_r(|| unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(flags & libc::O_ACCMODE)
+}
+
+/// Looks at descriptor number `n` (one this process may hold without an `OwnedFd`:
+/// inherited across `execve`) through `f`, without claiming, closing or changing it.
+///
+/// # Errors
+///
+/// `EBADF` when `n` is not open (or is negative).
+pub(crate) fn look_at<R>(n: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
+    // SAFETY: F_GETFD on an arbitrary number is harmless: EBADF when it is not open.
+    cvt_r(|| unsafe { libc::fcntl(n, libc::F_GETFD) })?;
+    // SAFETY: `n` is open (checked just above); the view lives only for the call of
+    // `f`, which gets a `BorrowedFd` and so cannot close it. `Builder::start`, the
+    // only caller's caller, runs before the primary has any other thread, so nothing
+    // closes `n` meanwhile.
+    let fd = unsafe { BorrowedFd::borrow_raw(n) };
+    Ok(f(fd))
+}

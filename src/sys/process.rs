@@ -286,6 +286,29 @@ pub(crate) fn getppid() -> Pid {
     unsafe { libc::getppid() }
 }
 
+/// Corresponds to `geteuid(2)`.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether `pid` is a child of this process, not reaped yet (running or exited):
+/// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing and fails
+/// with `ECHILD` for any other process. `false` for a pid below 1.
+pub(crate) fn is_child(pid: Pid) -> bool {
+    let Ok(id) = libc::id_t::try_from(pid) else {
+        return false;
+    };
+    if pid < 1 {
+        return false;
+    }
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a writable siginfo_t for the duration of the call.
+    cvt_r(|| unsafe { libc::waitid(libc::P_PID, id, &mut info, flags) }).is_ok()
+}
+
 /// Corresponds to `tgkill(2)` on a thread of this process (Linux).
 pub(crate) fn signal_thread(tid: Tid, signal: i32) -> io::Result<()> {
     // SAFETY: tgkill takes plain integers; targeting our own thread group means a

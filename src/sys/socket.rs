@@ -404,6 +404,29 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     Ok(())
 }
 
+/// Corresponds to `getsockopt(SO_PEERCRED)`: the pid of the peer's credentials. For a
+/// `socketpair`, Linux gives both ends the credentials of the process that called
+/// `socketpair` (not of whoever holds the other end now).
+pub(crate) fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is writable for `len` bytes; the kernel updates `len`.
+    cvt_r(|| unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ fn hello(mode: &str, workers: &str, threads: &str) -> Result<(Server, Target), S
 
 /// One request on `conn` (with `Connection: close` when `close`): the worker that
 /// answered, and whether the server announced it closes.
-fn ask(conn: &mut Conn, close: bool) -> Result<(u32, bool), String> {
+pub fn ask(conn: &mut Conn, close: bool) -> Result<(u32, bool), String> {
     http_get(conn, "/", close)?;
     let resp = client::read_response(&mut BufReader::new(conn))?;
     check(resp.status == 200, || format!("status {}", resp.status))?;

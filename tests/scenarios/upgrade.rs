@@ -342,3 +342,397 @@ pub fn upgrade_stopped_during_trial() -> Outcome {
     );
     gone(&workers)
 }
+
+// ------------------------------------------------------------------ what an upgrade believes
+
+/// Hex, as the hand-over record writes paths.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One request to the demo, answered.
+fn served(target: &Target) -> Outcome {
+    let mut conn =
+        crate::util::client::Conn::connect(target, T).map_err(|e| format!("connect: {e}"))?;
+    crate::hello_deploy::ask(&mut conn, true).map(|_| ())
+}
+
+/// A process that is not the server's: `sleep 600`, the driver's child.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn start() -> Result<Bystander, String> {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .map(Bystander)
+            .map_err(|e| format!("spawn sleep: {e}"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Still running (not reaped, not a zombie: the driver reaps only in `drop`).
+    fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 19, item 5: a fresh start of the scenario server (round-robin, 2 workers,
+/// holding its own log file as descriptor 3, `SC_KEEP`) with a hostile
+/// `CLUSTER_UPGRADE` in its environment, one per run: a worker whose pid is a
+/// bystander process (a `sleep` the driver started; a pid of -1 would have been the
+/// same `kill`, to every process) and whose channel is the log's descriptor; `next
+/// 4294967295`; a program of the attacker's at the next `SIGUSR2`; and the log's
+/// descriptor number alone. Each is refused with a warning naming the failed check,
+/// and then: the bystander still runs, the primary's descriptor 3 is still the log and
+/// a worker's `log` line reaches the file, requests are served, the `SIGUSR2` tries
+/// the server's own program (the attacker's never runs), and the server stops clean.
+pub fn upgrade_record_stray() -> Outcome {
+    let dir = Scratch::new("stray")?;
+    let log = dir.0.join("app.log");
+    let marker = dir.0.join("pwned");
+    let evil = dir.0.join("evil");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let script = format!("#!/bin/sh\necho ran > '{}'\nexit 1\n", marker.display());
+        std::fs::write(&evil, script).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+    }
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let me_hex = hex(me.as_os_str().as_encoded_bytes());
+    let mut bystander = Bystander::start()?;
+    let cases = [
+        (
+            "worker pid 0 (kill(0): the primary's process group, its own under setsid, with a \
+             sleep in it)",
+            format!("cluster-upgrade-1;program {me_hex};next 2 1;worker 1 0 3"),
+        ),
+        (
+            "a bystander's pid, the log as its channel",
+            format!(
+                "cluster-upgrade-1;program {me_hex};next 2 1;worker 1 {} 3",
+                bystander.pid()
+            ),
+        ),
+        (
+            "next 4294967295",
+            format!("cluster-upgrade-1;program {me_hex};next 4294967295 1"),
+        ),
+        (
+            "another program",
+            format!(
+                "cluster-upgrade-1;program {};next 2 1",
+                hex(evil.as_os_str().as_encoded_bytes())
+            ),
+        ),
+        ("the log's descriptor number", "3".to_string()),
+    ];
+    let mut problems = Vec::new();
+    for (what, record) in &cases {
+        let _ = std::fs::remove_file(&log);
+        let found = stray_record(record, &log, &me, &marker, &mut bystander);
+        let found = found.unwrap_or_else(|e| vec![e]);
+        problems.extend(found.into_iter().map(|p| format!("{what}: {p}")));
+    }
+    check(problems.is_empty(), || problems.join("\n    "))
+}
+
+/// One run of `upgrade_record_stray`: everything found wrong (after a failure that
+/// leaves nothing else to look at, what was found so far).
+fn stray_record(
+    record: &str,
+    log: &Path,
+    me: &Path,
+    marker: &Path,
+    bystander: &mut Bystander,
+) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
+    let mut found = |ok: bool, p: String| {
+        if !ok {
+            problems.push(p);
+        }
+    };
+    let env = [
+        ("SC_MODE", "round-robin".to_string()),
+        ("SC_WORKERS", "2".into()),
+        ("SC_THREADS", "1".into()),
+        ("SC_KEEP", log.display().to_string()),
+        ("CLUSTER_UPGRADE", record.to_string()),
+    ];
+    // With a worker pid of 0, a `kill` of it signals the primary's process group: the
+    // server then runs in a session of its own (`setsid`), with a `sleep` in its group
+    // that the shell started before it became the server.
+    let group = record.contains(";worker 1 0 ");
+    let wrapper: &[&str] = if group {
+        &[
+            "setsid",
+            "sh",
+            "-c",
+            "sleep 600 </dev/null >/dev/null 2>&1 & exec \"$0\"",
+        ]
+    } else {
+        &[]
+    };
+    let mut srv = Server::spawn(proc::self_command_under(wrapper, &env))?;
+    let ready = srv.expect("ready ", T);
+    let mut in_group = None;
+    if group {
+        let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        let waited = proc::wait_until("the sleep in the group", T, || {
+            in_group = proc::children_of(srv.pid())
+                .into_iter()
+                .find(|(p, _)| comm(*p).trim_end() == "sleep")
+                .and_then(|(p, _)| Some((p, proc::start_time(p)?)));
+            in_group.is_some()
+        });
+        waited?;
+    }
+    let group_alive = |g: Option<(u32, u64)>| {
+        g.map_or(true, |(p, t)| {
+            proc::start_time(p) == Some(t) && !proc::is_zombie(p)
+        })
+    };
+    let alive = bystander.alive();
+    found(
+        alive,
+        format!("the bystander (pid {}) was killed", bystander.pid()),
+    );
+    let ready = match ready.and_then(|r| Target::parse(&r["ready ".len()..])) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = srv.signal("KILL");
+            let _ = srv.wait(T);
+            let stderr = srv.stderr();
+            let last: Vec<&str> = stderr.lines().rev().take(3).collect();
+            found(false, format!("no ready: {e}; stderr ends {last:?}"));
+            end_group(in_group);
+            return Ok(problems);
+        }
+    };
+    // The primary still holds its log as descriptor 3.
+    let held = proc::fd_targets(srv.pid())
+        .into_iter()
+        .find(|(n, _)| *n == 3)
+        .map(|(_, l)| l);
+    found(
+        held.as_deref() == Some(&*log.display().to_string()),
+        format!("the primary's descriptor 3 is {held:?}, not the log"),
+    );
+    // Requests are served, and a worker's line reaches the log through its copy.
+    let line = format!("line-{}", srv.pid());
+    match crate::util::client::ask(&ready, &format!("log {line}"), T) {
+        Ok(r) => found(r.text == "logged", format!("log: {}", r.text)),
+        Err(e) => found(false, format!("log request: {e}")),
+    }
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    found(logged.contains(&line), format!("the log holds {logged:?}"));
+    // The next SIGUSR2 tries this program, not the record's.
+    let _ = srv.signal("USR2");
+    match srv.expect_containing("UpgradeStarted", T) {
+        Ok(started) => found(
+            started.contains(&*me.display().to_string()),
+            format!("SIGUSR2: {started}"),
+        ),
+        Err(e) => found(false, format!("SIGUSR2: {e}")),
+    }
+    if let Err(e) = srv.expect_containing("Upgraded", T) {
+        found(false, format!("the upgrade to itself: {e}"));
+    }
+    found(!marker.exists(), "the record's program ran".into());
+    let alive = bystander.alive();
+    found(
+        alive,
+        format!("the bystander (pid {}) was killed", bystander.pid()),
+    );
+    found(
+        group_alive(in_group),
+        format!("the sleep in the primary's group ({in_group:?}) was killed"),
+    );
+    match srv.seen_or_expect_containing("CLUSTER_UPGRADE=", Duration::from_secs(1)) {
+        Ok(w) if w.contains("refused (check") => println!("    {w}"),
+        Ok(w) => found(false, format!("warning {w:?}")),
+        Err(e) => found(false, format!("no warning: {e}")),
+    }
+    let _ = srv.signal("TERM");
+    match exited_ok(&mut srv, T) {
+        // (With the group's `sleep`, the primary has a child that is not its own doing.)
+        Ok(end) if !group => {
+            if let Err(e) = crate::util::check::clean_end(&srv, &end) {
+                found(false, e);
+            }
+        }
+        Ok(end) => found(!end.stderr.contains("panicked"), end.stderr),
+        Err(e) => found(false, e),
+    }
+    if let Err(e) = srv.check_workers_gone(T) {
+        found(false, e);
+    }
+    end_group(in_group);
+    Ok(problems)
+}
+
+/// Ends the `sleep` of `stray_record`'s process group (by pid, if still the same).
+fn end_group(g: Option<(u32, u64)>) {
+    if let Some((p, t)) = g {
+        if proc::start_time(p) == Some(t) {
+            let _ = proc::signal(p, "KILL");
+        }
+    }
+}
+
+/// Issue 19, item 6: `CLUSTER_UPGRADE_TRIAL` in a fresh start of the demo, pointing at
+/// descriptor 3 (a file a wrapper opened for appending, as a shell's `3>>file` does)
+/// or at descriptor 9 (not open): each is ignored with a warning naming the failed
+/// check, the demo starts and serves, and nothing is written into the file.
+pub fn upgrade_trial_stray() -> Outcome {
+    let dir = Scratch::new("trial-stray")?;
+    dir.deploy_build(1)?;
+    let file = dir.0.join("three");
+    for n in ["3", "9"] {
+        std::fs::write(&file, b"").map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "exec 3>>\"$0\"; exec \"$@\""]);
+        cmd.arg(&file).arg(dir.program());
+        cmd.args(["--listen", "127.0.0.1:0", "--workers", "2"]);
+        cmd.env_remove("CLUSTER_SCHED_POLICY");
+        cmd.env("CLUSTER_UPGRADE_TRIAL", n);
+        let mut srv = Server::spawn(cmd)?;
+        let ready = match srv.expect("ready ", T) {
+            Ok(r) => r,
+            Err(e) => {
+                let status = srv.wait(T)?;
+                let written = std::fs::read(&file).unwrap_or_default();
+                return Err(format!(
+                    "CLUSTER_UPGRADE_TRIAL={n}: the demo did not start ({e}): it ended with \
+                     {status}, having written {:?} into descriptor 3",
+                    String::from_utf8_lossy(&written)
+                ));
+            }
+        };
+        let target = Target::parse(&ready["ready ".len()..])?;
+        let warning = srv.seen_or_expect_containing("CLUSTER_UPGRADE_TRIAL=", T)?;
+        check(warning.contains("ignored (check"), || warning.clone())?;
+        println!("    CLUSTER_UPGRADE_TRIAL={n}: {warning}");
+        served(&target).map_err(|e| format!("CLUSTER_UPGRADE_TRIAL={n}: {e}"))?;
+        let written = std::fs::read(&file).map_err(|e| e.to_string())?;
+        check(written.is_empty(), || {
+            format!(
+                "CLUSTER_UPGRADE_TRIAL={n}: {:?} written into descriptor 3",
+                String::from_utf8_lossy(&written)
+            )
+        })?;
+        let workers = workers_of(&srv);
+        srv.signal("TERM")?;
+        exited_ok(&mut srv, T)?;
+        gone(&workers)?;
+    }
+    Ok(())
+}
+
+/// Issue 19, item 11: the demo serves from a program file; a new build is deployed
+/// with mode 0777 (writable by anybody), then as root one that belongs to `nobody`:
+/// each `SIGUSR2` is refused with an error naming the path and the reason, no trial
+/// runs, the same workers keep serving; the same build at 0755, root's, upgrades.
+pub fn upgrade_program_writable() -> Outcome {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("writable")?;
+    dir.deploy_build(1)?;
+    let (mut srv, target) = start(&dir.program(), "round-robin", &[], &[])?;
+    let old = workers_of(&srv);
+    let program = dir.program();
+    dir.deploy_build(2)?;
+    let chmod = |mode| {
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())
+    };
+    chmod(0o777)?;
+    let mut refusals = vec![("mode 0777", "writable by its group and others")];
+    if proc::is_root() {
+        refusals.push(("owned by nobody", "neither root nor"));
+    } else {
+        println!("    not root: the owner case is skipped (only root can give a file away)");
+    }
+    for (what, reason) in refusals {
+        if what == "owned by nobody" {
+            chmod(0o755)?;
+            let st = std::process::Command::new("chown")
+                .args(["nobody"])
+                .arg(&program)
+                .status()
+                .map_err(|e| e.to_string())?;
+            check(st.success(), || "chown nobody failed".into())?;
+        }
+        srv.signal("USR2")?;
+        let error = srv
+            .expect_containing("upgrade", T)
+            .map_err(|e| format!("{what}: {e}"))?;
+        check(
+            error.contains(reason) && error.contains(&*program.display().to_string()),
+            || format!("{what}: {error}"),
+        )?;
+        println!("    {what}: {error}");
+        check(workers_of(&srv) == old, || {
+            format!("{what}: the workers changed")
+        })?;
+        served(&target).map_err(|e| format!("{what}: {e}"))?;
+    }
+    // Root's (or this user's), 0755: upgrades.
+    dir.deploy_build(2)?;
+    srv.signal("USR2")?;
+    srv.expect_containing("upgrade finished", T)?;
+    gone(&old)?;
+    all_run(&srv, &dir.program())?;
+    let new = workers_of(&srv);
+    srv.signal("TERM")?;
+    exited_ok(&mut srv, T)?;
+    gone(&new)
+}
+
+/// Issue 19, item 5 (the size limit): the scenario server (round-robin, 1 worker)
+/// listening on 250 Unix sockets whose paths are 100 bytes long (a cluster keeps at
+/// most 256 handles), upgraded in place by `SIGUSR2`. Its hand-over record (each
+/// handle's key and address, and its socket file) is about 160 KiB: more than one
+/// environment string
+/// may hold (`MAX_ARG_STRLEN`, 128 KiB), so while the record travelled in the
+/// environment the trial's `execve` failed `E2BIG`. In a memfd it crosses: the upgrade
+/// finishes, the first and last sockets are served by the new worker, and the server
+/// stops clean.
+pub fn upgrade_many_unix_listeners() -> Outcome {
+    let dir = Scratch::new("many")?;
+    let width = 100 - dir.0.as_os_str().len() - 1;
+    let paths: Vec<String> = (0..250)
+        .map(|i| format!("unix:{}", dir.0.join(format!("{i:0>width$}")).display()))
+        .collect();
+    let env = [
+        ("SC_MODE", "round-robin".to_string()),
+        ("SC_WORKERS", "1".into()),
+        ("SC_THREADS", "1".into()),
+        ("SC_LISTEN", paths.join(",")),
+    ];
+    let mut srv = Server::spawn(proc::self_command(&env))?;
+    srv.expect("ready ", T)?;
+    let first = Target::parse(&paths[0])?;
+    let last = Target::parse(&paths[249])?;
+    let before = crate::util::client::ask(&last, "hi", T)?;
+    srv.signal("USR2")?;
+    srv.expect_containing("Upgraded", T)
+        .map_err(|e| format!("250 long Unix paths: the upgrade did not finish: {e}"))?;
+    for t in [&first, &last] {
+        let r = crate::util::client::ask(t, "hi", T)?;
+        check(r.pid != before.pid, || {
+            format!("{t:?} answered by pid {}, the previous worker", r.pid)
+        })?;
+    }
+    println!("    250 Unix listeners of 100-byte paths: upgraded in place, served after");
+    crate::util::check::stop_and_check(&mut srv)
+}

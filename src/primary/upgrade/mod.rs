@@ -26,8 +26,10 @@
 //! Every listening socket (and, in round-robin, the connections accepted and not yet
 //! handed out), each mapped to its listen key, and the primary's end of every worker's
 //! control channel: their `FD_CLOEXEC` is cleared just before `execve`, and the
-//! hand-over record (`handover.rs`) in `CLUSTER_UPGRADE` says which descriptor is
-//! what. The service manager's variables the primary took out of its environment at
+//! hand-over record (`handover.rs`) says which descriptor is what. The record crosses
+//! in a sealed memfd (so does nothing else); `CLUSTER_UPGRADE` names its descriptor
+//! number, and the new program believes it only after the checks of `vouch.rs`
+//! (written by this very process: see `handover.rs` for why). The service manager's variables the primary took out of its environment at
 //! start (`NOTIFY_SOCKET`, the watchdog's) are given back. The signals the primary
 //! handles are blocked across `execve` (a `SIGHUP` to a program that has not yet
 //! installed its handlers would end it); the new primary unblocks them once its own
@@ -54,14 +56,23 @@
 //!   are inheritable (`FD_CLOEXEC` is set again when the record is read): a child the
 //!   new program starts before `Builder::start` inherits them, and keeps the ports
 //!   bound for as long as it lives. Start the cluster before starting other programs.
+//! - A record the new program refuses after a real `execve` (the program file replaced
+//!   again in between and `argv[0]` resolving elsewhere, or a bug) leaves it starting
+//!   fresh beside the passed sockets, still open and unclaimed: its binds then fail
+//!   `EADDRINUSE`, and the previous workers keep serving on what they hold. Refusing
+//!   is still the safe side: believing a record nobody can vouch for is what let a
+//!   stray one kill, close and run what it named.
 //! - The program file is opened again at `execve`: a deploy that replaces it between
-//!   the trial and the `execve` runs a program that was not tried.
+//!   the trial and the `execve` runs a program that was not tried. Who may write it is
+//!   checked before the trial and again just before `execve` (`program.rs`, OpenSSH's
+//!   `StrictModes`), not atomically with it.
 //!
 //! # Files
 //!
 //! `program.rs` (what runs next, and with which environment), `trial.rs` (the trial),
 //! this file (the state, the timers, the hand-over and `execve`), `handover.rs` (the
-//! record that crosses `execve`), `adopt.rs` (the new program's side).
+//! record that crosses `execve`), `vouch.rs` (whether to believe it), `adopt.rs` (the
+//! new program's side).
 //!
 //! [`Cluster::upgrade`]: crate::Cluster::upgrade
 //! [`Event::UpgradeFailed`]: crate::Event::UpgradeFailed
@@ -71,6 +82,7 @@ mod adopt;
 pub(super) mod handover;
 mod program;
 mod trial;
+pub(crate) mod vouch;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -114,36 +126,41 @@ pub(super) struct Upgrades {
 impl Upgrades {
     /// At `Builder::start`, before the notifier takes the service manager's variables
     /// out of the environment: the program to run at an upgrade, and the hand-over
-    /// record if this program was started by one (taken out of the environment).
+    /// record if this program was started by an upgrade of this process (the variable
+    /// is taken out of the environment either way).
     ///
-    /// # Errors
-    ///
-    /// The record is unusable: an upgrade's previous program left sockets and workers
-    /// this one cannot name, so it does not start.
-    pub(super) fn at_start(
-        timeout: Duration,
-    ) -> Result<(Upgrades, Option<Handover<OwnedFd>>), Error> {
+    /// A record that fails a check of `vouch.rs` is refused whole, before any
+    /// descriptor it names is claimed or closed: a warning names the check, and the
+    /// program starts fresh.
+    pub(super) fn at_start(timeout: Duration) -> (Upgrades, Option<Handover<OwnedFd>>) {
         let service_env = SERVICE_VARS
             .iter()
             .filter_map(|&k| Some((OsString::from(k), std::env::var_os(k)?)))
             .collect();
-        let record = std::env::var_os(handover::VAR);
+        let value = std::env::var_os(handover::VAR);
         std::env::remove_var(handover::VAR);
-        let handover = match record {
-            Some(text) => Some(Handover::decode(&text.to_string_lossy()).map_err(|e| {
-                Error::Config(format!(
-                    "{}: the hand-over record is unusable: {e}",
-                    handover::VAR
-                ))
-            })?),
-            None => None,
-        };
+        let resolved = Program::resolve();
+        let handover = value.and_then(|v| {
+            let v = v.to_string_lossy();
+            let path = resolved.as_ref().ok().map(|p| p.path.as_path());
+            match believe(&v, path) {
+                Ok(h) => Some(h),
+                Err(r) => {
+                    crate::log::report!(
+                        "{}={} refused ({r}); nothing it names was touched; starting fresh",
+                        handover::VAR,
+                        vouch::shown(&v)
+                    );
+                    None
+                }
+            }
+        });
         let program = match &handover {
             Some(h) => {
                 let args: Vec<OsString> = std::env::args_os().collect();
                 Program::at(h.program.clone(), &args)
             }
-            None => Program::resolve(),
+            None => resolved,
         };
         let upgrades = Upgrades {
             program,
@@ -153,8 +170,25 @@ impl Upgrades {
             inherited: Vec::new(),
             adopting: None,
         };
-        Ok((upgrades, handover))
+        (upgrades, handover)
     }
+}
+
+/// The record the memfd that `value` names holds, checked (see `vouch.rs`) and then
+/// claimed; the memfd is closed once the record is believed.
+fn believe(
+    value: &str,
+    resolved: Option<&std::path::Path>,
+) -> Result<Handover<OwnedFd>, vouch::Refused> {
+    let (memfd, bytes) = vouch::read_memfd(value)?;
+    let refused = |check, detail| vouch::Refused { check, detail };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| refused("parse", "the record is not UTF-8".into()))?;
+    let raw = Handover::parse(text).map_err(|e| refused("parse", e))?;
+    vouch::vouch(&raw, memfd, resolved)?;
+    let claimed = raw.claim().map_err(|e| refused("claim", e))?;
+    drop(fd::take_inherited(memfd));
+    Ok(claimed)
 }
 
 impl Cluster {
@@ -239,6 +273,7 @@ impl Cluster {
     ) -> (Handover<std::os::fd::RawFd>, Vec<BorrowedFd<'a>>) {
         let mut passed: Vec<BorrowedFd<'_>> = Vec::new();
         let mut record = Handover {
+            pid: self.pid,
             program: program.path.clone(),
             next_worker: self.next_id,
             next_handle: self.next_handle,
@@ -297,11 +332,17 @@ impl Cluster {
     /// if `execve` fails.
     fn hand_over_and_exec(&self, unsent: &[(u32, Vec<OwnedFd>)]) -> Result<(), String> {
         let program = self.upgrades.program.as_ref().map_err(Clone::clone)?;
-        let (record, passed) = self.record(program, unsent);
-        let text = record.encode();
+        // Checked again: the file may have been replaced since the trial.
+        program::check_owner_and_mode(&program.path)?;
+        let (record, mut passed) = self.record(program, unsent);
+        // The record crosses in a sealed memfd; the environment names its number.
+        let memfd = fd::sealed_memfd("cluster-upgrade", record.encode().as_bytes())
+            .map_err(|e| format!("write the hand-over record into a memfd: {e}"))?;
+        passed.push(memfd.as_fd());
+        let number = memfd.as_raw_fd().to_string();
         let env = next_env(
             &self.upgrades.service_env,
-            &[(handover::VAR, OsStr::new(&text))],
+            &[(handover::VAR, OsStr::new(&number))],
         );
         crate::log::report!("upgrade: running {}", program.path.display());
         let _ = std::io::stdout().flush();

@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 
 use super::handover;
 use crate::sys::fd;
+use crate::sys::process;
 
 /// The environment variable that makes the next program's `Builder::start` a trial
-/// (see `trial.rs`).
+/// (see `trial.rs`): it names the descriptor of a sealed memfd that vouches for the
+/// report pipe and holds the record the program would get.
 pub(super) const TRIAL_VAR: &str = "CLUSTER_UPGRADE_TRIAL";
 
-/// The environment variable that hands the trial the record it would get, to read
-/// (see `trial.rs`).
-pub(super) const TRIAL_RECORD_VAR: &str = "CLUSTER_UPGRADE_TRIAL_RECORD";
+/// The variable in which versions before the memfd handed the trial its record: never
+/// read any more, and not passed on.
+pub(super) const OLD_TRIAL_RECORD_VAR: &str = "CLUSTER_UPGRADE_TRIAL_RECORD";
 
 /// The program to run at an upgrade, resolved once, at start.
 #[derive(Debug)]
@@ -44,6 +46,44 @@ impl Program {
             .map_err(|_| "an argument holds a NUL byte".to_string())?;
         Ok(Program { path, c_path, argv })
     }
+}
+
+/// OpenSSH's `StrictModes` for the program an upgrade runs (as `sshd` checks a user's
+/// `authorized_keys` before believing it): the file must belong to root or to this
+/// process's user, and be writable by nobody else (no group or other write bit).
+/// Otherwise anybody who can write it chooses the code the primary, often root, runs
+/// next. Checked before the trial and again just before the `execve` in place.
+/// Only the file: its directories are not walked (a deploy directory writable by
+/// others lets them replace the file, which this check then sees, unless they do it
+/// between this check and `execve`).
+///
+/// # Errors
+///
+/// The path and the reason: it cannot be read, its owner, or its mode.
+pub(super) fn check_owner_and_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let euid = process::geteuid();
+    if m.uid() != 0 && m.uid() != euid {
+        return Err(format!(
+            "refused to run {}: it belongs to uid {}, neither root nor this process's \
+             user (uid {euid})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    let mode = m.mode() & 0o7777;
+    let by = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "its group",
+        (false, true) => "others",
+        (true, true) => "its group and others",
+    };
+    Err(format!(
+        "refused to run {}: it is writable by {by} (mode {mode:04o}); only its owner \
+         may write a program the primary runs",
+        path.display()
+    ))
 }
 
 /// `arg0` made absolute: joined to the working directory when it holds a `/`, else the
@@ -86,7 +126,7 @@ pub(super) fn next_env(
     let skip = |k: &OsStr| {
         k == handover::VAR
             || k == TRIAL_VAR
-            || k == TRIAL_RECORD_VAR
+            || k == OLD_TRIAL_RECORD_VAR
             || service_env.iter().any(|(s, _)| s == k)
     };
     std::env::vars_os()

@@ -2,14 +2,29 @@
 //! to stop at `Builder::start` and report `ok MODE` on a pipe. A trial that reports
 //! lets the primary `execve` in place; one that cannot run, ends first, or hangs past
 //! the upgrade timeout fails the upgrade, and the running program keeps serving.
+//!
+//! The variable names a sealed memfd (as the hand-over record's, see `handover.rs`)
+//! whose first line is `cluster-upgrade-trial PID FD INODE`: the primary's pid, and the
+//! descriptor and pipe inode of the report pipe; the rest is the record the program
+//! would get, for it to read. A program believes it is a trial only when the memfd is
+//! one (sealed, this user's), its parent is that pid, and descriptor `FD` is the write
+//! end of that very pipe. Before, the variable alone was believed: in a fresh start,
+//! `CLUSTER_UPGRADE_TRIAL` made the program exit at once, silently (status 1), or with
+//! `=3` write `ok MODE` into whatever descriptor 3 was and exit 0. Now such a stray
+//! variable gets a warning that names the failed check, and the program starts as it
+//! would without it. (A primary built before this version hands its trial a pipe and
+//! the record in the environment: the new program then starts normally in its trial,
+//! never reports, and the trial ends at the upgrade timeout; the old primary keeps
+//! serving. Crossing to this version takes a restart.)
 
 use std::ffi::{CString, OsStr};
 use std::io::Write as _;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::handover::Handover;
-use super::program::{next_env, Program, TRIAL_RECORD_VAR, TRIAL_VAR};
+use super::program::{self, next_env, Program, TRIAL_VAR};
+use super::vouch::{read_memfd, Refused};
 use super::Cluster;
 use crate::error::Error;
 use crate::event::Event;
@@ -29,31 +44,90 @@ pub(super) struct Trial {
     pub(super) deadline: Instant,
 }
 
+/// The first word of the trial memfd's first line.
+const TRIAL_HEADER: &str = "cluster-upgrade-trial";
+
 /// In `Builder::start`, once the settings are checked: if this process is an upgrade's
-/// trial, reports `ok MODE` to the primary that started it and exits, starting nothing.
+/// trial (see the module docs for what says so), reports `ok MODE` to the primary that
+/// started it and exits, starting nothing. A stray `CLUSTER_UPGRADE_TRIAL` is taken out
+/// of the environment with a warning, and the program goes on.
 pub(in crate::primary) fn end_trial_here(mode: Mode) {
-    let Some(n) = std::env::var_os(TRIAL_VAR) else {
+    let Some(value) = std::env::var_os(TRIAL_VAR) else {
         return;
     };
-    let code = match n.to_str().and_then(crate::number::parse::<i32>) {
-        Some(n) => match fd::take_inherited(n) {
-            Ok(out) => {
-                let mut out = std::fs::File::from(out);
-                // The record the next program would get: readable here, or the upgrade
-                // stops now rather than after execve.
-                let record = std::env::var(TRIAL_RECORD_VAR).unwrap_or_default();
-                let report = match Handover::parse(&record) {
-                    Ok(_) => writeln!(out, "ok {mode}"),
-                    Err(e) => writeln!(out, "bad record: {e}"),
-                };
-                i32::from(report.is_err())
-            }
-            Err(_) => 1,
-        },
-        None => 1,
+    std::env::remove_var(TRIAL_VAR);
+    let value = value.to_string_lossy();
+    let (report, record) = match vouched_trial(&value) {
+        Ok(r) => r,
+        Err(r) => {
+            crate::log::report!(
+                "{TRIAL_VAR}={} ignored ({r}): this is no upgrade's trial; starting normally",
+                super::vouch::shown(&value)
+            );
+            return;
+        }
+    };
+    let code = match fd::take_inherited(report) {
+        Ok(out) => {
+            let mut out = std::fs::File::from(out);
+            // The record the next program would get: readable here, or the upgrade
+            // stops now rather than after execve.
+            let written = match Handover::parse(&record) {
+                Ok(_) => writeln!(out, "ok {mode}"),
+                Err(e) => writeln!(out, "bad record: {e}"),
+            };
+            i32::from(written.is_err())
+        }
+        Err(_) => 1,
     };
     let _ = std::io::stdout().flush();
     process::exit_now(code);
+}
+
+/// The report pipe's descriptor and the record, from the memfd `value` names, once
+/// the memfd, the parent and the pipe are checked.
+fn vouched_trial(value: &str) -> Result<(RawFd, String), Refused> {
+    let refuse = |check, detail| Refused { check, detail };
+    let (_, bytes) = read_memfd(value)?;
+    let text = String::from_utf8(bytes).map_err(|_| refuse("parse", "not UTF-8".into()))?;
+    let (first, record) = text.split_once('\n').unwrap_or((&text, ""));
+    let words: Vec<&str> = first.split(' ').collect();
+    let [TRIAL_HEADER, pid, report, ino] = words[..] else {
+        return Err(refuse("parse", format!("not a {TRIAL_HEADER} memfd")));
+    };
+    let number = |s: &str| crate::number::parse::<i64>(s);
+    let (Some(pid), Some(report), Some(ino)) = (number(pid), number(report), number(ino)) else {
+        return Err(refuse("parse", format!("a bad first line {first:?}")));
+    };
+    let parent = process::getppid();
+    if pid != i64::from(parent) {
+        return Err(refuse(
+            "parent",
+            format!("written by pid {pid}, this process's parent is {parent}"),
+        ));
+    }
+    let report = RawFd::try_from(report)
+        .ok()
+        .filter(|&n| n > 2)
+        .ok_or_else(|| refuse("report pipe", format!("{report} is not a descriptor")))?;
+    let pipe = fd::look_at(report, |f| {
+        let st = fd::fstat(f)?;
+        Ok::<_, std::io::Error>((st, fd::access_mode(f)?))
+    });
+    match pipe {
+        Ok(Ok((st, access)))
+            if st.kind == libc::S_IFIFO
+                && i64::try_from(st.ino) == Ok(ino)
+                && access == libc::O_WRONLY =>
+        {
+            Ok((report, record.to_owned()))
+        }
+        Ok(Ok(_)) => Err(refuse(
+            "report pipe",
+            format!("descriptor {report} is not the write end of pipe {ino}"),
+        )),
+        Ok(Err(e)) | Err(e) => Err(refuse("report pipe", format!("descriptor {report}: {e}"))),
+    }
 }
 
 /// Runs in the forked trial child: the new program, told it is a trial.
@@ -61,11 +135,13 @@ fn run_trial(
     program: &Program,
     env: &[CString],
     report: BorrowedFd<'_>,
+    memfd: BorrowedFd<'_>,
     mask: &signal::SigMask,
 ) -> ! {
     let _ = signal::reset_in_child(HANDLED_SIGNALS, mask);
     let _ = process::own_process_group(0);
     let _ = fd::set_cloexec(report, false);
+    let _ = fd::set_cloexec(memfd, false);
     let e = process::execve(&program.c_path, &program.argv, env);
     let mut out =
         std::fs::File::from(fd::dup_cloexec(report).unwrap_or_else(|_| process::exit_now(127)));
@@ -101,22 +177,32 @@ impl Cluster {
             Ok(p) => p,
             Err(e) => return Err(Error::Upgrade(format!("no program to run: {e}"))),
         };
+        program::check_owner_and_mode(&program.path).map_err(Error::Upgrade)?;
         let (output, report) =
             fd::pipe_nonblocking().map_err(|e| Error::io("create the trial's pipe", e))?;
-        let record = self.record_for_trial(program);
+        // The memfd that tells the new program it is this primary's trial, and which
+        // descriptor is its report pipe (see the module docs).
+        let ino = fd::fstat(report.as_fd())
+            .map_err(|e| Error::io("fstat the trial's pipe", e))?
+            .ino;
+        let text = format!(
+            "{TRIAL_HEADER} {} {} {ino}\n{}",
+            self.pid,
+            report.as_raw_fd(),
+            self.record_for_trial(program)
+        );
+        let memfd = fd::sealed_memfd("cluster-upgrade-trial", text.as_bytes())
+            .map_err(|e| Error::io("write the trial's memfd", e))?;
         let env = next_env(
             &self.upgrades.service_env,
-            &[
-                (TRIAL_VAR, OsStr::new(&report.as_raw_fd().to_string())),
-                (TRIAL_RECORD_VAR, OsStr::new(&record)),
-            ],
+            &[(TRIAL_VAR, OsStr::new(&memfd.as_raw_fd().to_string()))],
         );
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let mask = signal::block_all().map_err(|e| Error::io("block signals to fork", e))?;
         let forked = process::fork();
         let pid = match forked {
-            Ok(Fork::Child) => run_trial(program, &env, report.as_fd(), &mask),
+            Ok(Fork::Child) => run_trial(program, &env, report.as_fd(), memfd.as_fd(), &mask),
             Ok(Fork::Parent(pid)) => {
                 let _ = signal::set_mask(&mask);
                 pid
@@ -129,6 +215,7 @@ impl Cluster {
         // Also here: whichever of the two runs first, the group exists before a kill.
         let _ = process::own_process_group(pid);
         drop(report);
+        drop(memfd);
         let path = program.path.clone();
         self.upgrades.trial = Some(Trial {
             pid,
