@@ -169,8 +169,12 @@ impl std::fmt::Debug for Origin {
 impl Listener {
     /// Listens on `addr` with the default [`ListenOptions`] (backlog 511).
     ///
-    /// In a cluster worker the primary provides the listener (see the module docs);
-    /// elsewhere this binds and listens like `std::net::TcpListener::bind`, with
+    /// In a cluster worker the primary provides the listener (see the module docs):
+    /// the call blocks, for a round trip to the primary (at most
+    /// [`LISTEN_REPLY_TIMEOUT`](crate::LISTEN_REPLY_TIMEOUT)), so an async server
+    /// calls it before entering its runtime, or from a blocking task (tokio's
+    /// `spawn_blocking`). Elsewhere this binds and listens like
+    /// `std::net::TcpListener::bind`, with
     /// `SO_REUSEADDR`, and for Unix paths removes a stale socket file first (and the
     /// file it created when the listener closes).
     ///
