@@ -241,6 +241,14 @@ fn main() {
                 Box::new(move || descriptors::rogue_five_descriptors(how, contained)),
             ));
         }
+        if contained {
+            // Sent behind a record that ends the primary's reading: the five are still
+            // queued in the primary's end of the channel when it closes it.
+            scenarios.push((
+                "rogue_five_descriptors_queued_contained",
+                Box::new(|| descriptors::rogue_five_descriptors("queued", true)),
+            ));
+        }
         let name: &'static str = Box::leak(format!("rogue_fuse_file{tail}").into_boxed_str());
         scenarios.push((
             name,

@@ -246,6 +246,33 @@ impl Channel {
     }
 }
 
+/// The primary's end of a channel to a worker, on a kernel without `SO_PASSRIGHTS`, may
+/// hold records the worker sent and nobody read, with descriptors in them: closing the
+/// end releases them inside the closing thread, a lingering socket or a FUSE file as
+/// much as one received. So before the end closes, what is queued is received (without
+/// waiting) and each descriptor disposed of as one received is ([`scm::dispose`]). The
+/// worker is gone, or has closed its end, by the time the primary lets go of its
+/// channel; a record it sends between this drain and the close is the one case left.
+/// This `Drop` closes nothing itself: the `OwnedFd` does, after.
+impl Drop for Channel {
+    fn drop(&mut self) {
+        if self.from != Peer::Untrusted || scm::guarantee() != scm::Guarantee::Contained {
+            return;
+        }
+        let mut buf = [0u8; 64];
+        // Bounded: a socket's queue holds a few hundred records at most.
+        for _ in 0..4096 {
+            match scm::recv(self.fd.as_fd(), &mut buf, true, self.from) {
+                // EOF, or what the peer sent: its descriptors go with `got`'s drop.
+                Ok(got) if got.len == 0 && got.fds.len() == 0 => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return, // empty (EAGAIN), or the socket is broken
+            }
+        }
+    }
+}
+
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

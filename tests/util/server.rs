@@ -384,7 +384,7 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
                 // `s` closes here: the copy in flight to the primary is the last one.
             })
         }
-        "fds5-online" | "fds5-handoff" => {
+        "fds5-online" | "fds5-handoff" | "fds5-queued" => {
             // Issue 19, item 1: five descriptors on one record, more than the primary's
             // control buffer used to hold: four files, then a socket whose close would
             // linger 30 s (the one a small buffer loses inside the primary). Online on
@@ -403,7 +403,12 @@ fn rogue(w: &Worker, how: &str, listener: &Listener) {
                 let s = lingering_socket(30)?;
                 let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
                 fds.push(s.as_fd());
-                let sent = if how == "fds5-online" {
+                // `fds5-queued`: an unknown record first, so the primary stops reading
+                // this channel at it; the five stay queued in its end until it closes.
+                if how == "fds5-queued" {
+                    w.send_raw_record_for_tests(&record(200, b""), None)?;
+                }
+                let sent = if how != "fds5-handoff" {
                     w.send_raw_record_with_fds_for_tests(None, &record(1, b""), &fds)
                 } else {
                     let new_conn = record(6, &[0, 4, 127, 0, 0, 1, 80, 0]);
