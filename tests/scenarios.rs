@@ -249,6 +249,12 @@ fn main() {
                 Box::new(|| descriptors::rogue_five_descriptors("queued", true)),
             ));
         }
+        if !contained {
+            scenarios.push((
+                "pending_unix_connection_with_descriptor",
+                Box::new(descriptors::pending_unix_connection_with_descriptor),
+            ));
+        }
         let name: &'static str = Box::leak(format!("rogue_fuse_file{tail}").into_boxed_str());
         scenarios.push((
             name,

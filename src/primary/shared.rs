@@ -66,6 +66,18 @@ impl SharedHandle {
                 let _ =
                     crate::sys::socket::shutdown(fd.as_fd(), crate::sys::socket::Shutdown::Read);
             }
+            // A Unix listener's backlog may hold what local clients sent.
+            crate::sys::closer::close_own_socket(fd);
+        }
+    }
+}
+
+impl Drop for SharedHandle {
+    /// Closes nothing itself: gives the socket to [`SharedHandle::close`]'s careful
+    /// close when the handle goes without a shutdown (the fields would drop it).
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            crate::sys::closer::close_own_socket(fd);
         }
     }
 }

@@ -151,6 +151,21 @@ pub(crate) fn close_untrusted(fd: OwnedFd) {
     c.start();
 }
 
+/// Lets go of a socket of the primary's own whose queue others can fill: a Unix
+/// socket's queued messages (a listener's backlog of connections, a connection's or a
+/// datagram socket's data) may carry descriptors that any local client sent with
+/// `SCM_RIGHTS`, which no flag of the primary's refuses ahead of time on a listener,
+/// and the last close of the socket releases them in the closing thread. So a Unix
+/// socket is closed on a closer thread ([`close_untrusted`]); an Internet socket, which
+/// carries no descriptors, is closed here as usual (gracefully: it is the primary's).
+pub(crate) fn close_own_socket(fd: OwnedFd) {
+    if socket::is_inet(fd.as_fd()) {
+        drop(fd);
+    } else {
+        close_untrusted(fd);
+    }
+}
+
 /// Before `fork`: joins the closers that are done, gives parked descriptors to free
 /// closers, waits (at most [`SETTLE`]) until every closer has reached its `close`, and
 /// returns how many closer threads are still alive (stuck in a `close`).

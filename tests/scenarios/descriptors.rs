@@ -8,10 +8,13 @@
 
 use std::time::Duration;
 
-use crate::util::check::{all_ok, check, rogue_refused_or_killed, spec, stop_and_check, Outcome};
+use crate::util::check::{
+    all_ok, check, clean_end, exited_ok, rogue_refused_or_killed, spec, stop_and_check, Outcome,
+};
 use crate::util::client;
 use crate::util::fuse::{self, Fuse};
 use crate::util::proc;
+use std::os::fd::AsFd;
 
 /// The bound on every wait for progress: well below the 30 s a lingering close takes.
 const T: Duration = Duration::from_secs(5);
@@ -119,4 +122,50 @@ pub fn rogue_fuse_file(contained: bool) -> Outcome {
     }
     fs.release();
     stop_and_check(&mut srv)
+}
+
+/// A local client of a round-robin Unix listener sends a descriptor into its
+/// connection (`SCM_RIGHTS` on the stream: a TCP socket with unsent data and a 30 s
+/// linger, its own copy closed), and no worker ever takes the connection (the one
+/// worker has no accepting thread). At `SIGTERM` the primary lets go of the connection
+/// (pending in its queue) or of the listener (whose backlog holds it); that last close
+/// releases the descriptor queued in it, so before the fix the loop sat in `tcp_close`
+/// for the linger time. Now Unix connections and listeners the primary lets go are
+/// closed on a closer thread, and the cluster stops within the bound, exit 0.
+pub fn pending_unix_connection_with_descriptor() -> Outcome {
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("cluster-pending-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("rr.sock");
+    let mut s = spec("round-robin", 1, 0, &[]);
+    s.listen = format!("unix:{}", path.display());
+    let (mut srv, _) = s.start()?;
+    let client = std::os::unix::net::UnixStream::connect(&path).map_err(|e| e.to_string())?;
+    // A TCP socket whose close would linger: data its peer never reads, SO_LINGER 30 s.
+    let mut stuck = std::net::TcpStream::connect(peer.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    stuck.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let chunk = [b'x'; 64 * 1024];
+    for _ in 0..1024 {
+        use std::io::Write;
+        match stuck.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    cluster::Worker::set_linger_for_tests(stuck.as_fd(), Some(30)).map_err(|e| e.to_string())?;
+    cluster::Worker::send_raw_record_on_for_tests(client.as_fd(), b"x", Some(stuck.as_fd()))
+        .map_err(|e| format!("sending the descriptor into the connection: {e}"))?;
+    drop(stuck); // the copy in the connection is the last one
+                 // No credit ever comes: the connection waits in the listener's backlog, or in the
+                 // primary's queue if it was accepted ahead. Either way the primary's close of it,
+                 // or of the listener that holds it, is the last one.
+    srv.signal("TERM")?;
+    let end = exited_ok(&mut srv, T)?;
+    clean_end(&srv, &end)?;
+    drop(client);
+    drop(peer);
+    std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
 }

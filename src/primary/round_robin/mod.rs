@@ -202,7 +202,18 @@ impl Pending {
     /// `SO_LINGER` on it and filled its send buffer: the primary's close, the last one,
     /// would then block for the linger time. Lingering off first: the close returns at
     /// once, and the kernel still ends the connection gracefully (the client sees EOF).
+    ///
+    /// A Unix connection is closed on a closer thread
+    /// ([`crate::sys::closer::close_untrusted`]): its client, any local process, may
+    /// have sent descriptors into it (`SCM_RIGHTS`, which no flag of the primary's can
+    /// refuse ahead of the accept), and the last close of the connection releases them,
+    /// a lingering socket or a FUSE file among them, in the closing thread. Only
+    /// connections no worker takes come here, so the thread is rare.
     fn let_go(self) {
+        if let PeerAddr::Unix(_) = self.peer {
+            crate::sys::closer::close_own_socket(self.fd);
+            return;
+        }
         if self.bounced_from.is_some() {
             let _ = socket::set_linger(self.fd.as_fd(), None);
         }
@@ -530,6 +541,8 @@ impl RoundRobinHandle {
             if self.adopted {
                 let _ = fd::set_nonblocking(listener.as_fd(), false);
             }
+            // A Unix listener's backlog may hold what local clients sent.
+            crate::sys::closer::close_own_socket(listener);
         }
     }
 
