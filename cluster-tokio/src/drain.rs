@@ -13,6 +13,7 @@
 //! stays) before the server closes what is left.
 
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,29 +24,46 @@ use tower::util::MapResponseLayer;
 /// Completes once this worker is asked to go; outside a cluster worker, never (pair
 /// it with `tokio::signal::ctrl_c()` there). Must be polled inside a tokio runtime
 /// with I/O enabled.
-pub fn disconnected() -> impl Future<Output = ()> + Send + 'static {
-    let worker = cluster::Worker::current();
-    async move {
-        let Some(worker) = worker else {
-            return std::future::pending().await;
-        };
-        let watched = worker
-            .disconnect_fd()
-            .try_clone_to_owned()
-            .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd);
-        match watched {
-            Ok(pipe) => {
-                while !worker.is_disconnecting() {
-                    if pipe.readable().await.is_err() {
-                        break;
-                    }
-                }
-            }
-            // No descriptor to spare: look every 50 ms instead.
-            Err(_) => {
+pub async fn disconnected() {
+    match Stop::watch() {
+        Ok(Some(stop)) => stop.asked().await,
+        Ok(None) => std::future::pending().await,
+        // No descriptor to spare: look every 50 ms instead.
+        Err(_) => {
+            if let Some(worker) = cluster::Worker::current() {
                 while !worker.is_disconnecting() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+            }
+        }
+    }
+}
+
+/// The worker's disconnect, watched in the reactor (a socket's `accept` would go on
+/// after it: the socket stays open for the other workers or the replacement).
+#[derive(Debug)]
+pub(crate) struct Stop {
+    worker: cluster::Worker,
+    pipe: tokio::net::unix::pipe::Receiver,
+}
+
+impl Stop {
+    /// Outside a cluster worker: `None`.
+    pub(crate) fn watch() -> io::Result<Option<Stop>> {
+        let Some(worker) = cluster::Worker::current() else {
+            return Ok(None);
+        };
+        let fd = worker.disconnect_fd().try_clone_to_owned()?;
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+        Ok(Some(Stop { worker, pipe }))
+    }
+
+    /// Completes once the worker is asked to go.
+    pub(crate) async fn asked(&self) {
+        while !self.worker.is_disconnecting() {
+            if self.pipe.readable().await.is_err() {
+                // The reactor lost it: look every 50 ms instead.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

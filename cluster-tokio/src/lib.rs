@@ -44,7 +44,12 @@
 //! while let Some(_event) = cluster.next_event().expect("events") {}
 //! ```
 
-#![deny(unsafe_op_in_unsafe_fn, missing_docs, missing_debug_implementations)]
+#![deny(
+    unsafe_code,
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    missing_debug_implementations
+)]
 
 mod drain;
 mod listener;

@@ -24,6 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cluster::{ListenAddr, OpenConnection};
+
+use crate::drain::Stop;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,8 +44,9 @@ pub struct ClusterListener {
 
 #[derive(Debug)]
 enum Source {
-    /// Shared, reuse-port, exclusive: the socket itself.
-    Socket(TcpListener),
+    /// Shared, reuse-port, exclusive: the socket itself, and the disconnect that ends
+    /// accepting on it.
+    Socket(TcpListener, Option<Stop>),
     /// Round-robin: readiness of the hand-off channel (a duplicate of it).
     Handoff(AsyncFd<OwnedFd>),
 }
@@ -62,8 +65,9 @@ impl ClusterListener {
     }
 
     /// Like [`new`](ClusterListener::new); in round-robin mode the worker holds at
-    /// most `capacity` handed-off connections at once (1 to
-    /// [`cluster::MAX_GRANTED`]); ignored in the other modes.
+    /// most `capacity` handed-off connections at once on this listener (1 to
+    /// [`cluster::MAX_GRANTED`], which bounds a worker's listeners together); ignored
+    /// in the other modes.
     ///
     /// # Errors
     ///
@@ -102,7 +106,7 @@ impl ClusterListener {
                     io::Error::new(io::ErrorKind::Unsupported, "not a TCP listener")
                 })?;
                 std.set_nonblocking(true)?;
-                Source::Socket(TcpListener::from_std(std)?)
+                Source::Socket(TcpListener::from_std(std)?, Stop::watch()?)
             }
         };
         Ok(ClusterListener {
@@ -120,11 +124,19 @@ impl ClusterListener {
     /// What accepting failed with (out of descriptors, …); the listener stays usable.
     pub async fn accept(&self) -> io::Result<Option<(ClusterStream, SocketAddr)>> {
         match &self.source {
-            Source::Socket(l) => {
+            Source::Socket(l, stop) => {
                 if self.listener.is_closed() {
                     return Ok(None);
                 }
-                match l.accept().await {
+                let accepted = match stop {
+                    Some(stop) => tokio::select! {
+                        biased;
+                        () = stop.asked() => return Ok(None),
+                        a = l.accept() => a,
+                    },
+                    None => l.accept().await,
+                };
+                match accepted {
                     Ok((io, peer)) => Ok(Some((
                         ClusterStream {
                             io,
@@ -136,7 +148,9 @@ impl ClusterListener {
                     // At a shutdown the primary stops a shared socket listening just
                     // before it tells the workers: the end, once the worker knows.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        crate::disconnected().await;
+                        if let Some(stop) = stop {
+                            stop.asked().await;
+                        }
                         Ok(None)
                     }
                     Err(e) => Err(e),
@@ -146,6 +160,9 @@ impl ClusterListener {
                 let mut guard = ready.readable().await?;
                 match guard.try_io(|_| self.listener.try_accept()) {
                     Ok(Ok(Some(mut conn))) => {
+                        // First: the credit goes back when this connection ends, also
+                        // if turning it into tokio's stream fails below.
+                        let credit = Credit(self.listener.clone());
                         let open = conn.take_open();
                         let (std, peer) = conn.into_tcp().map_err(|_| {
                             io::Error::new(io::ErrorKind::InvalidData, "a Unix connection")
@@ -154,7 +171,7 @@ impl ClusterListener {
                         let stream = ClusterStream {
                             io: TcpStream::from_std(std)?,
                             _open: open,
-                            _credit: Some(Credit(self.listener.clone())),
+                            _credit: Some(credit),
                         };
                         return Ok(Some((stream, peer)));
                     }

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::handoff::{drain_queued, handed_off, primary_gone};
 use super::{Endpoint, Listener, Origin, Source};
@@ -26,10 +26,32 @@ use crate::connection::Connection;
 use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
 use crate::ipc::codec::{Message, ProtocolError};
 
-/// The most credits [`Listener::grant`] keeps outstanding on one listener. The primary
-/// refuses a worker that claims more than 4,096 across its listeners (blocking
-/// threads' credits included) as a protocol error; this leaves room for both.
-pub const MAX_GRANTED: u32 = 1024;
+/// The most credits [`Listener::grant`] keeps outstanding in one worker, across all
+/// its listeners. The primary refuses a worker that claims more than 4,096 on one
+/// address (blocking threads' credits included) as a protocol error, and kills it; this
+/// leaves half of that to the threads that wait in [`Listener::accept`].
+pub const MAX_GRANTED: u32 = 2048;
+
+/// Credits granted with [`Listener::grant`] and not spent yet, in this process (one
+/// worker), across its listeners.
+static GRANTED: AtomicU32 = AtomicU32::new(0);
+
+/// Spends one of `listener`'s granted credits (a connection arrived against it).
+fn spend(listener: &AtomicU32) {
+    if listener
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| g.checked_sub(1))
+        .is_ok()
+    {
+        GRANTED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The credits a closed listener had outstanding no longer count: the primary took
+/// them back with its channel.
+pub(super) fn forget_granted(listener: &AtomicU32) {
+    let left = listener.swap(0, Ordering::AcqRel);
+    GRANTED.fetch_sub(left, Ordering::AcqRel);
+}
 
 /// The hand-off channel of a round-robin listener, to wait on for readability (with
 /// epoll, mio, or an async runtime's readiness) before [`Listener::try_accept`]. Not a
@@ -69,8 +91,9 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` when more than [`MAX_GRANTED`] would be outstanding; the OS
-    /// error of the send. A primary that is gone is not an error (nothing more comes).
+    /// `InvalidInput` when more than [`MAX_GRANTED`] would be outstanding in this
+    /// worker (across its listeners); the OS error of the send. A primary that is gone
+    /// is not an error (nothing more comes).
     pub fn grant(&self, n: u32) -> io::Result<()> {
         let s = &*self.shared;
         let Source::Handoff(ch) = &s.source else {
@@ -79,18 +102,23 @@ impl Listener {
         if n == 0 || s.gate.is_closed() {
             return Ok(());
         }
-        let outstanding = s.granted.load(Ordering::Relaxed);
-        if outstanding.saturating_add(n) > MAX_GRANTED {
+        // Checked and added in one step: connections ending on several threads give
+        // their credits back at once.
+        let added = GRANTED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+            g.checked_add(n).filter(|&t| t <= MAX_GRANTED)
+        });
+        if let Err(outstanding) = added {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{}: {n} more credits would make {} outstanding, over {MAX_GRANTED}",
+                    "{}: {n} more credits would make {} outstanding in this worker, over \
+                     {MAX_GRANTED}",
                     s.local,
-                    outstanding.saturating_add(n)
+                    u64::from(outstanding) + u64::from(n)
                 ),
             ));
         }
-        s.granted.fetch_add(n, Ordering::Relaxed);
+        s.granted.fetch_add(n, Ordering::AcqRel);
         s.send_credits(ch, n)
     }
 
@@ -139,12 +167,18 @@ impl Endpoint {
             Origin::Standalone { .. } => 0,
         };
         match ch.try_send(&Message::Ready { count, open }, None) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Ok(()) => Ok(()),
+            Err(e) if primary_gone(&e) => Ok(()),
+            // Kept for the next grant or take, whatever the failure: credits granted
+            // and never sent would shrink the worker's capacity for good.
+            Err(e) => {
                 self.unsent.fetch_add(count, Ordering::Relaxed);
-                Ok(())
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
-            Err(e) if !primary_gone(&e) => Err(e),
-            _ => Ok(()),
         }
     }
 
@@ -159,9 +193,7 @@ impl Endpoint {
         loop {
             match ch.recv(&mut buf, true) {
                 Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
-                    let _ = self
-                        .granted
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| g.checked_sub(1));
+                    spend(&self.granted);
                     return Ok(Some(handed_off(fd, peer)));
                 }
                 Ok(Received::Eof) => return Ok(None),

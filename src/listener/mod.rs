@@ -555,6 +555,7 @@ impl Closable for Endpoint {
         match &self.source {
             Source::Handoff(ch) => {
                 let _ = ch.shutdown();
+                event_loop::forget_granted(&self.granted);
             }
             Source::Socket { .. } => self.gate.interrupt_all(&self.local),
         }

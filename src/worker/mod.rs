@@ -302,8 +302,9 @@ impl Worker {
     /// with [`try_clone_to_owned`](BorrowedFd::try_clone_to_owned), then
     /// `tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?.readable().await`), and
     /// stop the server gracefully when it is readable. It is a pipe's read end,
-    /// non-blocking and close-on-exec; reading it is not needed and changes nothing.
-    /// Unlike [`recv`](Worker::recv), it consumes no message.
+    /// non-blocking and close-on-exec, whose write end the worker closes: it then reads
+    /// as end of file, for every reader and for good (reading it consumes nothing).
+    /// Unlike [`recv`](Worker::recv), it takes no message.
     pub fn disconnect_fd(&self) -> BorrowedFd<'_> {
         self.rt.stop_note.as_fd()
     }
@@ -333,12 +334,10 @@ pub(crate) struct Runtime {
     state: Mutex<State>,
     changed: Condvar,
     /// Readable once the worker is asked to go ([`Worker::disconnect_fd`]): the read
-    /// end of a pipe into which [`Runtime::note_stop`] writes one byte.
+    /// end of a pipe whose write end [`Runtime::note_stop`] closes.
     stop_note: OwnedFd,
-    /// The pipe's write end.
-    stop_note_tx: std::fs::File,
-    /// `note_stop` wrote its byte.
-    stop_noted: AtomicBool,
+    /// The pipe's write end, until `note_stop` closes it.
+    stop_note_tx: Mutex<Option<OwnedFd>>,
     /// Connections this worker's listeners returned.
     accepted: AtomicU64,
     /// Connections whose `Connection` still lives (least-connections scheduling).
@@ -395,13 +394,16 @@ impl Runtime {
         }
     }
 
-    /// The worker is asked to go: makes [`Worker::disconnect_fd`] readable, for good
-    /// (the crate never reads the byte, and keeps the write end open: a closed one
-    /// would read as EOF). Idempotent; the pipe takes one byte without blocking.
+    /// The worker is asked to go: makes [`Worker::disconnect_fd`] readable for good, by
+    /// closing the pipe's write end (end of file, which no reader can consume).
+    /// Idempotent; never waits (a pipe's close does not).
     fn note_stop(&self) {
-        if !self.stop_noted.swap(true, Ordering::AcqRel) {
-            let _ = (&self.stop_note_tx).write(&[1]);
-        }
+        drop(
+            self.stop_note_tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     fn heartbeat(&self) {
@@ -517,8 +519,7 @@ pub(crate) fn run_child(start: ChildStart, f: &WorkerFn) -> i32 {
         control,
         kept,
         stop_note,
-        stop_note_tx: std::fs::File::from(stop_note_tx),
-        stop_noted: AtomicBool::new(false),
+        stop_note_tx: Mutex::new(Some(stop_note_tx)),
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         accepted: AtomicU64::new(0),
