@@ -16,6 +16,8 @@ mod util;
 mod core_modes;
 #[path = "scenarios/datagram.rs"]
 mod datagram;
+#[path = "scenarios/datagram_tamper.rs"]
+mod datagram_tamper;
 #[path = "scenarios/demo.rs"]
 mod demo;
 #[path = "scenarios/deploy.rs"]
@@ -120,6 +122,25 @@ fn main() {
         "exclusive_after_privilege_drop",
         Box::new(datagram::exclusive_after_privilege_drop),
     ));
+    // A worker tampering with its datagram socket (issue 19, item 3).
+    {
+        use datagram_tamper::*;
+        let rr_and_rp = ["round-robin", "reuse-port"];
+        scenarios.extend(each("udp_tamper_connect", udp_tamper_connect, &rr_and_rp));
+        scenarios.extend(each("udp_tamper_drop_all", udp_tamper_drop_all, &rr_and_rp));
+        scenarios.extend(each("udp_tamper_rcvbuf_0", udp_tamper_rcvbuf_0, &rr_and_rp));
+        scenarios.extend(each("udp_tamper_nonblock", udp_tamper_nonblock, &rr_and_rp));
+        scenarios.extend(each(
+            "udp_tamper_shutdown_read",
+            udp_tamper_shutdown_read,
+            &rr_and_rp,
+        ));
+        scenarios.extend(each("udp_tamper_steer", udp_tamper_steer, &["reuse-port"]));
+        scenarios.push((
+            "untrusted_unix_datagram_refused",
+            Box::new(untrusted_unix_datagram_refused),
+        ));
+    }
     // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));

@@ -252,6 +252,7 @@ impl Cluster {
             options,
             accept_window: self.config.accept_window,
             prefetch: self.config.prefetch,
+            untrusted: self.config.settings.user.is_some(),
         };
         // A binary upgrade's previous program served this key: its very socket.
         let datagram = sock == SockType::Datagram;
@@ -262,7 +263,7 @@ impl Cluster {
         let pin_directory = self.config.settings.user.is_some();
         if datagram {
             let mut socket_file = None;
-            let handle = Handle::new_datagram(self.mode, key, || {
+            let handle = Handle::new_datagram(self.mode, key, setup.untrusted, || {
                 let mut bound = bind::bind_datagram(
                     key,
                     BindOptions {
