@@ -122,6 +122,7 @@ fn main() {
         "exclusive_after_privilege_drop",
         Box::new(datagram::exclusive_after_privilege_drop),
     ));
+    scenarios.push(("udp_grants_bounded", Box::new(datagram::udp_grants_bounded)));
     // A worker tampering with its datagram socket (issue 19, item 3).
     {
         use datagram_tamper::*;

@@ -14,7 +14,7 @@
 //! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (`1`, or addresses:
 //! worker 1 also binds exclusive listeners, see `exclusive`), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`; `udp@ADDR` asks for a datagram
-//! socket),
+//! socket, `udp-hold@ADDR` for one it keeps),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
 //! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
@@ -415,6 +415,16 @@ fn ask_more(asks: &str) {
             }
             continue;
         }
+        if let Some(udp) = a.strip_prefix("udp-hold@") {
+            match cluster::Datagram::bind(udp) {
+                Ok(d) => {
+                    eprintln!("ask udp-hold {udp}: ok {}", d.local_addr());
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+                }
+                Err(e) => eprintln!("ask udp-hold {udp}: {e}"),
+            }
+            continue;
+        }
         let addr = if a == "admin" {
             format!("fd:{}", env("SC_ADMIN_FD", "-1"))
         } else {
@@ -426,6 +436,9 @@ fn ask_more(asks: &str) {
         }
     }
 }
+
+/// Datagram sockets `SC_ASK=udp-hold@ADDR` asked for, held for the worker's life.
+static HELD: std::sync::Mutex<Vec<cluster::Datagram>> = std::sync::Mutex::new(Vec::new());
 
 /// A TCP connection to `SC_ROGUE_PEER` (a listener that never accepts nor reads) with
 /// its send buffer full, so unsent data waits for a window that never opens, and
