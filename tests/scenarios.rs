@@ -137,6 +137,11 @@ fn main() {
             &rr_and_rp,
         ));
         scenarios.extend(each("udp_tamper_steer", udp_tamper_steer, &["reuse-port"]));
+        scenarios.extend(each(
+            "udp_untrusted_reload",
+            udp_untrusted_reload,
+            &rr_and_rp,
+        ));
         scenarios.push((
             "untrusted_unix_datagram_refused",
             Box::new(untrusted_unix_datagram_refused),

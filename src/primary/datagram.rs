@@ -331,8 +331,10 @@ impl DatagramHandle {
         }
         // A worker holding a socket of the group may have attached a program that
         // steers the whole group (`SO_ATTACH_REUSEPORT_CBPF`): it goes with the worker.
-        // ENOENT: none was attached, the usual case.
-        if let Some(s) = group.first() {
+        // Through every socket, not only the first: a socket a worker took out of the
+        // group (see the module docs) detaches nothing, and one it split off may hold
+        // a program of its own. ENOENT: none was attached, the usual case.
+        for s in group.iter() {
             let _ = socket::detach_reuseport_program(s.fd.as_fd());
         }
         while group.len() > target.max(1) {

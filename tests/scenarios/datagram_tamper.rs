@@ -243,3 +243,56 @@ pub fn untrusted_unix_datagram_refused() -> Outcome {
     println!("    {line}");
     Ok(())
 }
+
+/// Untrusted workers' sockets through a rolling restart (SIGHUP), in `mode`: each
+/// replacement gets a fresh socket of its own and each old worker's socket closes
+/// with it, so afterwards the four new workers answer every datagram of the load, on
+/// the same port, and the primary holds as many descriptors as before.
+pub fn udp_untrusted_reload(mode: &str) -> Outcome {
+    if !proc::is_root() {
+        println!("    skipped: not root (workers run as nobody; CI runs as root)");
+        return Ok(());
+    }
+    let spec = spec(
+        mode,
+        4,
+        2,
+        &[
+            ("SC_USER", "nobody"),
+            ("SC_UDP", "127.0.0.1:0"),
+            ("SC_ALLOW_DATAGRAMS", "127.0.0.1:0"),
+        ],
+    );
+    let (mut srv, _) = spec.start()?;
+    let addr = receiving(&mut srv, 1)?;
+    for id in 2..=4 {
+        receiving(&mut srv, id)?;
+    }
+    let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let before = burst(to)?;
+    check(
+        summary(&before) == (BTreeSet::from([1, 2, 3, 4]), 0),
+        || format!("before the reload: {:?}", summary(&before)),
+    )?;
+    let fds_before = proc::fds_of(srv.pid()).len();
+    srv.signal("HUP")?;
+    srv.expect("reload-finished ", Duration::from_secs(30))?;
+    for id in 5..=8 {
+        let again = receiving(&mut srv, id)?;
+        check(again == addr, || format!("worker {id} receives on {again}"))?;
+    }
+    let after = burst(to)?;
+    let (by, lost) = summary(&after);
+    println!("    {mode}: after the reload, answered by {by:?}, {lost} lost");
+    check(lost == 0 && by == BTreeSet::from([5, 6, 7, 8]), || {
+        format!("after the reload: answered by {by:?}, {lost} lost")
+    })?;
+    // The old workers' sockets close as each old worker is reaped.
+    let pid = srv.pid();
+    proc::wait_until(
+        "the primary's descriptors to be as many as before the reload",
+        Duration::from_secs(10),
+        || proc::fds_of(pid).len() == fds_before,
+    )?;
+    stop_and_check(&mut srv)
+}
