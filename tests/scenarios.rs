@@ -126,21 +126,33 @@ fn main() {
     // A worker tampering with its datagram socket (issue 19, item 3).
     {
         use datagram_tamper::*;
-        let rr_and_rp = ["round-robin", "reuse-port"];
-        scenarios.extend(each("udp_tamper_connect", udp_tamper_connect, &rr_and_rp));
-        scenarios.extend(each("udp_tamper_drop_all", udp_tamper_drop_all, &rr_and_rp));
-        scenarios.extend(each("udp_tamper_rcvbuf_0", udp_tamper_rcvbuf_0, &rr_and_rp));
-        scenarios.extend(each("udp_tamper_nonblock", udp_tamper_nonblock, &rr_and_rp));
+        let every_mode_ = ["round-robin", "shared", "reuse-port"];
+        scenarios.extend(each("udp_tamper_connect", udp_tamper_connect, &every_mode_));
+        scenarios.extend(each(
+            "udp_tamper_drop_all",
+            udp_tamper_drop_all,
+            &every_mode_,
+        ));
+        scenarios.extend(each(
+            "udp_tamper_rcvbuf_0",
+            udp_tamper_rcvbuf_0,
+            &every_mode_,
+        ));
+        scenarios.extend(each(
+            "udp_tamper_nonblock",
+            udp_tamper_nonblock,
+            &every_mode_,
+        ));
         scenarios.extend(each(
             "udp_tamper_shutdown_read",
             udp_tamper_shutdown_read,
-            &rr_and_rp,
+            &every_mode_,
         ));
         scenarios.extend(each("udp_tamper_steer", udp_tamper_steer, &["reuse-port"]));
         scenarios.extend(each(
             "udp_untrusted_reload",
             udp_untrusted_reload,
-            &rr_and_rp,
+            &every_mode_,
         ));
         scenarios.push((
             "untrusted_unix_datagram_refused",
