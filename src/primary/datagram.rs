@@ -485,4 +485,34 @@ mod tests {
         let (n, _) = next.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"queued");
     }
+
+    #[test]
+    fn untrusted_workers_do_not_take_over_a_previous_programs_sockets() {
+        let (mut h, local) = handle(true);
+        let old = fd::dup_cloexec(h.grant(WorkerId(1), None).unwrap()).unwrap();
+        let Some((true, passed)) = h.passed_fds() else {
+            panic!("not a group")
+        };
+        let passed: Vec<OwnedFd> = passed
+            .iter()
+            .map(|f| fd::dup_cloexec(*f).unwrap())
+            .collect();
+        let local_addr = h.local().clone();
+        drop(h);
+        // The new program: a fresh socket, the previous ones not kept.
+        let mut new = DatagramHandle::adopt(local_addr, true, passed, true).unwrap();
+        let fresh = fd::dup_cloexec(new.grant(WorkerId(7), None).unwrap()).unwrap();
+        assert_ne!(inode(fresh.as_fd()), inode(old.as_fd()));
+        assert_eq!(new.passed_fds().map(|(_, f)| f.len()), Some(1));
+        // The previous worker's socket lives as long as it holds it; then the fresh
+        // one gets every datagram.
+        drop(old);
+        let got = spread(local, &[fresh.as_fd()], 10);
+        assert_eq!(got, [10]);
+        // A shared socket cannot serve untrusted workers.
+        let shared =
+            bind::bind_datagram(&"127.0.0.1:0".parse().unwrap(), BindOptions::default()).unwrap();
+        let e = DatagramHandle::adopt(shared.local, false, vec![shared.fd], true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    }
 }
