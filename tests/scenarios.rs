@@ -18,6 +18,8 @@ mod contain;
 mod core_modes;
 #[path = "scenarios/datagram.rs"]
 mod datagram;
+#[path = "scenarios/datagram_tamper.rs"]
+mod datagram_tamper;
 #[path = "scenarios/demo.rs"]
 mod demo;
 #[path = "scenarios/deploy.rs"]
@@ -126,6 +128,43 @@ fn main() {
         "exclusive_after_privilege_drop",
         Box::new(datagram::exclusive_after_privilege_drop),
     ));
+    scenarios.push(("udp_grants_bounded", Box::new(datagram::udp_grants_bounded)));
+    // A worker tampering with its datagram socket (issue 19, item 3).
+    {
+        use datagram_tamper::*;
+        let every_mode_ = ["round-robin", "shared", "reuse-port"];
+        scenarios.extend(each("udp_tamper_connect", udp_tamper_connect, &every_mode_));
+        scenarios.extend(each(
+            "udp_tamper_drop_all",
+            udp_tamper_drop_all,
+            &every_mode_,
+        ));
+        scenarios.extend(each(
+            "udp_tamper_rcvbuf_0",
+            udp_tamper_rcvbuf_0,
+            &every_mode_,
+        ));
+        scenarios.extend(each(
+            "udp_tamper_nonblock",
+            udp_tamper_nonblock,
+            &every_mode_,
+        ));
+        scenarios.extend(each(
+            "udp_tamper_shutdown_read",
+            udp_tamper_shutdown_read,
+            &every_mode_,
+        ));
+        scenarios.extend(each("udp_tamper_steer", udp_tamper_steer, &["reuse-port"]));
+        scenarios.extend(each(
+            "udp_untrusted_reload",
+            udp_untrusted_reload,
+            &every_mode_,
+        ));
+        scenarios.push((
+            "untrusted_unix_datagram_refused",
+            Box::new(untrusted_unix_datagram_refused),
+        ));
+    }
     // Supervision.
     scenarios.extend(all("worker_killed_is_replaced", worker_killed_is_replaced));
     scenarios.push(("crash_loop_backs_off", Box::new(crash_loop_backs_off)));

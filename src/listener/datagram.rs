@@ -14,13 +14,18 @@
 //!   `SO_REUSEPORT` socket per worker, bound by the primary; the kernel spreads
 //!   datagrams over the sockets by a hash of the sender's address and port, so one
 //!   client socket always reaches the same worker.
+//! - **workers that run as another user** ([`Builder::user`](crate::Builder::user)),
+//!   every mode: UDP only, one `SO_REUSEPORT` socket per worker for that worker's life,
+//!   its filter locked, so that nothing one worker does to its socket reaches another
+//!   (see the primary's `datagram.rs`).
 //!
-//! Either way the primary keeps its copy of every socket, so datagrams that arrive
-//! while a worker is being replaced (a crash, a reload) wait in the socket's receive
-//! queue for the next worker instead of being dropped; only datagrams a dying worker
-//! had already taken out of the queue are lost. Port 0 is bound once per key, so
-//! every worker serves the same port; a bind error comes back as the errno, named with
-//! the address, as for a listener.
+//! The primary keeps its copy of every socket, so datagrams that arrive while a worker
+//! is being replaced (a crash, a reload) wait in the socket's receive queue for the
+//! next worker instead of being dropped; only datagrams a dying worker had already
+//! taken out of the queue are lost (with untrusted workers, also those still queued on
+//! its own socket, which goes with it). Port 0 is bound once per key, so every worker
+//! serves the same port; a bind error comes back as the errno, named with the address,
+//! as for a listener.
 //!
 //! Outside a cluster (or with [`ListenOptions::exclusive`]) it binds by itself.
 //!
@@ -45,7 +50,7 @@ use super::{Closable, Origin};
 use crate::addr::{ListenAddr, ToListenAddr};
 use crate::bind::{self, BindOptions};
 use crate::options::ListenOptions;
-use crate::sys::signal;
+use crate::sys::{poll, signal};
 
 /// A bound datagram socket (UDP over IPv4 or IPv6, or Unix datagram) whose threads may
 /// all block in [`recv_from`](Datagram::recv_from) at once; clones share it.
@@ -189,8 +194,9 @@ impl Datagram {
 
     /// The std socket, for what this type does not wrap. Receiving on it directly works
     /// too, but such a call is not interrupted by [`close`](Datagram::close). In shared
-    /// and round-robin modes every worker holds the same socket: an option set on it
-    /// (a timeout, `O_NONBLOCK`) is set for all of them.
+    /// and round-robin modes trusted workers hold the same socket: an option set on it
+    /// (a timeout, `O_NONBLOCK`) is set for all of them. Workers that run as another
+    /// user each hold their own, whose filter is locked (attaching one is `EPERM`).
     pub fn socket(&self) -> &DatagramSocket {
         &self.shared.socket
     }
@@ -199,6 +205,11 @@ impl Datagram {
     /// `buf`'s length, as `recvfrom(2)` does). `Ok(None)` once the socket is closed (by
     /// [`close`](Datagram::close), or by the primary's disconnect), so a receive loop
     /// ends by itself.
+    ///
+    /// It waits on a non-blocking socket too: should anyone set `O_NONBLOCK` on it (on a
+    /// shared socket, another worker), `EAGAIN` is followed by a `poll(2)` for input and
+    /// another try, as [`Listener::accept`](crate::Listener::accept) does, instead of a
+    /// `WouldBlock` error that would end the worker's receive loop.
     ///
     /// # Errors
     ///
@@ -217,6 +228,14 @@ impl Datagram {
                     u.recv_from(buf).map(|(n, a)| (n, DatagramPeer::Unix(a)))
                 }
             };
+            let got = match got {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match wait_for(s, true) {
+                    Ok(true) => continue, // ready, or interrupted: look again
+                    Ok(false) => Err(e),  // a receive timeout ran out
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
             drop(ticket);
             match got {
                 Ok(got) => {
@@ -229,13 +248,30 @@ impl Datagram {
         }
     }
 
-    /// Sends `buf` to `peer` as one datagram (`sendto(2)`); how many bytes went.
+    /// Sends `buf` to `peer` as one datagram (`sendto(2)`); how many bytes went. On a
+    /// non-blocking socket whose send buffer is full it waits for room, as
+    /// [`recv_from`](Datagram::recv_from) waits for input.
     ///
     /// # Errors
     ///
-    /// The error of `sendto(2)`; `InvalidInput` for a peer of the other family, or an
+    /// The error of `sendto(2)` (a send timeout set on the socket is `WouldBlock`);
+    /// `InvalidInput` for a peer of the other family, or an
     /// unnamed Unix sender (it cannot be answered).
     pub fn send_to(&self, buf: &[u8], peer: &DatagramPeer) -> io::Result<usize> {
+        loop {
+            match self.send_once(buf, peer) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_for(&self.shared, false)? {
+                        return Err(e); // a send timeout ran out
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One `sendto(2)`.
+    fn send_once(&self, buf: &[u8], peer: &DatagramPeer) -> io::Result<usize> {
         match (&self.shared.socket, peer) {
             (DatagramSocket::Udp(u), DatagramPeer::Udp(a)) => u.send_to(buf, a),
             (DatagramSocket::Unix(u), DatagramPeer::Unix(a)) if !a.is_unnamed() => {
@@ -266,6 +302,55 @@ impl Datagram {
     /// Datagrams [`recv_from`](Datagram::recv_from) has returned so far.
     pub fn received(&self) -> u64 {
         self.shared.received.load(Ordering::Relaxed)
+    }
+
+    /// Not part of the API: does to this socket what a hostile worker could and `std`
+    /// cannot (the crate's tests use no `unsafe`): `drop-all` attaches a socket filter
+    /// that drops every datagram (`SO_ATTACH_FILTER`), `steer` a reuse-port group
+    /// program that sends every datagram to the group's first socket
+    /// (`SO_ATTACH_REUSEPORT_CBPF`), `rcvbuf-0` sets `SO_RCVBUF` to 0, `shutdown-read`
+    /// calls `shutdown(SHUT_RD)`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn tamper_for_tests(&self, how: &str) -> io::Result<()> {
+        use crate::sys::socket;
+        let fd = self.as_fd();
+        match how {
+            "drop-all" => socket::attach_cbpf(fd, libc::SO_ATTACH_FILTER, 0),
+            "steer" => socket::attach_reuseport_cbpf(fd, 0),
+            "rcvbuf-0" => socket::set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 0),
+            "shutdown-read" => socket::shutdown(fd, socket::Shutdown::Read),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no tampering {other:?}"),
+            )),
+        }
+    }
+}
+
+/// After `EAGAIN`: on a non-blocking socket (someone set `O_NONBLOCK`), waits until it
+/// is readable (`read`) or writable, and says `true`: look again. On a blocking socket
+/// `EAGAIN` is a timeout set on it (`SO_RCVTIMEO`/`SO_SNDTIMEO`): `false`, the caller
+/// returns it. The blocking path never gets here, so it costs nothing there.
+///
+/// The wait is `poll(2)`, made inside the caller's gate ticket for a receive, so
+/// `close`'s signal interrupts it (`EINTR`, also `true`: the caller looks at the gate
+/// again). Every thread waiting in `poll` wakes for a datagram, one wins it, the
+/// others come back here (the herd a blocking `recvfrom` avoids; only with
+/// `O_NONBLOCK` set).
+fn wait_for(s: &DatagramEndpoint, read: bool) -> io::Result<bool> {
+    let fd = match &s.socket {
+        DatagramSocket::Udp(u) => u.as_fd(),
+        DatagramSocket::Unix(u) => u.as_fd(),
+    };
+    if !crate::sys::fd::is_nonblocking(fd)? {
+        return Ok(false);
+    }
+    let mut fds = [poll::PollFd::with(fd, read, !read)];
+    match poll::poll(&mut fds, None) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+        Err(e) => Err(e),
     }
 }
 

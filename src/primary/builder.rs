@@ -493,6 +493,25 @@ impl Builder {
                 user.name()
             )));
         }
+        if let Some(user) = &self.config.settings.user {
+            // Only UDP can be one socket per worker (`SO_REUSEPORT`); a Unix datagram
+            // path or an adopted descriptor would be one socket shared by all of them,
+            // and what one set on it would reach the others (see `primary/datagram.rs`).
+            let shared = self
+                .config
+                .allowed_datagrams
+                .iter()
+                .find(|a| !matches!(a, ListenAddr::Tcp(_)));
+            if let Some(addr) = shared {
+                return Err(Error::Config(format!(
+                    "workers run as {:?}: the datagram address {addr} would be one socket \
+                     shared by every worker, and what one of them set on it would reach \
+                     the others; only UDP addresses can be given to such workers \
+                     (Builder::listen_only_datagrams)",
+                    user.name()
+                )));
+            }
+        }
         // Every descriptor the hard limit allows: the workers' budgets are shares of it.
         let fd_limit = process::raise_nofile_limit()
             .map_or(1024, |n| usize::try_from(n).unwrap_or(usize::MAX));

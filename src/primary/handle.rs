@@ -57,6 +57,9 @@ pub(super) struct Setup<'a> {
     pub(super) options: &'a ListenOptions,
     pub(super) accept_window: Duration,
     pub(super) prefetch: u32,
+    /// Workers run as another user ([`Builder::user`](super::Builder::user)): each
+    /// gets a datagram socket of its own (see `datagram.rs`).
+    pub(super) untrusted: bool,
 }
 
 impl Handle {
@@ -80,14 +83,27 @@ impl Handle {
     }
 
     /// A datagram handle for `key` in `mode`: a reuse-port group for UDP in reuse-port
-    /// mode, else one socket bound with `bind` and shared (see `datagram.rs`).
+    /// mode and, with untrusted workers, in every mode; else one socket bound with
+    /// `bind` and shared (see `datagram.rs`). Untrusted workers get no shared socket
+    /// (a Unix path, an adopted descriptor): `Unsupported`, naming the address.
     pub(super) fn new_datagram(
         mode: Mode,
         key: &ListenAddr,
+        untrusted: bool,
         bind: impl FnOnce() -> io::Result<Bound>,
     ) -> io::Result<Handle> {
         Ok(Handle::Datagram(match (mode, key) {
-            (Mode::ReusePort, ListenAddr::Tcp(_)) => DatagramHandle::group(key)?,
+            (_, ListenAddr::Tcp(_)) if untrusted => DatagramHandle::group(key, true)?,
+            (Mode::ReusePort, ListenAddr::Tcp(_)) => DatagramHandle::group(key, false)?,
+            _ if untrusted => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "{key}: workers that run as another user get no shared datagram \
+                         socket (only UDP can be one socket per worker)"
+                    ),
+                ))
+            }
             _ => DatagramHandle::shared(bind()?),
         }))
     }
@@ -121,7 +137,12 @@ impl Handle {
             // group, and a shared socket shared: nobody listens or accepts on either).
             let all = std::iter::once(first).chain(rest).collect();
             let group = was == Kind::DatagramGroup;
-            return Ok(Handle::Datagram(DatagramHandle::adopt(local, group, all)?));
+            return Ok(Handle::Datagram(DatagramHandle::adopt(
+                local,
+                group,
+                all,
+                setup.untrusted,
+            )?));
         }
         Ok(match (mode, was) {
             (_, Kind::Datagram | Kind::DatagramGroup) => return Err(mismatch()),

@@ -44,7 +44,7 @@ use std::io;
 
 use super::handle::{Handle, Setup};
 use super::slot::Phase;
-use super::{Cluster, HandleEntry, State};
+use super::{Cluster, HandleEntry, Hold, State};
 use crate::addr::ListenAddr;
 use crate::bind::{self, BindOptions};
 use crate::error::{Error, ListenError};
@@ -73,7 +73,8 @@ impl Cluster {
         let found = self
             .authorise(id, &addr, options, sock)
             .and_then(|()| self.check_listen_budget(id, &addr))
-            .and_then(|()| self.handle_for(&addr, sock, options));
+            .and_then(|()| self.handle_for(&addr, sock, options))
+            .and_then(|i| self.check_grants(id, i, &addr).map(|()| i));
         let idx = match found {
             Ok(i) => i,
             Err(error) => {
@@ -152,7 +153,8 @@ impl Cluster {
                 if let Err(at) = slot.granted.binary_search(&handle) {
                     slot.granted.insert(at, handle);
                 }
-                self.handles[idx].holders.or_default(id).granted += 1;
+                // `check_grants` made room before the grant.
+                let _ = self.handles[idx].holders.or_default(id).grant();
             }
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -176,6 +178,24 @@ impl Cluster {
                 )));
             }
         }
+    }
+
+    /// `EMFILE`, naming the address, when worker `id` holds [`Hold::MAX_GRANTS`]
+    /// listeners of handle `idx` already (a shared handle's grants cost the primary no
+    /// descriptor, so the budget of `budget.rs` does not bound them).
+    fn check_grants(&self, id: WorkerId, idx: usize, addr: &ListenAddr) -> io::Result<()> {
+        let entry = &self.handles[idx];
+        if entry.holders.get(&id).map_or(true, Hold::may_grant) {
+            return Ok(());
+        }
+        crate::log::report!(
+            "worker {id}: listen on {addr} refused: it holds {} of that handle already",
+            Hold::MAX_GRANTS
+        );
+        Err(ListenError::io(
+            addr,
+            io::Error::from_raw_os_error(libc::EMFILE),
+        ))
     }
 
     /// Whether worker `id` may listen on `key` with `options` (see the module docs);
@@ -252,6 +272,7 @@ impl Cluster {
             options,
             accept_window: self.config.accept_window,
             prefetch: self.config.prefetch,
+            untrusted: self.config.settings.user.is_some(),
         };
         // A binary upgrade's previous program served this key: its very socket.
         let datagram = sock == SockType::Datagram;
@@ -262,7 +283,7 @@ impl Cluster {
         let pin_directory = self.config.settings.user.is_some();
         if datagram {
             let mut socket_file = None;
-            let handle = Handle::new_datagram(self.mode, key, || {
+            let handle = Handle::new_datagram(self.mode, key, setup.untrusted, || {
                 let mut bound = bind::bind_datagram(
                     key,
                     BindOptions {
@@ -463,5 +484,22 @@ impl Cluster {
         if let Some(f) = entry.socket_file.take() {
             f.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hold;
+
+    #[test]
+    fn grants_of_one_handle_are_bounded() {
+        let mut hold = Hold::default();
+        for _ in 0..Hold::MAX_GRANTS {
+            assert!(hold.grant());
+        }
+        // One more is refused and counts nothing: the count cannot wrap.
+        assert!(!hold.may_grant());
+        assert!(!hold.grant());
+        assert_eq!(hold.granted, Hold::MAX_GRANTS);
     }
 }

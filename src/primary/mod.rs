@@ -209,11 +209,36 @@ struct HandleEntry {
 /// What one worker holds of one handle.
 #[derive(Debug, Default, Clone, Copy)]
 struct Hold {
-    /// Listeners granted and not yet closed.
+    /// Listeners granted and not yet closed: at most [`Hold::MAX_GRANTS`].
     granted: u32,
     /// Of those, how many the worker said listen (`Listening`): never more than
     /// granted, so a worker cannot count itself listening on what it was not given.
     listening: u32,
+}
+
+impl Hold {
+    /// The most listeners (or datagram sockets) one worker holds of one handle at
+    /// once: as many as a round-robin or reuse-port handle gives it
+    /// ([`MAX_LISTENERS_PER_WORKER`](round_robin::MAX_LISTENERS_PER_WORKER)). A shared
+    /// handle costs the primary no descriptor per grant, so nothing else bounds its
+    /// count: without this, a worker asking for the same address over and over
+    /// wrapped the `u32` after 2³² grants (and the next close underflowed it).
+    const MAX_GRANTS: u32 = round_robin::MAX_LISTENERS_PER_WORKER as u32;
+
+    /// Whether one more grant fits.
+    fn may_grant(&self) -> bool {
+        self.granted < Hold::MAX_GRANTS
+    }
+
+    /// Counts one more grant; `false`, counting nothing, once [`Hold::MAX_GRANTS`]
+    /// are held.
+    fn grant(&mut self) -> bool {
+        if !self.may_grant() {
+            return false;
+        }
+        self.granted += 1;
+        true
+    }
 }
 
 impl HandleEntry {

@@ -18,6 +18,17 @@
 //!   count with each credit (no message of its own), so the figure is as fresh as the
 //!   worker's last request for work. Wins when connections live long and unevenly
 //!   (keep-alive, streaming); in close mode it behaves like FIFO.
+//!
+//! **Whose count.** `dispatched` is the primary's own count; `open` is the worker's
+//! word. The primary cannot count open connections itself: in round-robin it hands a
+//! connection over and never sees it close. So [`LeastConnections`] believes what a
+//! worker reports, and a worker that under-reports (a compromised one, say `open` 0
+//! always) is chosen whenever it has a thread waiting: it draws more connections than
+//! its share (each still only when it asks for one, at most one per waiting thread).
+//! No bound the primary knows would tell a lie from the truth: a worker's count covers
+//! every listener it has, and what this one handed it may have closed long ago. With
+//! workers that are not trusted ([`Builder::user`](crate::Builder::user)),
+//! keep the default [`FewestDispatched`], which counts in the primary only.
 
 use crate::worker_id::WorkerId;
 
@@ -74,7 +85,9 @@ impl Scheduler for Fifo {
 }
 
 /// The worker with the fewest open connections; among equals, the one that has waited
-/// longest.
+/// longest. The counts are the workers' own reports (see the module docs: a worker
+/// that under-reports draws more connections; the default [`FewestDispatched`] counts
+/// in the primary).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeastConnections;
 
@@ -109,6 +122,27 @@ mod tests {
             open,
             dispatched: 0,
         }
+    }
+
+    /// A worker that says it has nothing open is LeastConnections' choice whatever
+    /// it was handed; FewestDispatched, which counts in the primary, is not fooled.
+    #[test]
+    fn a_liar_draws_least_connections_not_fewest_dispatched() {
+        let honest = |id, n| ReadyWorker {
+            worker: WorkerId(id),
+            waiting: 1,
+            open: n,
+            dispatched: u64::from(n),
+        };
+        let liar = ReadyWorker {
+            worker: WorkerId(9),
+            waiting: 1,
+            open: 0,
+            dispatched: 500,
+        };
+        let ready = [honest(1, 3), liar, honest(2, 4)];
+        assert_eq!(LeastConnections.choose(&ready), 1);
+        assert_eq!(FewestDispatched.choose(&ready), 0);
     }
 
     #[test]

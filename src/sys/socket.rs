@@ -223,11 +223,30 @@ pub(crate) fn detach_reuseport_program(fd: BorrowedFd<'_>) -> io::Result<()> {
     set_int_option(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0)
 }
 
+/// Corresponds to `setsockopt(SO_LOCK_FILTER, 1)` (Linux 3.9): from now on nobody can
+/// attach a program to `fd` or detach one from it with `SO_ATTACH_FILTER`/`SO_ATTACH_BPF`
+/// (and their detach), nor attach a reuse-port steering program through it with
+/// `SO_ATTACH_REUSEPORT_CBPF`/`EBPF`: `EPERM`, also for root. The lock cannot be lifted
+/// (`SO_LOCK_FILTER` 0 is `EPERM` too). With no filter attached it costs nothing per
+/// packet. `SO_DETACH_REUSEPORT_BPF` still works.
+pub(crate) fn lock_filter(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_LOCK_FILTER, 1)
+}
+
 /// Test support: attaches a classic BPF program that sends every connection of the
 /// group to the socket at index `k` (`SO_ATTACH_REUSEPORT_CBPF`), as a worker holding
 /// one socket of the group can.
-#[cfg(test)]
+#[cfg(any(test, feature = "test-hooks"))]
 pub(crate) fn attach_reuseport_cbpf(fd: BorrowedFd<'_>, k: u32) -> io::Result<()> {
+    attach_cbpf(fd, libc::SO_ATTACH_REUSEPORT_CBPF, k)
+}
+
+/// Test support: attaches the one-instruction classic BPF program `return k` with
+/// `option` (`SO_ATTACH_FILTER`: a socket filter, 0 drops every packet;
+/// `SO_ATTACH_REUSEPORT_CBPF`: a group's steering program), as any holder of the
+/// socket can.
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) fn attach_cbpf(fd: BorrowedFd<'_>, option: i32, k: u32) -> io::Result<()> {
     // BPF_RET | BPF_K: return k.
     let code = [libc::sock_filter {
         code: 0x06,
@@ -245,7 +264,7 @@ pub(crate) fn attach_reuseport_cbpf(fd: BorrowedFd<'_>, k: u32) -> io::Result<()
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
+            option,
             (&prog as *const libc::sock_fprog).cast(),
             mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )

@@ -675,3 +675,36 @@ pub fn exclusive_after_privilege_drop() -> Outcome {
     println!("    {denied}; {local} owned by uid {uid} (nobody)");
     crate::util::check::stop_and_check(&mut srv)
 }
+
+/// A worker that asks for the same shared datagram socket again and again (issue 19,
+/// item 12): it holds at most 16 grants of one handle at once (as many as a
+/// round-robin or reuse-port handle gives one worker); the 17th request is refused
+/// with `EMFILE`, naming the address, and reported as `listen-failed`. (A shared
+/// handle costs the primary no descriptor per grant, so before this bound nothing
+/// limited the count, a `u32` that wrapped after 2³² requests.)
+pub fn udp_grants_bounded() -> Outcome {
+    let asks = vec!["udp-hold@127.0.0.1:0"; 17].join(",");
+    let cmd = proc::self_command(&[
+        ("SC_WORKERS", "1".into()),
+        ("SC_LISTEN", "127.0.0.1:0".into()),
+        ("SC_ASK", asks),
+    ]);
+    let mut srv = Server::spawn(cmd)?;
+    let t = Duration::from_secs(10);
+    let failed = srv.seen_or_expect("listen-failed ", t)?;
+    check(
+        failed.contains("127.0.0.1:0") && failed.contains("Too many open files"),
+        || format!("the 17th grant: {failed}"),
+    )?;
+    // The worker's answers are in order on its stderr: every grant is in once the
+    // refusal is.
+    let refused = srv.seen_or_expect_containing("ask udp-hold 127.0.0.1:0: cannot", t)?;
+    let ok = srv
+        .seen
+        .iter()
+        .filter(|l| l.contains("ask udp-hold 127.0.0.1:0: ok "))
+        .count();
+    check(ok == 16, || format!("{ok} grants before the refusal"))?;
+    println!("    16 grants, then: {refused}");
+    crate::util::check::stop_and_check(&mut srv)
+}

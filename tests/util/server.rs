@@ -14,7 +14,7 @@
 //! `SC_ADMIN` (the primary holds a private listener), `SC_EXCLUSIVE` (`1`, or addresses:
 //! worker 1 also binds exclusive listeners, see `exclusive`), `SC_ASK` (worker 1 asks for
 //! these addresses too once it listens, see `ask_more`; `udp@ADDR` asks for a datagram
-//! socket),
+//! socket, `udp-hold@ADDR` for one it keeps),
 //! `SC_MSG_LIMIT` (the primary's message limit), `SC_EXTRA_LISTEN` (see
 //! `extra_listeners`), `SC_LISTEN_FAIL_OK` (a failed listen does not shut the cluster
 //! down), `SC_NONBLOCK` (each worker sets O_NONBLOCK on its listening sockets),
@@ -24,6 +24,13 @@
 //! connected to `SC_ROGUE_PEER`, `file-online` with the file `SC_ROGUE_FILE`; see
 //! `rogue`),
 //! `SC_UIDS` (`FIRST:COUNT`: with `SC_USER`, one uid per worker from FIRST),
+//! `SC_UDP` (each worker also binds a `Datagram` on this address and answers every
+//! datagram with `worker ID: ` and the datagram, on `SC_THREADS` threads; a receive error
+//! makes the worker exit with code 3), `SC_ROGUE=udp-…` (worker 1 tampers with its
+//! datagram socket once the primary has seen every worker receive and said `go`,
+//! while serving it: `udp-connect`, `udp-drop-all`, `udp-rcvbuf-0`,
+//! `udp-nonblock`, `udp-shutdown-read`, `udp-steer`; it tells the primary `tampered HOW
+//! ok` or `tampered HOW ERROR`; see `tamper`),
 //! `SC_TIMEOUT_MS`, `SC_HEARTBEAT_MS` (also starts a thread in each worker that calls
 //! `Worker::heartbeat` five times per timeout, until `hang-heartbeat`), `SC_MAX_CONN`,
 //! `SC_MAX_CONN_JITTER`, `SC_MAX_RSS_MIB` (worker health),
@@ -55,7 +62,7 @@
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
-//! ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `replacing ID PID KIND (REASON)`, `exit ID PID STATUS
+//! ADDR`, `receiving ID ADDR`, `listen-failed ID ADDR ERROR`, `disconnect ID`, `replacing ID PID KIND (REASON)`, `exit ID PID STATUS
 //! requested=B`, `error …`), `ready ADDR[,ADDR…]` once every worker listens on every
 //! address, `serving K` (workers listening and not disconnecting, after each event,
 //! when it changes, once ready), `cause ID KIND` and `rss ID BYTES` (a worker's
@@ -458,6 +465,41 @@ fn refused_keeps_no_linger(sent: &std::io::Result<()>, s: &std::net::TcpStream) 
 /// `SC_ROGUE=file-online`: the worker's own copy of the file it sent, kept open.
 static KEPT_FILE: OnceLock<std::fs::File> = OnceLock::new();
 
+/// Worker 1 tampers with its datagram socket as a hostile worker can (`SC_ROGUE=udp-…`).
+fn tamper(d: &cluster::Datagram, how: &str) -> std::io::Result<()> {
+    let cluster::DatagramSocket::Udp(u) = d.socket() else {
+        return Err(std::io::Error::other("not a UDP socket"));
+    };
+    match how {
+        // Only datagrams from the discard port would come in.
+        "connect" => u.connect("127.0.0.1:9"),
+        // On the open file description: every process holding it sees it.
+        "nonblock" => u.set_nonblocking(true),
+        other => d.tamper_for_tests(other),
+    }
+}
+
+/// Answers every datagram with `worker ID: ` and the datagram, until the socket is
+/// closed; a receive error ends the worker (exit code 3), as it would end a server
+/// that cannot receive.
+fn serve_datagrams(d: &cluster::Datagram, id: u32) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match d.recv_from(&mut buf) {
+            Ok(Some((n, peer))) => {
+                let mut answer = format!("worker {id}: ").into_bytes();
+                answer.extend_from_slice(&buf[..n]);
+                let _ = d.send_to(&answer, &peer);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("worker {id}: udp: {e}");
+                std::process::exit(3);
+            }
+        }
+    }
+}
+
 /// The worker's listeners, for `unlisten N`.
 static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new();
 
@@ -496,6 +538,16 @@ fn ask_more(asks: &str) {
             }
             continue;
         }
+        if let Some(udp) = a.strip_prefix("udp-hold@") {
+            match cluster::Datagram::bind(udp) {
+                Ok(d) => {
+                    eprintln!("ask udp-hold {udp}: ok {}", d.local_addr());
+                    HELD_UDP.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+                }
+                Err(e) => eprintln!("ask udp-hold {udp}: {e}"),
+            }
+            continue;
+        }
         let addr = if a == "admin" {
             format!("fd:{}", env("SC_ADMIN_FD", "-1"))
         } else {
@@ -507,6 +559,9 @@ fn ask_more(asks: &str) {
         }
     }
 }
+
+/// Datagram sockets `SC_ASK=udp-hold@ADDR` asked for, held for the worker's life.
+static HELD_UDP: std::sync::Mutex<Vec<cluster::Datagram>> = std::sync::Mutex::new(Vec::new());
 
 /// A TCP connection to `SC_ROGUE_PEER` (a listener that never accepts nor reads) with
 /// its send buffer full, so unsent data waits for a window that never opens, and
@@ -635,9 +690,15 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
             std::net::TcpListener::from(copy).set_nonblocking(true)?;
         }
     }
-    if let (1, Ok(how)) = (id, std::env::var("SC_ROGUE")) {
+    let udp = match std::env::var("SC_UDP") {
+        Ok(addr) => Some(cluster::Datagram::bind(addr.as_str())?),
+        Err(_) => None,
+    };
+    let rogue_how = std::env::var("SC_ROGUE").ok().filter(|_| id == 1);
+    let udp_rogue = rogue_how.as_deref().and_then(|h| h.strip_prefix("udp-"));
+    if let (Some(how), None) = (&rogue_how, udp_rogue) {
         if let Some(l) = listeners.first() {
-            rogue(w, &how, l);
+            rogue(w, how, l);
         }
     }
     if std::env::var_os("SC_STD_TOKIO").is_some() {
@@ -650,6 +711,22 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
         }
     }
     std::thread::scope(|s| {
+        for _ in 0..udp.as_ref().map_or(0, |_| threads) {
+            let d = udp.as_ref().expect("counted above");
+            s.spawn(move || serve_datagrams(d, id));
+        }
+        // `SC_ROGUE=udp-…`: worker 1 serves its datagram socket until the primary's
+        // go (once every worker receives), then tampers with it.
+        if let (Some(how), Some(d)) = (udp_rogue, &udp) {
+            s.spawn(move || {
+                while w.recv().is_some_and(|m| m != b"go") {}
+                let told = match tamper(d, how) {
+                    Ok(()) => format!("tampered {how} ok"),
+                    Err(e) => format!("tampered {how} {e}"),
+                };
+                let _ = w.send(told.as_bytes());
+            });
+        }
         // `SC_HEARTBEAT_MS`: the application's "main loop", which calls
         // `Worker::heartbeat` five times per timeout until `hang-heartbeat`, and ends
         // with the worker.
@@ -1003,6 +1080,9 @@ pub fn main() -> i32 {
         }
     };
     let mut listening: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    let mut receiving: BTreeSet<u32> = BTreeSet::new();
+    let udp_rogue = env("SC_ROGUE", "").starts_with("udp-");
+    let mut told_go = false;
     let mut resolved: Vec<String> = Vec::new();
     let mut ready = false;
     let mut last_stats = String::new();
@@ -1033,6 +1113,17 @@ pub fn main() -> i32 {
                 if all && !ready {
                     ready = true;
                     say(format!("ready {}", resolved.join(",")));
+                }
+            }
+            Some(Event::Receiving { worker, addr }) => {
+                say(format!("receiving {worker} {addr}"));
+                // `SC_ROGUE=udp-…`: once every worker receives, worker 1's go.
+                receiving.insert(worker.0);
+                if receiving.len() == workers && udp_rogue && !told_go {
+                    told_go = true;
+                    if let Err(e) = cluster.send(cluster::WorkerId(1), b"go") {
+                        say(format!("error rogue go: {e}"));
+                    }
                 }
             }
             Some(Event::ListenFailed {
