@@ -349,8 +349,23 @@ impl DatagramHandle {
     /// The end of the handle: the primary's copies close. A shared socket is not shut
     /// down: `shutdown(2)` on a datagram socket only wakes receivers, which the
     /// workers' own close does; the port goes with the last copy.
+    ///
+    /// A shared socket may be a Unix one, whose queue any local process can fill with
+    /// datagrams that carry descriptors: the primary's close of it, if the last, would
+    /// release them in the loop, so it goes through
+    /// [`close_own_socket`](crate::sys::closer::close_own_socket).
     pub(crate) fn close(&mut self) {
-        self.sockets = Sockets::Closed;
+        if let Sockets::Shared(fd) = std::mem::replace(&mut self.sockets, Sockets::Closed) {
+            crate::sys::closer::close_own_socket(fd);
+        }
+    }
+}
+
+impl Drop for DatagramHandle {
+    /// Closes nothing itself: [`DatagramHandle::close`] lets go of the sockets (the
+    /// fields would drop them).
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
