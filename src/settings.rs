@@ -112,18 +112,18 @@ impl User {
     /// allocates from (systemd's `DynamicUser=` takes uids from 61184–65519).
     ///
     /// Which uid a worker gets: the lowest of the range that no worker the primary
-    /// still tracks runs as (alive, or not reaped yet). So a worker forked while
-    /// another is still there never shares its uid: not a respawn, not the
-    /// replacement a reload or a recycle forks *before* the worker it replaces goes.
-    /// That replacement is why the range must hold one uid more than the workers:
+    /// still tracks runs as (alive, or not reaped yet, leaving or not). So a worker
+    /// forked while another is still there never shares its uid: not a respawn, not
+    /// the successor a reload, a recycle or a binary upgrade starts *before* the worker
+    /// it replaces is gone (a compromised old worker could otherwise stop its
+    /// successor and stay). An upgrade runs every worker of the new program beside every
+    /// one of the previous program, so the range must hold twice the workers:
     /// [`Builder::start`](crate::Builder::start) refuses a smaller range, and
     /// [`Cluster::set_workers`](crate::Cluster::set_workers) (and `SIGTTIN`) refuses
-    /// to grow the cluster beyond it, with [`Error::Config`]. Only when every uid is
-    /// taken does a new worker share one, and then only with a worker on its way out:
-    /// one disconnecting after a scale-down, or one of the previous program's during a
-    /// binary upgrade (a range of twice the workers and one avoids that too). A fork
-    /// that finds no such uid either fails like a failed `fork` (reported, retried with
-    /// the respawn back-off).
+    /// to grow the cluster beyond half of it, with [`Error::Config`]. A fork that finds
+    /// every uid taken (the cluster scaled down and up while the old workers drain)
+    /// fails like a failed `fork`: reported, and retried with the respawn back-off
+    /// once a worker is reaped.
     ///
     /// What the uids do not separate: files the workers can all open through this
     /// user's groups, and processes a worker starts that outlive it (they keep its
@@ -131,7 +131,7 @@ impl User {
     /// them).
     ///
     /// ```no_run
-    /// let user = cluster::User::named("nobody")?.per_worker_uids(61184, 9)?;
+    /// let user = cluster::User::named("nobody")?.per_worker_uids(61184, 16)?;
     /// let builder = cluster::Cluster::builder().workers(8).user(user);
     /// # drop(builder);
     /// # Ok::<(), cluster::Error>(())

@@ -201,7 +201,14 @@ impl Channel {
         }
     }
 
-    /// Receives up to [`BATCH`] queued records in one system call (`recvmmsg`),
+    /// How many records [`recv_many`](Channel::recv_many) reads at most in one call on
+    /// this end ([`scm::batch_len`]): a caller that got that many looks again.
+    pub(crate) fn batch_len(&self) -> usize {
+        scm::batch_len(self.from)
+    }
+
+    /// Receives up to [`batch_len`](Channel::batch_len) (at most [`BATCH`]) queued
+    /// records in one system call (`recvmmsg`),
     /// without blocking, and hands each to `each`: a decoded record, EOF, or the
     /// protocol error of a bad one (its descriptors already closed). Records longer than
     /// [`BATCH_RECORD`] bytes are refused as oversized: only small records travel this way.

@@ -105,15 +105,12 @@ impl Cluster {
         else {
             return Ok(None);
         };
-        let held = self
-            .workers
-            .values()
-            .filter_map(|s| Some((s.uid?, s.requested || s.killed)));
+        let held = self.workers.values().filter_map(|s| s.uid);
         match super::uids::pick(first, last, held) {
             Some(uid) => Ok(Some(uid)),
             None => Err(Error::Config(format!(
                 "fork worker {id}: every uid of the range {first}-{last} is taken by a \
-                 live worker"
+                 worker not yet reaped; waiting for one to exit"
             ))),
         }
     }

@@ -58,6 +58,15 @@ const STACK: usize = 64 * 1024;
 /// Descriptors handed to a closer that has not yet called `close`.
 static IN_HAND: AtomicUsize = AtomicUsize::new(0);
 
+/// A closer thread was ever started in this process.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a closer thread was ever started here (a thread count above one is then
+/// possibly a closer the kernel has not released yet, see [`super::process::fork`]).
+pub(crate) fn ever_started() -> bool {
+    STARTED.load(Ordering::Relaxed)
+}
+
 /// Only the loop's thread uses this (closers never lock it), so it is never held when
 /// that thread forks.
 static CLOSERS: Mutex<Closers> = Mutex::new(Closers {
@@ -110,6 +119,7 @@ impl Closers {
             // for good if it never starts) this thread does.
             let raw: RawFd = fd.into_raw_fd();
             IN_HAND.fetch_add(1, Ordering::AcqRel);
+            STARTED.store(true, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()
                 .name("cluster-closer".into())
                 .stack_size(STACK)

@@ -59,8 +59,22 @@ pub(crate) fn thread_count() -> io::Result<usize> {
 pub(crate) fn fork() -> io::Result<Fork> {
     // Closer threads (only on kernels without SO_PASSRIGHTS, only after a worker sent a
     // file) take no lock: they may run on, each in its `close` (see `sys::closer`).
-    let closers = super::closer::settle();
-    let threads = thread_count()?;
+    let mut closers = super::closer::settle();
+    let mut threads = thread_count()?;
+    // A closer joined a moment ago can still be counted until the kernel has released
+    // it: look again for a little while (about 10 ms) before refusing.
+    for _ in 0..100 {
+        if threads <= 1 + closers {
+            break;
+        }
+        std::thread::yield_now();
+        closers = super::closer::settle();
+        threads = thread_count()?;
+        if threads > 1 + closers && closers == 0 && !super::closer::ever_started() {
+            break; // no closer ever ran: the extra threads are the application's
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
     if threads > 1 + closers {
         return Err(io::Error::other(format!(
             "refusing to fork: the primary has {threads} threads (fork copies only one; \

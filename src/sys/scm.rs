@@ -472,16 +472,40 @@ pub(crate) fn recv_many(
     match (from, guarantee()) {
         (Peer::Untrusted, Guarantee::Refused) => {
             let mut none: [Cmsg<0>; BATCH] = std::array::from_fn(|_| Cmsg::new());
-            recv_batch(sock, bufs, out, from, &mut none, 0)
+            recv_batch(sock, bufs, out, from, &mut none, 0, BATCH)
         }
         (Peer::Untrusted, Guarantee::Contained) => {
             let mut wide: [WideCmsgBuf; BATCH] = std::array::from_fn(|_| Cmsg::new());
-            recv_batch(sock, bufs, out, from, &mut wide, SCM_MAX_FD)
+            recv_batch(
+                sock,
+                bufs,
+                out,
+                from,
+                &mut wide,
+                SCM_MAX_FD,
+                CONTAINED_BATCH,
+            )
         }
         (Peer::Trusted, _) => {
             let mut small: [CmsgBuf; BATCH] = std::array::from_fn(|_| Cmsg::new());
-            recv_batch(sock, bufs, out, from, &mut small, MAX_FDS)
+            recv_batch(sock, bufs, out, from, &mut small, MAX_FDS, BATCH)
         }
+    }
+}
+
+/// How many records [`recv_many`] reads at most per call from a worker on a kernel
+/// without `SO_PASSRIGHTS`: each may carry [`SCM_MAX_FD`] descriptors, all installed
+/// before any is closed, and a batch of 16 (4,048 descriptors) could reach the
+/// primary's `RLIMIT_NOFILE`, past which the kernel closes the rest inside the
+/// primary, the one case the wide buffer is there to avoid.
+pub(crate) const CONTAINED_BATCH: usize = 2;
+
+/// How many records [`recv_many`] reads at most per call from `from` (a caller that
+/// got that many looks again).
+pub(crate) fn batch_len(from: Peer) -> usize {
+    match (from, guarantee()) {
+        (Peer::Untrusted, Guarantee::Contained) => CONTAINED_BATCH,
+        _ => BATCH,
     }
 }
 
@@ -492,6 +516,7 @@ fn recv_batch<const N: usize>(
     from: Peer,
     cbufs: &mut [Cmsg<N>; BATCH],
     room: usize,
+    vlen: usize,
 ) -> io::Result<()> {
     let space = if room == 0 { 0 } else { cmsg_space(room) };
     debug_assert!(space <= N, "control buffer too small");
@@ -523,7 +548,7 @@ fn recv_batch<const N: usize>(
         libc::recvmmsg(
             sock.as_raw_fd(),
             msgs.as_mut_ptr(),
-            BATCH as libc::c_uint,
+            vlen.min(BATCH) as libc::c_uint,
             flags as _,
             std::ptr::null_mut(),
         )

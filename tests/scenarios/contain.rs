@@ -112,19 +112,18 @@ fn stop_siblings(t: &Target) -> Result<(u32, Vec<(u32, String)>), String> {
 }
 
 /// Workers run as `nobody`'s group with one uid each (`User::per_worker_uids`, 3
-/// workers, 4 uids that no account has and no process runs as). One worker, playing
+/// workers, 6 uids that no account has and no process runs as). One worker, playing
 /// a compromised one, runs `kill -STOP` on each sibling (found in /proc): `EPERM` for
 /// both; neither is stopped, and all three serve. A reload replaces all three, each
-/// replacement with a uid no live worker has (the spare, then each old one's as it
-/// goes); `SIGTTIN` for a fourth worker is refused (the range carries 3), naming the
-/// range.
+/// replacement with a uid no worker still running has; `SIGTTIN` for a fourth worker
+/// is refused (the range carries 3), naming the range.
 pub fn sibling_signals_refused() -> Outcome {
     if !proc::is_root() {
         println!("    skipped: not root (workers run as other uids; CI runs as root)");
         return Ok(());
     }
-    let first = unused_uids(4)?;
-    let range = first..first + 4;
+    let first = unused_uids(6)?;
+    let range = first..first + 6;
     let s = Spec {
         mode: "round-robin",
         workers: 3,
@@ -132,7 +131,7 @@ pub fn sibling_signals_refused() -> Outcome {
         threads: 2,
         env: vec![
             ("SC_USER", "nobody".into()),
-            ("SC_UIDS", format!("{first}:4")),
+            ("SC_UIDS", format!("{first}:6")),
         ],
     };
     let (mut srv, targets) = s.start()?;
@@ -183,14 +182,15 @@ pub fn sibling_signals_refused() -> Outcome {
     srv.expect("reload-finished 3 complete=true", Duration::from_secs(30))?;
     let new = distinct(&srv, &[4, 5, 6])?;
     println!("    after a reload, workers 4, 5, 6 run as uids {new:?}");
-    check(new[0] == range.end - 1, || {
-        format!("the first replacement did not take the spare uid: {new:?}")
+    // Worker 4 is forked while all three serve: the lowest uid none of them has.
+    check(new[0] == first + 3, || {
+        format!("the first replacement did not take a free uid: {new:?}")
     })?;
     srv.signal("TTIN")?;
     let refused = srv.expect("error 4 workers asked for", T)?;
     println!("    SIGTTIN: {refused}");
     check(
-        refused.contains(&format!("uids {first}-{}", first + 3)) && refused.contains("at most 3"),
+        refused.contains(&format!("uids {first}-{}", first + 5)) && refused.contains("at most 3"),
         || refused.clone(),
     )?;
     stop_and_check(&mut srv)

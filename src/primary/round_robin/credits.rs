@@ -40,6 +40,7 @@ impl RoundRobinHandle {
             // The credits already in `free` (a stalled member's are kept out of it).
             let before = if m.stalled { 0 } else { m.credits };
             let mut arrived = 0u32;
+            let batch = m.primary_end.batch_len();
             loop {
                 let mut fault = None;
                 let mut eof = false;
@@ -97,7 +98,7 @@ impl RoundRobinHandle {
                     m.closed = true;
                 }
                 match got {
-                    Ok(n) if n == BATCH && !m.closed && !m.retired => continue, // maybe more queued
+                    Ok(n) if n == batch && !m.closed && !m.retired => continue, // maybe more queued
                     Ok(_) => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
