@@ -186,25 +186,26 @@ fn keepalive_reloads(mode: &str) -> Outcome {
     stop_and_check(srv)
 }
 
-/// Round-robin: once every worker answers, 64 connections opened at once, one request
+/// Round-robin: once every worker accepts, 64 connections opened at once, one request
 /// on each, held open: the primary spreads them over the 4 workers by their credits,
 /// max/min <= 1.25.
 fn round_robin_balance() -> Outcome {
-    let (srv, t) = start("round-robin", "4", &[])?;
+    let (mut srv, t) = start("round-robin", "4", &[])?;
     // `ready` says every worker listens; a worker's credits follow a moment later
-    // (its runtime starts, then grants them). Until every worker has answered, the
-    // primary could only spread over those that have.
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..400 {
-        if seen.len() == 4 {
-            break;
-        }
-        let mut c = Conn::connect(&t, T).map_err(|e| e.to_string())?;
-        seen.insert(ask(&mut c, true)?.0);
+    // (its runtime starts, then grants them). Connections before that would go to the
+    // others, and the scheduler (fewest dispatched) would then even the counts out
+    // with the next ones: wait until every worker says it accepts.
+    let accepting = |srv: &Server| -> usize {
+        let ids: std::collections::BTreeSet<&String> = srv
+            .seen
+            .iter()
+            .filter(|l| l.ends_with(" accepting"))
+            .collect();
+        ids.len()
+    };
+    while accepting(&srv) < 4 {
+        srv.expect_containing(" accepting", T)?;
     }
-    check(seen.len() == 4, || {
-        format!("only workers {seen:?} answered")
-    })?;
     let mut conns = (0..64)
         .map(|_| Conn::connect(&t, T).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
