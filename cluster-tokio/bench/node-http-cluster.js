@@ -44,7 +44,12 @@ if (cluster.isPrimary) {
   const id = String(cluster.worker.id);
   const body = `hello from worker ${id}\n`;
   const server = http.createServer((req, res) => {
-    res.writeHead(200, { 'Content-Type': 'text/plain', 'X-Worker': id });
+    // Content-Length, as axum sends it (the bench's load generator reads by length).
+    res.writeHead(200, {
+      'Content-Type': 'text/plain',
+      'Content-Length': Buffer.byteLength(body),
+      'X-Worker': id,
+    });
     res.end(body);
   });
   server.keepAliveTimeout = 5000;
