@@ -119,6 +119,27 @@ impl ClusterListener {
     /// The next connection and its peer, or `Ok(None)` once the worker is asked to go
     /// (its listener closed) and what the primary had handed over is taken.
     ///
+    /// hyper 1 without axum, inside a worker's runtime:
+    ///
+    /// ```no_run
+    /// use hyper::{body::Incoming, Request, Response};
+    /// use hyper_util::rt::TokioIo;
+    ///
+    /// async fn serve(listener: cluster_tokio::ClusterListener) -> std::io::Result<()> {
+    ///     while let Some((stream, _peer)) = listener.accept().await? {
+    ///         tokio::spawn(async move {
+    ///             let hello = hyper::service::service_fn(|_req: Request<Incoming>| async {
+    ///                 Ok::<_, std::convert::Infallible>(Response::new("hello".to_string()))
+    ///             });
+    ///             let _ = hyper::server::conn::http1::Builder::new()
+    ///                 .serve_connection(TokioIo::new(stream), hello)
+    ///                 .await;
+    ///         });
+    ///     }
+    ///     Ok(()) // asked to go: the spawned connections finish on their own
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// What accepting failed with (out of descriptors, …); the listener stays usable.
