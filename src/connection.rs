@@ -216,6 +216,21 @@ impl Drop for OpenCount {
     }
 }
 
+/// One connection counted as open in its worker while this value lives: from
+/// [`Listener::note_accepted`](crate::Listener::note_accepted) (a connection a library accepted by itself) or
+/// [`Connection::take_open`]. Keep it with the
+/// connection, and drop it when the connection ends.
+#[derive(Debug)]
+pub struct OpenConnection {
+    _open: Option<OpenCount>,
+}
+
+impl OpenConnection {
+    pub(crate) fn from_count(open: Option<OpenCount>) -> OpenConnection {
+        OpenConnection { _open: open }
+    }
+}
+
 /// A connection returned by [`Listener::accept`](crate::Listener::accept).
 ///
 /// In a cluster worker, the connection counts as open (for
@@ -265,8 +280,8 @@ impl Connection {
     /// after [`into_tcp`](Connection::into_tcp) or [`into_parts`](Connection::into_parts):
     /// the connection counts as open until the returned guard drops. Taken twice, the
     /// second guard counts nothing.
-    pub fn take_open(&mut self) -> crate::OpenConnection {
-        crate::listener::OpenConnection::from_count(self.open.take())
+    pub fn take_open(&mut self) -> OpenConnection {
+        OpenConnection::from_count(self.open.take())
     }
 
     /// The stream and the peer address.

@@ -142,14 +142,12 @@ mod worker;
 mod worker_id;
 
 pub use addr::{AddrParseError, ListenAddr, PeerAddr, ToListenAddr};
-pub use connection::{Connection, Stream};
+pub use connection::{Connection, OpenConnection, Stream};
 pub use error::{Error, ListenError};
 pub use event::{Event, ExitStatus, Replacement, Signal};
 pub use ipc::codec::{ProtocolError, MAX_MESSAGE_LEN};
 pub use listener::datagram::{Datagram, DatagramPeer, DatagramSocket};
-pub use listener::{
-    HandoffReadiness, Incoming, Listener, OpenConnection, StdListener, MAX_GRANTED,
-};
+pub use listener::{HandoffReadiness, Incoming, Listener, StdListener, MAX_GRANTED};
 pub use mode::{Mode, ModeParseError};
 pub use options::{ListenOptions, DEFAULT_BACKLOG};
 pub use primary::{

@@ -74,7 +74,7 @@ pub(crate) mod link;
 mod std_listener;
 
 pub use event_loop::{HandoffReadiness, MAX_GRANTED};
-pub use std_listener::{OpenConnection, StdListener};
+pub use std_listener::StdListener;
 
 use gate::Gate;
 use link::WorkerLink;

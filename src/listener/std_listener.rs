@@ -27,7 +27,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
 
 use super::{Listener, Origin, Source};
-use crate::connection::OpenCount;
+use crate::connection::OpenConnection;
 use crate::sys::socket;
 
 /// A worker's listening socket as std's listener type, from
@@ -73,21 +73,6 @@ impl From<StdListener> for OwnedFd {
             StdListener::Tcp(l) => l.into(),
             StdListener::Unix(l) => l.into(),
         }
-    }
-}
-
-/// One connection counted as open in its worker while this value lives: from
-/// [`Listener::note_accepted`] (a connection a library accepted by itself) or
-/// [`Connection::take_open`](crate::Connection::take_open). Keep it with the
-/// connection, and drop it when the connection ends.
-#[derive(Debug)]
-pub struct OpenConnection {
-    _open: Option<OpenCount>,
-}
-
-impl OpenConnection {
-    pub(crate) fn from_count(open: Option<OpenCount>) -> OpenConnection {
-        OpenConnection { _open: open }
     }
 }
 
@@ -160,11 +145,9 @@ impl Listener {
     pub fn note_accepted(&self) -> OpenConnection {
         let s = &*self.shared;
         s.accepted.fetch_add(1, Ordering::Relaxed);
-        OpenConnection {
-            _open: match &s.origin {
-                Origin::Worker { link, .. } => Some(link.accepted()),
-                Origin::Standalone { .. } => None,
-            },
-        }
+        OpenConnection::from_count(match &s.origin {
+            Origin::Worker { link, .. } => Some(link.accepted()),
+            Origin::Standalone { .. } => None,
+        })
     }
 }
