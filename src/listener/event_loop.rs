@@ -20,11 +20,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::handoff::{drain_queued, handed_off, primary_gone};
+use super::handoff::{drain_queued, primary_gone, take, Take};
 use super::{Endpoint, Listener, Origin, Source};
 use crate::connection::Connection;
-use crate::ipc::channel::{Channel, Incoming as Received, RecvError};
-use crate::ipc::codec::{Message, ProtocolError};
+use crate::ipc::channel::Channel;
+use crate::ipc::codec::Message;
 
 /// The most credits [`Listener::grant`] keeps outstanding in one worker, across all
 /// its listeners. The primary refuses a worker that claims more than 4,096 on one
@@ -191,31 +191,22 @@ impl Endpoint {
         }
         let mut buf = [0u8; 256];
         loop {
-            match ch.recv(&mut buf, true) {
-                Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
+            match take(ch, &mut buf, true) {
+                Take::Conn(conn) => {
                     spend(&self.granted);
-                    return Ok(Some(handed_off(fd, peer)));
+                    return Ok(Some(conn));
                 }
-                Ok(Received::Eof) => return Ok(None),
+                Take::Eof => return Ok(None),
                 // The primary asks whether this worker still takes connections: a
                 // fresh credit says it does (as a waiting thread answers).
-                Ok(Received::Message(Message::Probe, None)) => self.send_credits(ch, 1)?,
-                Ok(Received::Message(other, _fd)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "unexpected {} message on the hand-off channel",
-                            other.name()
-                        ),
-                    ))
-                }
-                Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(RecvError::Io(e)) if primary_gone(&e) => return Ok(drain_queued(ch)),
-                Err(RecvError::Io(e)) => return Err(e),
+                Take::Probe => self.send_credits(ch, 1)?,
+                // Empty: the caller waits for readiness. A signal: look again.
+                Take::Empty => return Err(io::ErrorKind::WouldBlock.into()),
+                Take::Interrupted => {}
+                Take::PrimaryGone => return Ok(drain_queued(ch)),
                 // Out of descriptors: the connection was lost (the kernel closed it);
                 // its credit is given again, and the caller's next wait backs off.
-                Ok(Received::FdLost(_))
-                | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                Take::Lost => {
                     crate::log::report!(
                         "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC)",
                         self.local
@@ -223,9 +214,7 @@ impl Endpoint {
                     self.send_credits(ch, 1)?;
                     return Err(io::Error::from_raw_os_error(libc::EMFILE));
                 }
-                Err(RecvError::Protocol(e)) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e))
-                }
+                Take::Failed(e) => return Err(e),
             }
         }
     }

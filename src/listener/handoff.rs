@@ -120,43 +120,18 @@ impl Endpoint {
                         Err(e) => return Err(e),
                     }
                 }
-                match ch.recv(&mut buf, wait.is_some()) {
-                    Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
-                        return Ok(Some(handed_off(fd, peer)));
-                    }
-                    Ok(Received::Eof) => return Ok(None),
+                match take(ch, &mut buf, wait.is_some()) {
+                    Take::Conn(conn) => return Ok(Some(conn)),
+                    Take::Eof => return Ok(None),
                     // The primary asks whether this worker still takes connections
                     // (it left one unreceived too long): answer with a fresh credit.
-                    Ok(Received::Message(Message::Probe, None)) => continue 'credit,
-                    Ok(Received::Message(other, _fd)) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "unexpected {} message on the hand-off channel",
-                                other.name()
-                            ),
-                        ));
-                    }
+                    Take::Probe => continue 'credit,
                     // Another thread took it, or the wake-up was spurious: wait again.
-                    Err(RecvError::Io(e))
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue
-                    }
-                    // The primary's end is gone. ECONNRESET comes *before* what is still
-                    // queued (the kernel reports a pending socket error ahead of the
-                    // queue), so the connections it sent are received still.
-                    Err(RecvError::Io(e)) if primary_gone(&e) => return Ok(drain_queued(ch)),
-                    Err(RecvError::Io(e)) => return Err(e),
-                    // Out of descriptors (RLIMIT_NOFILE): the kernel could not install the
-                    // connection's descriptor and closed it (the client sees the
-                    // connection end); the record said which. Say so, back off as accept
-                    // does on EMFILE, and ask again: the credit was spent on it.
-                    Ok(Received::FdLost(_))
-                    | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+                    Take::Empty | Take::Interrupted => continue,
+                    Take::PrimaryGone => return Ok(drain_queued(ch)),
+                    // The credit was spent on a connection the kernel closed: back off
+                    // as accept does on EMFILE, and ask again.
+                    Take::Lost => {
                         crate::log::report!(
                             "{}: a connection was lost: no descriptor left to receive it (MSG_CTRUNC); backing off",
                             self.local
@@ -164,9 +139,7 @@ impl Endpoint {
                         back_off(&mut backoff);
                         continue 'credit;
                     }
-                    Err(RecvError::Protocol(e)) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e))
-                    }
+                    Take::Failed(e) => return Err(e),
                 }
             }
         }
@@ -181,6 +154,58 @@ pub(super) fn handed_off(fd: std::os::fd::OwnedFd, peer: PeerAddr) -> Connection
         PeerAddr::Unix(_) => StreamKind::Unix,
     };
     Connection::new(Stream::from_fd(kind, fd), peer)
+}
+
+/// What one receive on a hand-off channel gave: the blocking path (`accept_handoff`)
+/// and the event loop's (`event_loop.rs`) act on the same outcomes.
+pub(super) enum Take {
+    /// A connection the primary handed over.
+    Conn(Connection),
+    /// The channel is closed (here, or shut down by the primary).
+    Eof,
+    /// "Are you there?": the primary left a connection unreceived too long and asks
+    /// for a fresh credit.
+    Probe,
+    /// Nothing there now (`EAGAIN` on a non-blocking receive).
+    Empty,
+    /// A signal interrupted the receive: look again.
+    Interrupted,
+    /// The primary's end is gone ([`primary_gone`]); what it sent before may still be
+    /// queued ([`drain_queued`]). `ECONNRESET` comes *before* what is still queued (the
+    /// kernel reports a pending socket error ahead of the queue).
+    PrimaryGone,
+    /// Out of descriptors (`RLIMIT_NOFILE`): the kernel could not install the
+    /// connection's descriptor and closed it (its client sees the connection end); the
+    /// credit was spent on it.
+    Lost,
+    /// A record that does not belong on the channel, or the receive failed.
+    Failed(io::Error),
+}
+
+/// Receives one record from a hand-off channel and says what it was (see [`Take`]).
+pub(super) fn take(ch: &Channel, buf: &mut [u8], nonblocking: bool) -> Take {
+    match ch.recv(buf, nonblocking) {
+        Ok(Received::Message(Message::NewConn { peer, .. }, Some(fd))) => {
+            Take::Conn(handed_off(fd, peer))
+        }
+        Ok(Received::Eof) => Take::Eof,
+        Ok(Received::Message(Message::Probe, None)) => Take::Probe,
+        Ok(Received::Message(other, _fd)) => Take::Failed(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "unexpected {} message on the hand-off channel",
+                other.name()
+            ),
+        )),
+        Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Take::Empty,
+        Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Take::Interrupted,
+        Err(RecvError::Io(e)) if primary_gone(&e) => Take::PrimaryGone,
+        Err(RecvError::Io(e)) => Take::Failed(e),
+        Ok(Received::FdLost(_)) | Err(RecvError::Protocol(ProtocolError::ControlTruncated)) => {
+            Take::Lost
+        }
+        Err(RecvError::Protocol(e)) => Take::Failed(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
 }
 
 /// The primary's end of the channel is closed: `EPIPE` on a send, or `ECONNRESET` when
