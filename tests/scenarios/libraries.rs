@@ -4,13 +4,12 @@
 //! counts what it accepts with `Listener::note_accepted`. In round-robin there is no
 //! listener to take: asking is an error that names the mode, not a hang.
 
-use std::io::BufReader;
 use std::time::Duration;
 
-use crate::demo::http_get;
 use crate::hello_deploy::{gone, workers_of};
+use crate::systemd_activate::get;
 use crate::util::check::{check, clean_end, exited_ok, spec, Outcome};
-use crate::util::client::{self, Conn, Target};
+use crate::util::client::{self, Target};
 use crate::util::proc::{self, Server};
 
 const T: Duration = Duration::from_secs(10);
@@ -88,17 +87,6 @@ pub fn std_listener_round_robin_refused() -> Outcome {
     srv.signal("TERM")?;
     let end = exited_ok(&mut srv, T)?;
     clean_end(&srv, &end)
-}
-
-/// `GET /` with `Connection: close` on a new connection: the worker that answered.
-fn get(target: &Target) -> Result<u32, String> {
-    let mut conn = Conn::connect(target, T).map_err(|e| format!("connect: {e}"))?;
-    http_get(&mut conn, "/", true)?;
-    let resp = client::read_response(&mut BufReader::new(&mut conn))?;
-    check(resp.status == 200, || format!("status {}", resp.status))?;
-    resp.header("X-Worker")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| "no X-Worker".to_string())
 }
 
 /// The `tiny_http` example, `--mode MODE`, 2 workers, on TCP and on a Unix socket:

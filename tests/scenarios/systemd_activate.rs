@@ -81,7 +81,7 @@ fn activate(tool: &PathBuf) -> Result<(Server, SocketAddr), String> {
 }
 
 /// One `GET /` with `Connection: close`: the worker that answered.
-fn get(target: &Target) -> Result<u32, String> {
+pub fn get(target: &Target) -> Result<u32, String> {
     let mut conn = Conn::connect(target, T).map_err(|e| format!("connect: {e}"))?;
     http_get(&mut conn, "/", true)?;
     let resp = client::read_response(&mut BufReader::new(&mut conn))?;
