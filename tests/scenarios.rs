@@ -178,6 +178,7 @@ fn main() {
     ));
     scenarios.push(("shutdown_deadline_kills", Box::new(shutdown_deadline_kills)));
     scenarios.push(("stop_escalation", Box::new(stop_escalation)));
+    scenarios.push(("kill_infinite_loop", Box::new(kill_infinite_loop)));
     scenarios.extend(each(
         "std_listener_tokio",
         libraries::std_listener_tokio,

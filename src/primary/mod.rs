@@ -446,8 +446,8 @@ impl Cluster {
     /// The most workers this cluster keeps: [`MAX_WORKERS`], and one
     /// per 16 descriptors of the primary's `RLIMIT_NOFILE` (as raised by `start`), so
     /// that every worker keeps a descriptor budget in the primary; with
-    /// [`User::per_worker_uids`](crate::User::per_worker_uids), one fewer than the uids
-    /// of the range.
+    /// [`User::per_worker_uids`](crate::User::per_worker_uids), half the uids of the
+    /// range (a successor runs beside each worker it replaces).
     pub fn max_workers(&self) -> usize {
         let uids = uids::max_workers(self.config.settings.user.as_ref());
         budget::max_workers(self.fd_limit).min(uids.unwrap_or(usize::MAX))
@@ -487,7 +487,11 @@ impl Cluster {
     }
 
     /// Sends `signal` to a worker (Node's `worker.kill()`). Its exit counts as asked
-    /// for, and the cluster keeps one worker fewer.
+    /// for, and the cluster keeps one worker fewer. Like Node's, it is also a
+    /// disconnect (no connection is routed to it any more, and it is told to go), with
+    /// its deadline: a worker still alive after the shutdown timeout (one spinning in
+    /// a loop, or stopped by `Signal::Stop`) is killed with `SIGKILL`, and its
+    /// [`Event::Exit`] says so.
     ///
     /// # Errors
     ///
@@ -497,7 +501,12 @@ impl Cluster {
         self.retire(id)?;
         let slot = self.workers.get_mut(&id).ok_or(Error::NoSuchWorker(id))?;
         process::kill(slot.pid, signal.number())
-            .map_err(|e| Error::io(format!("kill worker {id} with {signal}"), e))
+            .map_err(|e| Error::io(format!("kill worker {id} with {signal}"), e))?;
+        if signal != Signal::Kill {
+            let deadline = crate::deadline::after(Instant::now(), self.config.shutdown_timeout);
+            self.disconnect_until(id, deadline);
+        }
+        Ok(())
     }
 
     /// Sends `data` to a worker, which reads it with [`Worker::recv`](crate::Worker::recv).

@@ -542,3 +542,40 @@ pub fn stop_escalation() -> Outcome {
     );
     clean_end(&srv, &end)
 }
+
+/// Node's `test-cluster-kill-infinite-loop`: a worker in an endless loop is
+/// `worker.kill()`ed, and Node asserts its `exit` comes (with the signal that ended
+/// it). Here worker 1 of two busy-loops once its listeners close and never returns;
+/// `Cluster::kill(1, Signal::Term)` asks it to go, and when it has not exited by the
+/// shutdown timeout (300 ms) it is killed: its exit reports signal 9, asked for, and
+/// the cluster keeps serving with the other worker. Before, `kill` with `SIGTERM`
+/// set no deadline and the worker spun on for good.
+pub fn kill_infinite_loop() -> Outcome {
+    let mut s = spec("round-robin", 2, 2);
+    s.env = vec![("SC_SHUTDOWN_MS", "300".into())];
+    let (mut srv, targets) = s.start()?;
+    let t = &targets[0];
+    // Until worker 1 answers `spin` (bounded: each connection goes to one worker).
+    let mut spinning = None;
+    for _ in 0..50 {
+        let r = client::ask(t, "spin", Duration::from_secs(5))?;
+        if r.worker == 1 {
+            spinning = Some(r.worker);
+            break;
+        }
+    }
+    let id = spinning.ok_or("worker 1 never answered `spin`")?;
+    let reply = client::ask(t, &format!("tell term {id}"), Duration::from_secs(5))?;
+    check(reply.text.contains("done"), || format!("term: {reply:?}"))?;
+    let exit = srv.expect(&format!("exit {id} "), Duration::from_secs(10))?;
+    println!("    {exit}");
+    check(
+        exit.contains("signal 9") && exit.ends_with("requested=true"),
+        || exit.clone(),
+    )?;
+    let load = client::load(t, 20, 2, "hi", Duration::from_secs(5));
+    check(load.ok == 20, || {
+        format!("{} of 20 after the kill", load.ok)
+    })?;
+    stop_and_check(&mut srv)
+}

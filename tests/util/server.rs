@@ -47,7 +47,8 @@
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
 //! (writes TEXT to stderr); `stop-siblings` (`kill -STOP` on every other worker, answers
-//! `stopped PID:ok|EPERM|error,…`); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! `stopped PID:ok|EPERM|error,…`); `spin` (this worker busy-loops once its listeners
+//! close, and never returns); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
 //! (allocates, touches and keeps MIB MiB); `hold-shm MIB` (writes MIB MiB into a
 //! nameless file in /dev/shm and keeps it open, unmapped); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
@@ -58,7 +59,7 @@
 //! first, then answers after MS); `stream KIB` (writes KIB KiB of dots, then answers);
 //! `tell TEXT` (`tell-forever TEXT`: waits with Duration::MAX) (sends TEXT to the primary and answers
 //! with the primary's reply: `ping`, `flood N KIB` (N messages of KIB KiB to the
-//! sender, until one is refused; the primary prints `flooded ok=K error=E`), `kill N`, `disconnect N`, `restart N`,
+//! sender, until one is refused; the primary prints `flooded ok=K error=E`), `kill N`, `term N` (`Cluster::kill` with `SIGTERM`), `disconnect N`, `restart N`,
 //! `workers N`, `broadcast TEXT`).
 //!
 //! The primary prints one line per event (`fork ID PID`, `online ID`, `listening ID
@@ -221,6 +222,7 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             exit_after = true;
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
+        ["spin"] => SPIN.store(true, std::sync::atomic::Ordering::Relaxed),
         ["hang-heartbeat"] => {
             // The application's main loop stops making progress (its heartbeat
             // thread stops calling `Worker::heartbeat`); requests are still served.
@@ -506,6 +508,9 @@ static LISTENERS: std::sync::OnceLock<Vec<Listener>> = std::sync::OnceLock::new(
 /// `hang-heartbeat`: the worker's heartbeat thread stops calling `Worker::heartbeat`.
 static HEARTBEAT_HUNG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `spin`: the worker busy-loops once its listeners close, and never returns.
+static SPIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `leak MIB`: memory the worker keeps for good.
 static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
@@ -757,6 +762,11 @@ fn worker_main(w: &Worker, addrs: &[ListenAddr], threads: usize) -> std::io::Res
             }
         }
     });
+    // `spin`: the application never returns from its work (Node's
+    // test-cluster-kill-infinite-loop): a busy loop after the listeners closed.
+    while SPIN.load(std::sync::atomic::Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
     Ok(())
 }
 
@@ -866,6 +876,9 @@ fn command(cluster: &mut Cluster, sender: cluster::WorkerId, text: &str) -> Opti
         }),
         ["kill", n] => Some(done(
             worker(n).and_then(|n| cluster.kill(n, cluster::Signal::Kill)),
+        )),
+        ["term", n] => Some(done(
+            worker(n).and_then(|n| cluster.kill(n, cluster::Signal::Term)),
         )),
         ["disconnect", n] => Some(done(worker(n).and_then(|n| cluster.disconnect(n)))),
         ["restart", n] => Some(done(worker(n).and_then(|n| cluster.restart(n)))),
