@@ -47,8 +47,8 @@
 //! variant); `bind ADDR` (answers `waiting`, reads one more line, then calls
 //! `Listener::bind(ADDR)` and answers `bound ADDR` or `bind-error ERROR`); `stderr TEXT`
 //! (writes TEXT to stderr); `stop-siblings` (`kill -STOP` on every other worker, answers
-//! `stopped PID:ok|EPERM|error,…`); `spin` (this worker busy-loops once its listeners
-//! close, and never returns); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
+//! `stopped PID:ok|EPERM|error,…`); `spin N` (worker N, when it is this one,
+//! busy-loops once its listeners close, and never returns); `hang-heartbeat` (this worker's heartbeats stop); `leak MIB`
 //! (allocates, touches and keeps MIB MiB); `hold-shm MIB` (writes MIB MiB into a
 //! nameless file in /dev/shm and keeps it open, unmapped); `unlisten N` (closes the worker's listener number N); `send
 //! TEXT` (sends TEXT to the primary, answers at once); `bind-burst N` (N threads ask for
@@ -222,7 +222,9 @@ fn serve_one(stream: &mut Stream, id: u32, listener_cloexec: bool) {
             exit_after = true;
         }
         ["stderr", rest @ ..] => eprintln!("{}", rest.join(" ")),
-        ["spin"] => SPIN.store(true, std::sync::atomic::Ordering::Relaxed),
+        ["spin", n] if n.parse() == Ok(id) => {
+            SPIN.store(true, std::sync::atomic::Ordering::Relaxed)
+        }
         ["hang-heartbeat"] => {
             // The application's main loop stops making progress (its heartbeat
             // thread stops calling `Worker::heartbeat`); requests are still served.
