@@ -260,38 +260,11 @@ pub(crate) fn send(
             "sendmsg without data",
         ));
     }
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
+    let pass: &[BorrowedFd<'_>] = match &pass {
+        Some(fd) => std::slice::from_ref(fd),
+        None => &[],
     };
-    let mut cbuf = CmsgBuf::new();
-    // SAFETY: msghdr is plain old data; all-zero is a valid "no name, no control" value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = pass {
-        let space = cmsg_space(1);
-        msg.msg_control = cbuf.0.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points to `space` bytes of aligned, writable memory, which
-        // is room for exactly one cmsghdr with one int, so FIRSTHDR is non-null and
-        // CMSG_DATA has room for the fd.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<RawFd>() as libc::c_uint) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
-        }
-    }
-    let mut flags = libc::MSG_NOSIGNAL;
-    if nonblocking {
-        flags |= libc::MSG_DONTWAIT;
-    }
-    // SAFETY: `msg` points to a valid iovec and (optionally) control buffer that outlive
-    // the call; the passed fd is borrowed, so it is open for the duration of the call.
-    let n = cvt_r(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })?;
-    Ok(n as usize)
+    send_with(sock, data, pass, nonblocking, &mut CmsgBuf::new())
 }
 
 /// Not part of the API (the `test-hooks` feature): `sendmsg(2)` of `data` with every
@@ -309,34 +282,57 @@ pub(crate) fn send_fds(
             "sendmsg with 1 to 253 descriptors and some data",
         ));
     }
+    send_with(sock, data, pass, false, &mut WideCmsgBuf::new())
+}
+
+/// `sendmsg(2)` of `data` (not empty) with `pass` in one `SCM_RIGHTS` message (none:
+/// no control data), through `cbuf`, which must have room for them.
+fn send_with<const N: usize>(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    pass: &[BorrowedFd<'_>],
+    nonblocking: bool,
+    cbuf: &mut Cmsg<N>,
+) -> io::Result<usize> {
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let mut cbuf = WideCmsgBuf::new();
-    let space = cmsg_space(pass.len());
-    debug_assert!(space <= cbuf.0.len());
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    // SAFETY: msghdr is plain old data; all-zero is a valid "no name, no control" value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points to `space` bytes of aligned, writable memory, room for
-    // one cmsghdr with `pass.len()` ints (at most SCM_MAX_FD, checked above).
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN((pass.len() * mem::size_of::<RawFd>()) as _) as _;
-        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-        for (i, fd) in pass.iter().enumerate() {
-            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+    if !pass.is_empty() {
+        let space = cmsg_space(pass.len());
+        if space > N {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more descriptors than the control buffer holds",
+            ));
+        }
+        msg.msg_control = cbuf.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points to `space` (<= N, checked) bytes of aligned,
+        // writable memory: room for one cmsghdr with `pass.len()` ints, so FIRSTHDR is
+        // non-null and CMSG_DATA has room for every descriptor.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN((pass.len() * mem::size_of::<RawFd>()) as _) as _;
+            let out = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in pass.iter().enumerate() {
+                std::ptr::write_unaligned(out.add(i), fd.as_raw_fd());
+            }
         }
     }
-    // SAFETY: as in `send`: everything `msg` points to outlives the call, and the
-    // passed descriptors are borrowed, so open.
-    let n = cvt_r(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
+    let mut flags = libc::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: `msg` points to a valid iovec and (optionally) control buffer that outlive
+    // the call; the passed fds are borrowed, so open for the duration of the call.
+    let n = cvt_r(|| unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })?;
     Ok(n as usize)
 }
 

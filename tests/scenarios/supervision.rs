@@ -162,6 +162,16 @@ pub fn rolling_restart_under_load(mode: &str) -> Outcome {
     stop_and_check(&mut srv)
 }
 
+/// Waits (bounded) until a connection to `addr` is refused: the cluster's listener
+/// stopped listening.
+fn refused(addr: std::net::SocketAddr) -> Outcome {
+    proc::wait_until(
+        "new connections to be refused",
+        Duration::from_secs(3),
+        || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+    )
+}
+
 /// SIGTERM while a slow request runs: new connections are refused at once (while the
 /// server is still up), the slow request completes, the primary exits 0.
 pub fn graceful_shutdown_slow_request(mode: &str) -> Outcome {
@@ -175,11 +185,7 @@ pub fn graceful_shutdown_slow_request(mode: &str) -> Outcome {
             format!("unexpected message {busy}")
         })?;
         srv.signal("TERM")?;
-        proc::wait_until(
-            "new connections to be refused",
-            Duration::from_secs(3),
-            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
-        )?;
+        refused(addr)?;
         let alive = matches!(srv.child.try_wait(), Ok(None));
         check(alive, || {
             "the server exited before the slow request finished".into()
@@ -417,11 +423,7 @@ pub fn shutdown_survives_group_stop() -> Outcome {
         let Target::Tcp(addr) = t else {
             return Err("not a TCP target".into());
         };
-        proc::wait_until(
-            "new connections to be refused",
-            Duration::from_secs(3),
-            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
-        )?;
+        refused(addr)?;
         proc::signal_all(&group, "STOP")?;
         for &pid in &group {
             proc::wait_stopped(pid, Duration::from_secs(5))?;
@@ -515,11 +517,7 @@ pub fn stop_escalation() -> Outcome {
         srv.expect("message ", Duration::from_secs(5))?;
         srv.signal("TERM")?;
         srv.signal("TERM")?;
-        proc::wait_until(
-            "new connections to be refused",
-            Duration::from_secs(3),
-            || matches!(TcpStream::connect(addr), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
-        )?;
+        refused(addr)?;
         check(matches!(srv.child.try_wait(), Ok(None)), || {
             "the repeated SIGTERM ended the graceful stop".into()
         })?;
